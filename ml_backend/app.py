@@ -1,0 +1,172 @@
+"""Flask app factory: routes only. Label Studio's wire contract lives here and in labelstudio/."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from ml_backend import __version__, metrics
+from ml_backend.auth import basic_auth_ok, webhook_ok
+from ml_backend.config import ConfigError, Settings
+from ml_backend.labelstudio.schema import SchemaError
+from ml_backend.serving import Predictor, project_key
+from ml_backend.training.registry import ProjectRegistry, RegistryError, all_versions
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True, force=True)
+    if body is None:
+        if not request.get_data(cache=True):
+            raise ApiError(400, "empty body: send a JSON object")
+        raise ApiError(400, "malformed JSON body")
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def create_app(settings: Optional[Settings] = None, predictor: Optional[Predictor] = None,
+               webhooks: Any = None) -> Flask:
+    """The backend's WSGI app. ``webhooks`` handles /webhook (feedback.intake.WebhookIntake)."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    predictor = predictor or Predictor(settings)
+    if webhooks is None:
+        from ml_backend.feedback.intake import WebhookIntake
+
+        webhooks = WebhookIntake.from_settings(settings)
+    app.extensions["ml_backend"] = {"settings": settings, "predictor": predictor, "webhooks": webhooks}
+
+    @app.before_request
+    def _auth() -> Optional[Response]:
+        g.started = time.perf_counter()
+        if request.path in ("/health", "/webhook"):
+            return None  # /webhook authenticates itself (shared secret or basic auth)
+        if not basic_auth_ok(settings, request.headers.get("Authorization")):
+            response = jsonify(error="authentication required", status=401)
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
+            return response
+        return None
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUEST_LATENCY.labels(rule, str(response.status_code)).observe(
+            time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return jsonify(error=exc.message, status=exc.status), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        message = {413: f"request body larger than {settings.max_body_bytes} bytes"}.get(exc.code, exc.description)
+        return jsonify(error=message, status=exc.code), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error on %s", request.path)
+        return jsonify(error="internal error; see the backend's log", status=500), 500
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(status="UP", model_class="XILModel", version=__version__)
+
+    @app.post("/setup")
+    def setup():
+        body = _json_body()
+        try:
+            version = predictor.setup(body.get("project"), body.get("schema") or "", body.get("extra_params"))
+        except (SchemaError, ConfigError) as exc:
+            raise ApiError(422, str(exc)) from None
+        except RegistryError as exc:
+            raise ApiError(422, str(exc)) from None
+        webhooks.on_setup(project_key(body.get("project")))
+        return jsonify(model_version=version)
+
+    @app.post("/predict")
+    def predict():
+        body = _json_body()
+        tasks = body.get("tasks")
+        if tasks is None:
+            raise ApiError(400, "no 'tasks' in the body")
+        if not isinstance(tasks, list):
+            raise ApiError(400, "'tasks' must be a list")
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        try:
+            ctx = predictor.context(body.get("project"), body.get("label_config"),
+                                    params.get("extra_params"))
+        except (SchemaError, ConfigError) as exc:
+            raise ApiError(422, str(exc)) from None
+        try:
+            results = predictor.predict(ctx, tasks)
+        except RegistryError as exc:
+            raise ApiError(422, str(exc)) from None
+        served = sum(1 for r in results if r["result"])
+        metrics.PREDICTIONS.labels(ctx.key, "served").inc(served)
+        metrics.PREDICTIONS.labels(ctx.key, "empty").inc(len(results) - served)
+        return jsonify(results=results)
+
+    @app.post("/webhook")
+    def webhook():
+        if not webhook_ok(settings, request.headers):
+            raise ApiError(401, f"webhook not authenticated: send the {settings.webhook_header} header "
+                                "(WEBHOOK_SECRET) or basic auth")
+        body = _json_body()
+        action = body.get("action")
+        if not isinstance(action, str):
+            raise ApiError(400, "no 'action' in the webhook body")
+        try:
+            outcome = webhooks.handle(action, body)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        metrics.WEBHOOK_EVENTS.labels(action).inc()
+        return jsonify(status="ok", **outcome), 200
+
+    @app.get("/versions")
+    def versions():
+        project = request.args.get("project")
+        if project:
+            try:
+                listed = {project_key(project): ProjectRegistry(settings.model_dir, project_key(project)).list()}
+            except RegistryError as exc:
+                raise ApiError(400, str(exc)) from None
+        else:
+            listed = all_versions(settings.model_dir)
+        names = sorted({v["version"] for vs in listed.values() for v in vs}, key=lambda n: int(n[1:]))
+        return jsonify(versions=names, projects=listed)
+
+    @app.post("/versions/rollback")
+    def rollback():
+        body = _json_body()
+        if "project" not in body:
+            raise ApiError(400, "send {'project': N, 'version': 'vK'} (version optional: the previous one)")
+        try:
+            version = ProjectRegistry(settings.model_dir, project_key(body["project"])).rollback(body.get("version"))
+        except RegistryError as exc:
+            raise ApiError(404, str(exc)) from None
+        return jsonify(project=project_key(body["project"]), model_version=version)
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        webhooks.observe_metrics()
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+    return app

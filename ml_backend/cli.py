@@ -1,0 +1,87 @@
+"""Command line: serve | worker | rollback | versions."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional
+
+from ml_backend.config import Settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """gunicorn with the project's config (the same command the container runs)."""
+    os.environ.setdefault("ML_BACKEND_BIND", f"{args.host}:{args.port}")
+    argv = ["gunicorn", "--config", "python:ml_backend.gunicorn_conf",
+            "--bind", f"{args.host}:{args.port}", "ml_backend.wsgi:app"]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
+    from gunicorn.app.wsgiapp import run
+
+    sys.argv = argv
+    return run() or 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """`rq worker` on the backend's queue (REDIS_URL must be set)."""
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        print("REDIS_URL is not set: without Redis, jobs run inside the serving process", file=sys.stderr)
+        return 2
+    from rq.cli import main as rq_main
+
+    argv = ["rq", "worker", "--url", settings.redis_url, "--with-scheduler", settings.queue_name]
+    if args.burst:
+        argv.insert(2, "--burst")
+    sys.argv = argv
+    return rq_main() or 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    from ml_backend.training.registry import ProjectRegistry, RegistryError
+
+    try:
+        version = ProjectRegistry(Settings.from_env().model_dir, args.project).rollback(args.version)
+    except RegistryError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"project {args.project} now serves {version}")
+    return 0
+
+
+def versions(args: argparse.Namespace) -> int:
+    from ml_backend.training.registry import all_versions
+
+    for project, listed in all_versions(Settings.from_env().model_dir).items():
+        for v in listed:
+            mark = "*" if v["current"] else " "
+            acc = (v.get("metrics") or {}).get("holdout_accuracy")
+            print(f"{mark} project {project} {v['version']:>5}  examples={v.get('examples')}  holdout_accuracy={acc}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="ml-backend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="start the backend (gunicorn)")
+    p.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)))
+    p.add_argument("--workers", type=int, default=0, help="gunicorn workers (default: WORKERS or 1)")
+    p.set_defaults(func=serve)
+    p = sub.add_parser("worker", help="run an RQ worker for training and ranking jobs")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.set_defaults(func=worker)
+    p = sub.add_parser("rollback", help="serve an earlier model version")
+    p.add_argument("project")
+    p.add_argument("version", nargs="?", help="default: the version before the current one")
+    p.set_defaults(func=rollback)
+    p = sub.add_parser("versions", help="list model versions")
+    p.set_defaults(func=versions)
+    args = parser.parse_args(argv)
+    _configure_logging(Settings.from_env().log_level)
+    return args.func(args)

@@ -1,0 +1,35 @@
+"""Text -> token ids with character offsets (hashing vocabulary: no fitting, stable across versions)."""
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+PAD_ID = 0
+_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+    start: int  # character offset into the task text
+    end: int  # exclusive
+
+
+def tokenize(text: str) -> list[Token]:
+    """Words and single punctuation marks, with exact character offsets."""
+    return [Token(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def token_id(token: str, n_buckets: int) -> int:
+    """Stable hashed id in [1, n_buckets); 0 is padding."""
+    return 1 + zlib.crc32(token.lower().encode("utf-8")) % (n_buckets - 1)
+
+
+def encode_tokens(tokens: list[Token], max_len: int, n_buckets: int) -> torch.Tensor:
+    """(max_len,) long tensor of ids, truncated or padded with PAD_ID."""
+    ids = [token_id(t.text, n_buckets) for t in tokens[:max_len]]
+    ids += [PAD_ID] * (max_len - len(ids))
+    return torch.tensor(ids, dtype=torch.long)

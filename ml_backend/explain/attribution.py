@@ -1,0 +1,157 @@
+"""Attribution methods by name, computed with captum.
+
+Images get one non-negative relevance per input pixel, texts one per token. Every method is
+a single captum ``attribute`` call; the model is put in eval mode for it (dropout off, so the
+explanation belongs to the deterministic prediction) and its previous mode is restored.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from captum.attr import (
+    DeepLift,
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    Saliency,
+)
+from torch import Tensor, nn
+
+from ml_backend.data.text import PAD_ID
+
+METHODS = ("gradcam", "saliency", "input_x_gradient", "integrated_gradients", "deeplift")
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        # Callers often predict under no_grad; every method here needs gradients.
+        with torch.enable_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def _check(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+
+
+# --- images: (N, C, H, W) -> (N, H, W) -----------------------------------------------------
+
+def _gradcam(model: nn.Module, x: Tensor, target: Tensor, **_: int) -> Tensor:
+    cam = LayerGradCam(model, model.cam_layer).attribute(x, target=target, relu_attributions=True)
+    return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+
+
+def _saliency(model: nn.Module, x: Tensor, target: Tensor, **_: int) -> Tensor:
+    return Saliency(model).attribute(x, target=target, abs=True).amax(dim=1)
+
+
+def _input_x_gradient(model: nn.Module, x: Tensor, target: Tensor, **_: int) -> Tensor:
+    return InputXGradient(model).attribute(x, target=target).abs().sum(dim=1)
+
+
+def _integrated_gradients(model: nn.Module, x: Tensor, target: Tensor, *, n_steps: int,
+                          internal_batch_size: int) -> Tensor:
+    attr = IntegratedGradients(model).attribute(
+        x, baselines=torch.zeros_like(x), target=target, n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
+    )
+    return attr.abs().sum(dim=1)
+
+
+class _UniqueModules(nn.Module):
+    """``model`` seen by captum's DeepLift with every module registered exactly once.
+
+    DeepLift hooks modules through ``Module.apply``, which visits a module once per parent:
+    ImageCNN's ``cam_layer`` alias of ``body[-1]`` would get two sets of hooks and break the
+    rescale rule. (Each nn.ReLU is still used only once in the forward pass, as DeepLift needs.)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.leaves = nn.ModuleList(m for m in model.modules() if next(m.children(), None) is None)
+        self._forward = model.forward  # a bound method: not registered as a submodule
+
+    def forward(self, *args: Tensor) -> Tensor:
+        return self._forward(*args)
+
+
+def _deeplift(model: nn.Module, x: Tensor, target: Tensor, **_: int) -> Tensor:
+    attr = DeepLift(_UniqueModules(model)).attribute(x, baselines=torch.zeros_like(x), target=target)
+    return attr.abs().sum(dim=1)
+
+
+_IMAGE: dict[str, Callable[..., Tensor]] = {
+    "gradcam": _gradcam,
+    "saliency": _saliency,
+    "input_x_gradient": _input_x_gradient,
+    "integrated_gradients": _integrated_gradients,
+    "deeplift": _deeplift,
+}
+
+
+def explain_images(model: nn.Module, x: Tensor, target: Tensor, method: str = "gradcam", *,
+                   n_steps: int = 16, internal_batch_size: int = 64) -> Tensor:
+    """Non-negative relevance (N, H, W) of each input pixel for the ``target`` logits.
+
+    ``gradcam`` explains ``model.cam_layer`` and is upsampled bilinearly to the input size;
+    ``n_steps`` / ``internal_batch_size`` only concern integrated gradients.
+    """
+    _check(method)
+    x = x.detach().requires_grad_()  # a leaf of our own: captum needs its gradient
+    with _evaluating(model):
+        attr = _IMAGE[method](model, x, target, n_steps=n_steps, internal_batch_size=internal_batch_size)
+    return attr.detach().clamp_min(0.0)
+
+
+# --- texts: (N, L) token ids -> (N, L) -----------------------------------------------------
+
+class _FromEmbeddings(nn.Module):
+    """The text model from its embedding outputs on, so captum attributes to the embeddings."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, emb: Tensor, pad_mask: Tensor) -> Tensor:
+        return self.model.forward_embedded(emb, pad_mask)
+
+
+def explain_tokens(model: nn.Module, ids: Tensor, target: Tensor, method: str = "gradcam", *,
+                   n_steps: int = 16, internal_batch_size: int = 64) -> Tensor:
+    """Non-negative relevance (N, L) of each token, zero on padding.
+
+    Attributions are taken w.r.t. the embedding outputs (through ``model.forward_embedded``)
+    and summed in absolute value over the embedding dimension. There is no convolutional map
+    worth explaining in a token model, so ``gradcam`` falls back to input x gradient. The
+    baseline of integrated gradients and DeepLift is the zero embedding, i.e. padding.
+    TextCNN's non-linearities are functional (``torch.relu``, masked max), which DeepLift's
+    rules do not hook, so on it ``deeplift`` currently equals ``input_x_gradient``.
+    """
+    _check(method)
+    with _evaluating(model):
+        pad_mask = ids != PAD_ID
+        emb = model.embedding(ids).detach().requires_grad_()
+        wrapped = _FromEmbeddings(model)
+        extra = (pad_mask,)
+        if method == "saliency":
+            attr = Saliency(wrapped).attribute(emb, target=target, abs=True, additional_forward_args=extra)
+        elif method in ("input_x_gradient", "gradcam"):
+            attr = InputXGradient(wrapped).attribute(emb, target=target, additional_forward_args=extra)
+        elif method == "integrated_gradients":
+            attr = IntegratedGradients(wrapped).attribute(
+                emb, baselines=torch.zeros_like(emb), target=target, additional_forward_args=extra,
+                n_steps=n_steps, internal_batch_size=internal_batch_size,
+            )
+        else:
+            attr = DeepLift(wrapped).attribute(
+                emb, baselines=torch.zeros_like(emb), target=target, additional_forward_args=extra
+            )
+    return attr.detach().abs().sum(dim=-1) * pad_mask

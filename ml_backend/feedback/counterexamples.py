@@ -1,0 +1,98 @@
+"""CAIPI counterexamples: copies of an example whose irrelevant part is replaced, label unchanged.
+
+If the model still predicts the label when the marked region is noise, another same-class
+image or a blur, it has learned not to rely on that region.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+FILLS = ("randomize", "substitute", "blur")
+
+
+def image_counterexamples(
+    x: torch.Tensor,
+    irrelevant: torch.Tensor,
+    c: int,
+    fill: str = "randomize",
+    donors: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """(c, C, H, W) copies of x (C, H, W) with the pixels under ``irrelevant`` (H, W) replaced.
+
+    randomize: uniform values within each channel's range in x; substitute: the pixels of a
+    random donor (M, C, H, W) of the same class, per copy (randomize when there is none);
+    blur: a heavy box blur of x (every copy the same).
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be (C, H, W), got shape {tuple(x.shape)}")
+    if irrelevant.shape != x.shape[1:]:
+        raise ValueError(f"irrelevant mask must be {tuple(x.shape[1:])}, got {tuple(irrelevant.shape)}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
+    if c < 0:
+        raise ValueError("c must be >= 0")
+    if donors is not None and (donors.dim() != 4 or donors.shape[1:] != x.shape):
+        raise ValueError(f"donors must be (M, {', '.join(map(str, x.shape))}), got {tuple(donors.shape)}")
+    mask = irrelevant.to(device=x.device, dtype=torch.bool)
+    copies = x.unsqueeze(0).repeat(c, 1, 1, 1)
+    if c == 0 or not mask.any():
+        return copies
+    if fill == "substitute" and donors is not None and donors.shape[0] > 0:
+        picks = torch.randint(donors.shape[0], (c,), generator=generator, device=_gen_device(generator))
+        replacement = donors[picks.to(donors.device)].to(device=x.device, dtype=x.dtype)
+    elif fill == "blur":
+        replacement = _box_blur(x).unsqueeze(0).expand_as(copies)
+    else:
+        replacement = _uniform_like(x, c, generator)
+    return torch.where(mask, replacement, copies)
+
+
+def text_counterexamples(
+    ids: torch.Tensor,
+    irrelevant: torch.Tensor,
+    c: int,
+    n_buckets: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """(c, L) copies of ids (L,) with marked non-padding tokens replaced by other random ids in [1, n_buckets)."""
+    if ids.dim() != 1 or irrelevant.shape != ids.shape:
+        raise ValueError(f"ids and irrelevant must both be (L,), got {tuple(ids.shape)} and {tuple(irrelevant.shape)}")
+    if n_buckets < 3:
+        raise ValueError("n_buckets must be >= 3 so that a token has another id to become")
+    if c < 0:
+        raise ValueError("c must be >= 0")
+    copies = ids.unsqueeze(0).repeat(c, 1)
+    marked = irrelevant.to(device=ids.device, dtype=torch.bool) & (ids != 0)
+    # Shift each id by 1..n_buckets-2 within [1, n_buckets): uniform over the *other* ids,
+    # so a marked token always changes.
+    shift = torch.randint(1, n_buckets - 1, (c, ids.shape[0]), generator=generator, device=_gen_device(generator))
+    replaced = 1 + (copies - 1 + shift.to(ids.device)) % (n_buckets - 1)
+    return torch.where(marked, replaced, copies)
+
+
+def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _uniform_like(x: torch.Tensor, c: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    flat = x.reshape(x.shape[0], -1)
+    low = flat.min(dim=1).values.view(1, -1, 1, 1)
+    high = flat.max(dim=1).values.view(1, -1, 1, 1)
+    u = torch.rand((c, *x.shape), generator=generator, device=_gen_device(generator))
+    u = u.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+    out = low + u * (high - low)
+    return out if x.is_floating_point() else out.round().to(x.dtype)
+
+
+def _box_blur(x: torch.Tensor) -> torch.Tensor:
+    """Box blur with a kernel a quarter of the image's side: fine detail is gone, colour stays."""
+    size = max(3, (max(x.shape[1:]) // 4) | 1)
+    xf = x.to(torch.float32).unsqueeze(0)
+    # reflect padding needs the pad smaller than the side; replicate has no such limit
+    padded = F.pad(xf, (size // 2,) * 4, mode="replicate")
+    blurred = F.avg_pool2d(padded, kernel_size=size, stride=1).squeeze(0)
+    return blurred.to(x.dtype) if x.is_floating_point() else blurred.round().to(x.dtype)

@@ -1,0 +1,161 @@
+"""Webhook intake: persist the annotation, enqueue training, answer. Nothing slow happens here:
+Label Studio gives a webhook 1 s and drops it after that."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+from ml_backend import metrics
+from ml_backend.config import Settings
+from ml_backend.feedback.store import AnnotationStore
+from ml_backend.jobs import JobQueue, make_queue
+from ml_backend.training.registry import ProjectRegistry
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+
+
+def store_path(settings: Settings):
+    return settings.model_dir / "feedback.sqlite3"
+
+
+def annotation_pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(annotation, task) pairs from a single or bulk annotation webhook."""
+    annotations = body.get("annotation", body.get("annotations"))
+    tasks = body.get("task", body.get("tasks"))
+    annotations = annotations if isinstance(annotations, list) else [annotations]
+    tasks = tasks if isinstance(tasks, list) else [tasks]
+    by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
+    pairs = []
+    for annotation in annotations:
+        if not isinstance(annotation, dict) or "id" not in annotation:
+            raise ValueError("annotation webhook without an annotation object (with an id)")
+        task_id = annotation.get("task")
+        task_id = task_id.get("id") if isinstance(task_id, dict) else task_id
+        task = by_id.get(task_id) or (tasks[0] if len(tasks) == 1 and isinstance(tasks[0], dict) else None)
+        if task is None:
+            raise ValueError(f"annotation {annotation['id']} arrived without its task")
+        pairs.append((annotation, task))
+    return pairs
+
+
+def project_of(body: dict[str, Any]) -> str:
+    project = body.get("project")
+    if isinstance(project, dict) and project.get("id") is not None:
+        return str(project["id"])
+    if isinstance(project, (int, str)) and str(project):
+        return str(project).split(".")[0]
+    annotation = body.get("annotation")
+    if isinstance(annotation, dict) and annotation.get("project") is not None:
+        return str(annotation["project"])
+    raise ValueError("webhook body names no project")
+
+
+class WebhookIntake:
+    def __init__(self, settings: Settings, store: AnnotationStore, queue: JobQueue) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self._header_set: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "WebhookIntake":
+        return cls(settings, AnnotationStore(store_path(settings)), make_queue(settings))
+
+    def handle(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        if action in ANNOTATION_EVENTS:
+            project = project_of(body)
+            pairs = annotation_pairs(body)
+            self._remember_config(project, body)
+            changed = sum(bool(self.store.upsert(project, annotation, task)) for annotation, task in pairs)
+            log.info("project %s: %s for annotations %s (%d changed)", project, action,
+                     [a["id"] for a, _ in pairs], changed)
+            return {"action": action, "changed": changed, **self._maybe_train(project, changed)}
+        if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED"):
+            project = project_of(body)
+            items = body.get("annotations", body.get("annotation"))
+            items = items if isinstance(items, list) else [items]
+            ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
+            removed = self.store.delete(project, ids)
+            log.info("project %s: %s %s (%d removed)", project, action, ids, removed)
+            return {"action": action, "changed": removed, **self._maybe_train(project, removed)}
+        if action == "START_TRAINING":
+            project = project_of(body)
+            self._remember_config(project, body)
+            job = self.queue.enqueue_train(project, reason="resync")
+            log.info("project %s: START_TRAINING -> job %s", project, job["id"])
+            return {"action": action, "job": job["id"]}
+        if action == "TASKS_CREATED":
+            project = project_of(body)
+            if ProjectRegistry(self.settings.model_dir, project).current():
+                job = self.queue.enqueue_rank(project)
+                return {"action": action, "rank_job": job["id"]}
+            return {"action": action}
+        if action == "PROJECT_UPDATED":
+            self._remember_config(project_of(body), body)
+            return {"action": action}
+        return {"action": action, "ignored": True}
+
+    def _maybe_train(self, project: str, changed: int) -> dict[str, Any]:
+        if not changed:
+            return {}
+        minimum = self.settings.project.min_annotations
+        stored = ProjectRegistry(self.settings.model_dir, project).load_project() or {}
+        minimum = int((stored.get("extra_params") or {}).get("min_annotations", minimum))
+        if self.store.count(project) < minimum:
+            return {}
+        job = self.queue.enqueue_train(project)
+        return {"train_job": job["id"], "folded": bool(job.get("folded"))}
+
+    def _remember_config(self, project: str, body: dict[str, Any]) -> None:
+        """Keep the project's label config, so jobs can run for a project /setup never saw."""
+        project_obj = body.get("project")
+        config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
+        if not config:
+            return
+        registry = ProjectRegistry(self.settings.model_dir, project)
+        state = registry.load_project() or {}
+        if state.get("label_config") != config:
+            registry.save_project({**state, "label_config": config})
+
+    def on_setup(self, project: str) -> None:
+        """Put the webhook secret on the project's ML-backend webhook in Label Studio (in the
+        background: /setup has 3 s, and Label Studio creates that webhook after /setup returns)."""
+        if not (self.settings.webhook_secret and self.settings.label_studio_url and self.settings.label_studio_api_key):
+            return
+        if project in self._header_set or not project.isdigit():
+            return
+        self._header_set.add(project)
+        threading.Thread(target=self._set_webhook_header, args=(project,), daemon=True).start()
+
+    def _set_webhook_header(self, project: str) -> None:
+        from ml_backend.labelstudio.client import LabelStudioClient
+
+        client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key,
+                                   timeout=self.settings.fetch_timeout)
+        header = {self.settings.webhook_header: self.settings.webhook_secret}
+        for delay in (0, 2, 5, 10, 30):
+            time.sleep(delay)
+            try:
+                backends = {b["url"].rstrip("/") + "/webhook" for b in client.list_ml_backends(int(project))}
+                patched = 0
+                for hook in client.list_webhooks(int(project)):
+                    if hook.get("url") in backends:
+                        if (hook.get("headers") or {}).get(self.settings.webhook_header) != self.settings.webhook_secret:
+                            client.update_webhook(hook["id"], headers={**(hook.get("headers") or {}), **header})
+                        patched += 1
+                if patched:
+                    log.info("project %s: webhook secret header set on %d webhook(s)", project, patched)
+                    return
+            except Exception as exc:  # Label Studio unreachable: README shows how to set it by hand
+                log.warning("project %s: cannot set the webhook header yet: %s", project, exc)
+        self._header_set.discard(project)
+
+    def observe_metrics(self) -> None:
+        try:
+            metrics.QUEUE_DEPTH.set(self.queue.depth())
+        except Exception as exc:
+            log.warning("queue depth unavailable: %s", exc)

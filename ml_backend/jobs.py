@@ -1,0 +1,317 @@
+"""Background jobs (train, rank): RQ when REDIS_URL is set, an in-process worker thread otherwise.
+
+Both queues share the rules: at most one training job per project runs at a time, and
+webhooks that arrive while one is queued fold into it (so a burst gives one job, or two
+when the burst straddles a running job). Job records look the same from either queue.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+import traceback
+import uuid
+from typing import Any, Callable, Iterator, Optional
+
+from ml_backend import metrics
+from ml_backend.config import Settings
+
+log = logging.getLogger(__name__)
+
+TRAIN, RANK = "train", "rank"
+JOB_TIMEOUT = 3600
+LOCK_TTL = 30  # seconds; refreshed while a training job runs, so a killed worker frees it soon
+
+_local = threading.local()
+
+
+# --- the job functions (what an RQ worker imports and runs) --------------------------
+def train_job(project: str, reason: str = "annotations") -> dict[str, Any]:
+    from ml_backend.training.pipeline import train_project
+
+    def work(settings: Settings, queue: "JobQueue") -> dict[str, Any]:
+        resync = queue.mark_started(project) or reason == "resync"
+        return train_project(settings, project, reason="resync" if resync else reason, progress=report_progress)
+
+    return _run(TRAIN, project, work)
+
+
+def rank_job(project: str) -> dict[str, Any]:
+    from ml_backend.ranking.job import rank_project
+
+    return _run(RANK, project, lambda settings, queue: rank_project(settings, project, progress=report_progress))
+
+
+def _run(kind: str, project: str, work: Callable[[Settings, "JobQueue"], dict[str, Any]]) -> dict[str, Any]:
+    # In-process jobs use the app's settings; an RQ worker reads its own environment.
+    settings = getattr(_local, "settings", None) or Settings.from_env()
+    started = time.perf_counter()
+    queue = make_queue(settings)
+    try:
+        with queue.project_lock(kind, project):
+            result = work(settings, queue)
+    except Exception:
+        metrics.JOB_FAILURES.labels(kind).inc()
+        raise
+    finally:
+        metrics.JOB_DURATION.labels(kind).observe(time.perf_counter() - started)
+    if kind == TRAIN and result.get("version"):
+        queue.enqueue_rank(project)
+    return result
+
+
+def report_progress(fraction: float, message: str = "") -> None:
+    """Record a running job's progress (0..1) where the status API can read it."""
+    record = getattr(_local, "record", None)
+    if record is not None:
+        record["progress"], record["message"] = round(float(fraction), 4), message
+        return
+    try:
+        from rq import get_current_job
+
+        job = get_current_job()
+    except Exception:
+        job = None
+    if job is not None:
+        job.meta.update(progress=round(float(fraction), 4), message=message)
+        job.save_meta()
+
+
+_queues: dict[str, "JobQueue"] = {}
+_queues_guard = threading.Lock()
+
+
+def make_queue(settings: Settings) -> "JobQueue":
+    """One queue object per process and configuration."""
+    key = settings.redis_url or f"embedded:{settings.model_dir}"
+    with _queues_guard:
+        if key not in _queues:
+            _queues[key] = RedisQueue(settings) if settings.redis_url else EmbeddedQueue(settings)
+        return _queues[key]
+
+
+class JobQueue:
+    def enqueue_train(self, project: str, reason: str = "annotations") -> dict[str, Any]: ...
+    def enqueue_rank(self, project: str) -> dict[str, Any]: ...
+    def jobs(self, project: Optional[str] = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def depth(self) -> int: ...
+    def mark_started(self, project: str) -> bool:
+        """Called when a training job starts; True if a resync was asked for meanwhile."""
+        ...
+    def project_lock(self, kind: str, project: str) -> contextlib.AbstractContextManager: ...
+
+
+class EmbeddedQueue(JobQueue):
+    """One worker thread in the serving process: same job functions, same records."""
+
+    def __init__(self, settings: Settings, max_records: int = 200) -> None:
+        self.settings = settings
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._records: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._max_records = max_records
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="ml-backend-jobs", daemon=True)
+            self._thread.start()
+
+    def _enqueue(self, kind: str, project: str, reason: str) -> dict[str, Any]:
+        with self._cond:
+            for queued in self._pending:
+                if queued["kind"] == kind and queued["project"] == project:
+                    if reason == "resync":
+                        queued["reason"] = "resync"
+                    return {**queued, "folded": True}
+            record = _new_record(kind, project, reason)
+            self._records[record["id"]] = record
+            while len(self._records) > self._max_records:
+                self._records.popitem(last=False)
+            self._pending.append(record)
+            self._ensure_thread()
+            self._cond.notify()
+            return dict(record)
+
+    def enqueue_train(self, project: str, reason: str = "annotations") -> dict[str, Any]:
+        return self._enqueue(TRAIN, project, reason)
+
+    def enqueue_rank(self, project: str) -> dict[str, Any]:
+        return self._enqueue(RANK, project, "new version")
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                record = self._pending.popleft()
+            record.update(status="started", started_at=time.time())
+            _local.record, _local.settings = record, self.settings
+            try:
+                function = train_job if record["kind"] == TRAIN else rank_job
+                record["result"] = function(record["project"], record["reason"]) if record["kind"] == TRAIN \
+                    else function(record["project"])
+                record["status"] = "finished"
+                record["progress"] = 1.0
+            except Exception as exc:
+                record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+                log.error("%s job for project %s failed: %s", record["kind"], record["project"], exc)
+            finally:
+                record["ended_at"] = time.time()
+                _local.record = None
+
+    def jobs(self, project: Optional[str] = None, limit: int = 50) -> list[dict[str, Any]]:
+        with self._cond:
+            records = [dict(r) for r in reversed(self._records.values()) if project in (None, r["project"])]
+        return records[:limit]
+
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def mark_started(self, project: str) -> bool:
+        return False  # the pending deque already forgot the job; its reason was updated in place
+
+    @contextlib.contextmanager
+    def project_lock(self, kind: str, project: str) -> Iterator[None]:
+        yield  # one worker thread: jobs never overlap
+
+    def wait_idle(self, timeout: float = 120.0) -> bool:
+        """Block until no job is pending or running (tests, CLI demo)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self._cond:
+                busy = self._pending or any(r["status"] == "started" for r in self._records.values())
+            if not busy:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def _new_record(kind: str, project: str, reason: str) -> dict[str, Any]:
+    return {"id": f"{kind}-{project}-{uuid.uuid4().hex[:10]}", "kind": kind, "project": project, "reason": reason,
+            "status": "queued", "enqueued_at": time.time(), "started_at": None, "ended_at": None,
+            "progress": 0.0, "message": "", "error": None, "traceback": None, "result": None}
+
+
+class RedisQueue(JobQueue):
+    """RQ queue; jobs run in `rq worker` processes (see README)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from redis import Redis
+        from rq import Queue
+
+        self.settings = settings
+        self.redis = Redis.from_url(settings.redis_url)
+        self.queue = Queue(settings.queue_name, connection=self.redis)
+
+    def _queued_key(self, kind: str, project: str) -> str:
+        return f"ml_backend:{self.settings.queue_name}:{kind}:{project}:queued"
+
+    def _enqueue(self, kind: str, project: str, reason: str) -> dict[str, Any]:
+        from rq import Retry
+        from rq.job import Job, JobStatus
+        from rq.exceptions import NoSuchJobError
+
+        key = self._queued_key(kind, project)
+        job_id = f"{kind}-{project}-{uuid.uuid4().hex[:10]}"
+        for _ in range(3):
+            if self.redis.set(key, job_id, nx=True, ex=JOB_TIMEOUT):
+                break
+            existing = (self.redis.get(key) or b"").decode()
+            try:
+                job = Job.fetch(existing, connection=self.redis)
+                if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                    if reason == "resync" and job.args[1:] != ("resync",):
+                        self.redis.set(f"{key}:resync", 1, ex=JOB_TIMEOUT)
+                    return {**self._record(job), "folded": True}
+            except NoSuchJobError:
+                pass
+            self.redis.delete(key)  # stale marker: its job is gone or already started
+        function, args = (train_job, (project, reason)) if kind == TRAIN else (rank_job, (project,))
+        job = self.queue.enqueue(function, *args, job_id=job_id, job_timeout=JOB_TIMEOUT,
+                                 result_ttl=7 * 86400, failure_ttl=7 * 86400,
+                                 retry=Retry(max=2, interval=[5, 30]),
+                                 meta={"project": project, "kind": kind, "reason": reason, "progress": 0.0})
+        return self._record(job)
+
+    def enqueue_train(self, project: str, reason: str = "annotations") -> dict[str, Any]:
+        return self._enqueue(TRAIN, project, reason)
+
+    def enqueue_rank(self, project: str) -> dict[str, Any]:
+        return self._enqueue(RANK, project, "new version")
+
+    def mark_started(self, project: str) -> bool:
+        """From now on a new webhook needs a follow-up job rather than folding into this one."""
+        from rq import get_current_job
+
+        job = get_current_job()
+        key = self._queued_key(TRAIN, project)
+        if job is not None and (self.redis.get(key) or b"").decode() == job.id:
+            self.redis.delete(key)
+        return bool(self.redis.getdel(f"{key}:resync"))
+
+    @contextlib.contextmanager
+    def project_lock(self, kind: str, project: str) -> Iterator[None]:
+        """One training job per project across all workers; a dead holder's lock expires."""
+        if kind != TRAIN:
+            yield
+            return
+        lock = self.redis.lock(f"ml_backend:{self.settings.queue_name}:lock:{project}", timeout=LOCK_TTL)
+        if not lock.acquire(blocking=True, blocking_timeout=JOB_TIMEOUT):
+            raise TimeoutError(f"project {project}: another training job held the lock for too long")
+        stop = threading.Event()
+
+        def keep_alive() -> None:
+            while not stop.wait(LOCK_TTL / 3):
+                with contextlib.suppress(Exception):
+                    lock.extend(LOCK_TTL, replace_ttl=True)
+
+        refresher = threading.Thread(target=keep_alive, daemon=True)
+        refresher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                lock.release()
+
+    def _record(self, job) -> dict[str, Any]:
+        meta = job.meta or {}
+        status = job.get_status(refresh=False)
+        record = {"id": job.id, "kind": meta.get("kind"), "project": meta.get("project"), "reason": meta.get("reason"),
+                  "status": str(status.value if hasattr(status, "value") else status),
+                  "enqueued_at": _ts(job.enqueued_at), "started_at": _ts(job.started_at), "ended_at": _ts(job.ended_at),
+                  "progress": meta.get("progress", 0.0), "message": meta.get("message", ""),
+                  "error": None, "traceback": None, "result": None}
+        if record["status"] == "failed":
+            info = job.latest_result()
+            text = (info.exc_string if info is not None else "") or ""
+            record["traceback"] = text
+            record["error"] = text.strip().splitlines()[-1] if text.strip() else "failed"
+        elif record["status"] == "finished":
+            record["result"] = job.return_value()
+            record["progress"] = 1.0
+        return record
+
+    def jobs(self, project: Optional[str] = None, limit: int = 50) -> list[dict[str, Any]]:
+        from rq.job import Job
+
+        q = self.queue
+        ids: list[str] = []
+        for registry in (q.started_job_registry, q.failed_job_registry, q.finished_job_registry):
+            ids += registry.get_job_ids()
+        ids = list(q.job_ids) + ids
+        jobs = [job for job in Job.fetch_many(ids, connection=self.redis) if job is not None]
+        records = [self._record(job) for job in jobs]
+        records = [r for r in records if project in (None, r["project"])]
+        records.sort(key=lambda r: r["enqueued_at"] or 0, reverse=True)
+        return records[:limit]
+
+    def depth(self) -> int:
+        return self.queue.count
+
+
+def _ts(value) -> Optional[float]:
+    return value.timestamp() if value is not None else None

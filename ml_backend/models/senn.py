@@ -1,0 +1,299 @@
+"""Self-explaining neural networks (Alvarez-Melis & Jaakkola 2018): f(x)_k = sum_i theta(x)_ik h(x)_i.
+
+The aggregator is a plain sum with no bias, so a class logit is exactly the sum of its concept
+evidence theta(x)[:, i, k] * h(x)_i: the explanation *is* the computation (CALI, Teso 2019).
+
+Conventions shared with ``ImageCNN`` / ``TextCNN``:
+- ``features(x)`` is deterministic and ``head(f)`` holds the dropout, so MC-dropout ranking can reuse
+  one feature pass. For SENN the features are the concepts h(x) concatenated with the
+  parameterizer's trunk output; the head turns the trunk into theta(x) (dropout acts on theta only)
+  and aggregates with h. ``mc_logits(x, T)`` does this for you.
+- ``cam_layer`` is the parameterizer's last conv block, for captum methods that need a layer; the
+  native explanation is ``evidence_map`` and needs no captum.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_backend.data.text import PAD_ID
+
+CONCEPT_KINDS = ("pixels", "patches", "learned")
+Target = int | torch.Tensor
+
+
+def _target_index(target: Target, n: int, device: torch.device) -> torch.Tensor:
+    """(N,) long tensor of class indices from an int or a tensor."""
+    if isinstance(target, int):
+        return torch.full((n,), target, dtype=torch.long, device=device)
+    target = torch.as_tensor(target, device=device).long().reshape(-1)
+    return target.expand(n) if target.numel() == 1 else target
+
+
+def _select_class(theta: torch.Tensor, target: Target) -> torch.Tensor:
+    """theta (N, D, K) -> (N, D) relevances of each example's target class."""
+    idx = _target_index(target, theta.shape[0], theta.device)
+    return theta.gather(2, idx.view(-1, 1, 1).expand(-1, theta.shape[1], 1)).squeeze(2)
+
+
+def _aggregate(theta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Sum aggregator: (N, D, K) x (N, D) -> (N, K). Same ops as ``evidence`` so they agree exactly."""
+    return (theta * h.unsqueeze(-1)).sum(1)
+
+
+@contextmanager
+def _dropout_on(module: nn.Module) -> Iterator[None]:
+    """Dropout layers in train mode for MC sampling, whatever the model's mode; restored after."""
+    drops = [m for m in module.modules() if isinstance(m, nn.Dropout)]
+    modes = [m.training for m in drops]
+    for m in drops:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, mode in zip(drops, modes):
+            m.train(mode)
+
+
+class SENN(nn.Module):
+    """Image SENN with pixel, patch or learned (autoencoder) concepts.
+
+    - ``pixels``: h(x) = channel-mean intensity of every pixel, D = H*W.
+    - ``patches``: h(x) = mean channel-mean intensity of each ``patch`` x ``patch`` cell, D = (H/p)*(W/p).
+    - ``learned``: h(x) = a conv encoder's ``n_concepts`` outputs, trained with a decoder
+      (reconstruction) and an L1 sparsity penalty; see ``training.xil_losses.senn_concept_losses``.
+
+    theta(x) is a small CNN. For pixel/patch concepts it is fully convolutional (local features plus a
+    broadcast global summary, 1x1 conv to K maps, resized to the concept grid), which keeps the
+    parameter count independent of the image size and makes relevances spatially smooth; for
+    learned concepts it is a linear map of the pooled features to D*K.
+    """
+
+    kind = "senn"
+
+    def __init__(self, n_classes: int, concepts: str = "patches", image_size: int = 64,
+                 in_channels: int = 3, patch: int = 8, n_concepts: int | None = None,
+                 width: int = 16, dropout: float = 0.3) -> None:
+        super().__init__()
+        if concepts not in CONCEPT_KINDS:
+            raise ValueError(f"concepts must be one of {CONCEPT_KINDS}, got {concepts!r}")
+        if concepts == "patches" and image_size % patch:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}")
+        if concepts == "learned" and image_size % 4:
+            raise ValueError(f"learned concepts need image_size divisible by 4, got {image_size}")
+        self.config = dict(n_classes=n_classes, concepts=concepts, image_size=image_size,
+                           in_channels=in_channels, patch=patch, n_concepts=n_concepts,
+                           width=width, dropout=dropout)
+        self.n_classes, self.concept_kind = n_classes, concepts
+        self.image_size, self.in_channels, self.patch = image_size, in_channels, patch
+        if concepts == "pixels":
+            self.grid = (image_size, image_size)
+        elif concepts == "patches":
+            self.grid = (image_size // patch, image_size // patch)
+        else:
+            self.grid = None
+        self.n_concepts = self.grid[0] * self.grid[1] if self.grid else (n_concepts or 10)
+
+        w = width
+        self.trunk = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+        )
+        self.cam_layer = self.trunk[-1]
+        self.trunk_size = max(image_size // 4, 1)
+        self.trunk_channels = 2 * w
+        self.theta_dropout = nn.Dropout(dropout)
+        if self.grid is not None:
+            self.theta_out = nn.Conv2d(4 * w, n_classes, 1)
+        else:
+            self.theta_out = nn.Linear(2 * w, self.n_concepts * n_classes)
+            s = image_size // 4
+            self.encoder = nn.Sequential(
+                nn.Conv2d(in_channels, w, 4, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.ReLU(),
+                nn.Flatten(), nn.Linear(2 * w * s * s, self.n_concepts),
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(self.n_concepts, 2 * w * s * s), nn.ReLU(), nn.Unflatten(1, (2 * w, s, s)),
+                nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.ReLU(),
+                nn.ConvTranspose2d(w, in_channels, 4, stride=2, padding=1),
+            )
+
+    # -- concepts h(x) -------------------------------------------------------------------------
+    def concepts(self, x: torch.Tensor) -> torch.Tensor:
+        """h(x): (N, D)."""
+        if self.concept_kind == "pixels":
+            return x.mean(1).flatten(1)
+        if self.concept_kind == "patches":
+            return F.avg_pool2d(x.mean(1, keepdim=True), self.patch).flatten(1)
+        return self.encoder(x)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Learned concepts only: reconstruction (N, C, H, W) from h."""
+        if self.concept_kind != "learned":
+            raise ValueError("only learned concepts have a decoder")
+        return self.decoder(h)
+
+    # -- features / head split ------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic part: [h(x), flattened trunk(x)] as (N, D + 2w*s*s)."""
+        t = F.adaptive_avg_pool2d(self.trunk(x), self.trunk_size)
+        return torch.cat([self.concepts(x), t.flatten(1)], dim=1)
+
+    def _split(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, t = f[:, :self.n_concepts], f[:, self.n_concepts:]
+        return h, t.view(-1, self.trunk_channels, self.trunk_size, self.trunk_size)
+
+    def _theta(self, t: torch.Tensor) -> torch.Tensor:
+        t = self.theta_dropout(t)
+        g = t.mean((2, 3))
+        if self.grid is None:
+            return self.theta_out(g).view(-1, self.n_concepts, self.n_classes)
+        z = torch.cat([t, g[:, :, None, None].expand_as(t)], dim=1)
+        maps = F.interpolate(self.theta_out(z), size=self.grid, mode="bilinear", align_corners=False)
+        return maps.flatten(2).transpose(1, 2)  # (N, D, K), D in row-major grid order like h
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        h, t = self._split(f)
+        return _aggregate(self._theta(t), h)
+
+    # -- predictions and explanations -----------------------------------------------------------
+    def relevances(self, x: torch.Tensor) -> torch.Tensor:
+        """theta(x): (N, D, K)."""
+        return self._theta(self._split(self.features(x))[1])
+
+    def forward_with_explanation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (N, K), h (N, D), theta (N, D, K)) from one pass (one dropout sample)."""
+        h, t = self._split(self.features(x))
+        theta = self._theta(t)
+        return _aggregate(theta, h), h, theta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def evidence(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+        """theta(x)[:, :, target] * h(x): (N, D); sums to the target logit."""
+        _, h, theta = self.forward_with_explanation(x)
+        return _select_class(theta, target) * h
+
+    def evidence_map(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+        """Concept evidence in pixel space, (N, H, W), summing to the target logit.
+
+        pixels: the evidence reshaped; patches: each patch's evidence spread evenly over its pixels;
+        learned: input x gradient of the locally linear model sum_i theta_i h_i(x) with theta held
+        fixed (the linearisation the robustness loss enforces). It needs autograd, is exact in the
+        sum only where h is linear, and is an attribution of the concepts, not a decoding of them.
+        """
+        if self.concept_kind == "pixels":
+            return self.evidence(x, target).view(-1, *self.grid)
+        if self.concept_kind == "patches":
+            e = self.evidence(x, target).view(-1, 1, *self.grid) / self.patch ** 2
+            return F.interpolate(e, scale_factor=self.patch, mode="nearest")[:, 0]
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            theta = _select_class(self.relevances(xg), target).detach()
+            (grad,) = torch.autograd.grad((theta * self.concepts(xg)).sum(), xg)
+        return (grad * xg).sum(1).detach()
+
+    def mc_logits(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """(T, N, K) logits with dropout on theta, concepts and trunk computed once."""
+        f = self.features(x)
+        with _dropout_on(self):
+            return torch.stack([self.head(f) for _ in range(T)])
+
+
+class TextSENN(nn.Module):
+    """Token-concept SENN: h_i = 1 for every real token, 0 for padding; theta from a text CNN.
+
+    A token's evidence for class k is then its relevance theta_ik, so the logit is the sum over
+    tokens of their relevances. theta sees each token's local context (two convolutions) plus a
+    masked max-pooled summary of the whole text.
+    """
+
+    kind = "text_senn"
+
+    def __init__(self, n_classes: int, n_buckets: int = 20000, max_len: int = 128,
+                 embed_dim: int = 64, channels: int = 64, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.config = dict(n_classes=n_classes, n_buckets=n_buckets, max_len=max_len,
+                           embed_dim=embed_dim, channels=channels, dropout=dropout)
+        self.n_classes, self.max_len, self.channels = n_classes, max_len, channels
+        self.embedding = nn.Embedding(n_buckets, embed_dim, padding_idx=PAD_ID)
+        self.conv1 = nn.Conv1d(embed_dim, channels, 3, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1)
+        self.theta_dropout = nn.Dropout(dropout)
+        self.theta_out = nn.Linear(2 * channels, n_classes)
+
+    def features_embedded(self, emb: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """[h (N, L), local features (N, L*C)] flattened to 2-D like the other models."""
+        z = torch.relu(self.conv1(emb.transpose(1, 2)))
+        z = torch.relu(self.conv2(z)).transpose(1, 2)  # (N, L, C)
+        return torch.cat([pad_mask.to(z.dtype), z.flatten(1)], dim=1)
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.features_embedded(self.embedding(ids), ids != PAD_ID)
+
+    def _split(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        length = f.shape[1] // (1 + self.channels)
+        return f[:, :length], f[:, length:].view(f.shape[0], length, self.channels)
+
+    def _theta(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        z = self.theta_dropout(z)
+        g = torch.nan_to_num(z.masked_fill(h.unsqueeze(-1) == 0, float("-inf")).max(1).values, neginf=0.0)
+        return self.theta_out(torch.cat([z, g.unsqueeze(1).expand_as(z)], dim=2))  # (N, L, K)
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        h, z = self._split(f)
+        return _aggregate(self._theta(h, z), h)
+
+    def forward_embedded(self, emb: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features_embedded(emb, pad_mask))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids))
+
+    def concepts(self, ids: torch.Tensor) -> torch.Tensor:
+        """h: (N, L) token presence."""
+        return (ids != PAD_ID).float()
+
+    def relevances(self, ids: torch.Tensor) -> torch.Tensor:
+        """theta: (N, L, K)."""
+        return self._theta(*self._split(self.features(ids)))
+
+    def forward_with_explanation(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, z = self._split(self.features(ids))
+        theta = self._theta(h, z)
+        return _aggregate(theta, h), h, theta
+
+    def evidence(self, ids: torch.Tensor, target: Target) -> torch.Tensor:
+        """(N, L) per-token evidence for the target class; zero on padding."""
+        _, h, theta = self.forward_with_explanation(ids)
+        return _select_class(theta, target) * h
+
+    def evidence_map(self, ids: torch.Tensor, target: Target) -> torch.Tensor:
+        """Same as ``evidence``: tokens are already the input units."""
+        return self.evidence(ids, target)
+
+    def mc_logits(self, ids: torch.Tensor, T: int) -> torch.Tensor:
+        f = self.features(ids)
+        with _dropout_on(self):
+            return torch.stack([self.head(f) for _ in range(T)])
+
+
+@torch.no_grad()
+def most_activating_examples(model: nn.Module, x: torch.Tensor, k: int = 5,
+                             batch_size: int = 256) -> dict[int, torch.Tensor]:
+    """Prototypes for each concept: indices into ``x`` of the k examples with the largest h_i (SENN §4)."""
+    was_training = model.training
+    model.eval()
+    try:
+        h = torch.cat([model.concepts(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+    top = h.topk(min(k, len(x)), dim=0).indices  # (k, D)
+    return {i: top[:, i] for i in range(h.shape[1])}

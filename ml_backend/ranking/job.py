@@ -1,0 +1,228 @@
+"""The ranking job: score a project's unlabeled tasks with the serving version and make Label
+Studio serve the most informative first.
+
+Memory stays flat in the number of tasks: tasks are read from Label Studio page by page and
+scored in batches; each task keeps only its probabilities (and, for ALEX, a small pooled
+explanation), while its rendered prediction waits in a JSON-lines spool file on disk until the
+scores are known.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ml_backend.config import Settings
+from ml_backend.data.fetch import DataError, Fetcher
+from ml_backend.ranking.acquisition import get_acquisition, ls_scores
+from ml_backend.ranking.mc import mc_dropout_probs
+from ml_backend.serving import (PreparedTask, ProjectContext, prepare_task, project_context, render_predictions,
+                                resolve_device)
+from ml_backend.training.registry import ProjectRegistry, _write_atomic
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+BATCH = 32
+EXPLANATION_CELLS = 16  # ALEX compares explanations pooled to 16x16 (images) or 16 token bins
+
+
+def _quiet(fraction: float, message: str = "") -> None:
+    pass
+
+
+def pooled_explanations(relevance: np.ndarray) -> np.ndarray:
+    """(N, H, W) or (N, L) relevance -> (N, D) small non-negative vectors for ALEX."""
+    r = torch.as_tensor(relevance, dtype=torch.float32).clamp_min(0)
+    if r.dim() == 3:
+        return F.adaptive_avg_pool2d(r.unsqueeze(1), EXPLANATION_CELLS).flatten(1).numpy()
+    return F.adaptive_avg_pool1d(r.unsqueeze(1), EXPLANATION_CELLS).flatten(1).numpy()
+
+
+def queue_path(settings: Settings, project: str) -> Path:
+    return ProjectRegistry(settings.model_dir, project).root / "queue.json"
+
+
+def load_queue(settings: Settings, project: str) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(queue_path(settings, project).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _batches(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _digest(result: list[dict[str, Any]]) -> str:
+    return hashlib.sha1(json.dumps(result, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Scorer:
+    """Scores batches of prepared tasks with one model version and one acquisition function."""
+
+    def __init__(self, ctx: ProjectContext, loaded, device: torch.device) -> None:
+        self.ctx, self.loaded, self.device = ctx, loaded, device
+        s = ctx.settings
+        kwargs = {"b": s.alex_batch} if s.acquisition == "alex" else {}
+        self.acquisition = get_acquisition(s.acquisition, **kwargs)
+        self.probs: list[np.ndarray] = []
+        self.mc: list[np.ndarray] = []
+        self.explanations: list[np.ndarray] = []
+
+    def add(self, prepared: list[PreparedTask]) -> list[dict[str, Any]]:
+        """Render predictions for a batch and keep what the acquisition function needs."""
+        need_expl = self.acquisition.needs_explanations
+        rendered = render_predictions(self.ctx, self.loaded, prepared, self.device, with_relevance=need_expl)
+        self.probs.append(rendered.probs.numpy())
+        if self.acquisition.needs_mc:
+            x = torch.stack([p.tensor for p in prepared])
+            self.mc.append(mc_dropout_probs(self.loaded.model, x, self.ctx.settings.mc_samples))
+        if need_expl:
+            self.explanations.append(pooled_explanations(rendered.relevance))
+        return rendered.predictions
+
+    def scores(self, labeled_explanations: Optional[np.ndarray] = None) -> np.ndarray:
+        probs = np.concatenate(self.probs) if self.probs else np.zeros((0, self.ctx.schema.n_classes))
+        kwargs: dict[str, Any] = {}
+        if self.mc:
+            kwargs["mc_probs"] = np.concatenate(self.mc, axis=1)
+        if self.explanations:
+            kwargs["explanations"] = np.concatenate(self.explanations)
+            kwargs["labeled_explanations"] = labeled_explanations
+        return self.acquisition.scores(probs, **kwargs)
+
+
+def _labeled_explanations(settings: Settings, ctx: ProjectContext, loaded, fetcher: Fetcher,
+                          device: torch.device, limit: int = 200) -> Optional[np.ndarray]:
+    """ALEX compares candidates with the explanations of already labeled tasks (the store's)."""
+    from ml_backend.feedback.intake import store_path
+    from ml_backend.feedback.store import AnnotationStore
+
+    pairs = AnnotationStore(store_path(settings)).list(ctx.key)[-limit:]
+    prepared = []
+    for _, task in pairs:
+        try:
+            prepared.append(prepare_task(ctx, loaded.model.config, task, fetcher, len(prepared)))
+        except DataError:
+            continue
+    if not prepared:
+        return None
+    out = []
+    for start in range(0, len(prepared), BATCH):
+        rendered = render_predictions(ctx, loaded, prepared[start:start + BATCH], device, with_relevance=True)
+        out.append(pooled_explanations(rendered.relevance))
+    return np.concatenate(out)
+
+
+def rank_tasks(ctx: ProjectContext, loaded, tasks: Iterator[dict[str, Any]], fetcher: Fetcher,
+               device: torch.device, spool: Path, progress: Progress = _quiet,
+               labeled_explanations: Optional[np.ndarray] = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(task ids, acquisition values, Label Studio scores) for the tasks; predictions spooled to disk."""
+    scorer = Scorer(ctx, loaded, device)
+    ids: list[int] = []
+    unreadable = 0
+    with spool.open("w") as out:
+        for batch in _batches(tasks, BATCH):
+            prepared, batch_ids = [], []
+            for task in batch:
+                try:
+                    prepared.append(prepare_task(ctx, loaded.model.config, task, fetcher, len(prepared)))
+                    batch_ids.append(int(task["id"]))
+                except DataError as exc:
+                    unreadable += 1
+                    log.warning("project %s task %s: cannot read data: %s", ctx.key, task.get("id"), exc)
+            if not prepared:
+                continue
+            for task_id, prediction in zip(batch_ids, scorer.add(prepared)):
+                out.write(json.dumps({"task": task_id, "result": prediction["result"]}) + "\n")
+            ids += batch_ids
+            progress(0.05 + 0.6 * min(1.0, len(ids) / max(len(ids) + BATCH, 1)), f"scored {len(ids)} tasks")
+    if unreadable:
+        log.warning("project %s: %d unlabeled tasks could not be read and were not ranked", ctx.key, unreadable)
+    values = scorer.scores(labeled_explanations) if ids else np.zeros(0)
+    return ids, values, ls_scores(values) if ids else np.zeros(0)
+
+
+def rank_project(settings: Settings, project: str, progress: Progress = _quiet) -> dict[str, Any]:
+    """Rank the project's unlabeled tasks, push predictions and scores, switch Label Studio's queue."""
+    from ml_backend.labelstudio.client import LabelStudioClient
+
+    started = time.perf_counter()
+    ctx = project_context(settings, project)
+    registry = ProjectRegistry(settings.model_dir, project)
+    version = registry.current()
+    if version is None:
+        return {"skipped": "no model version yet"}
+    if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
+        return {"skipped": "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to rank tasks"}
+    loaded = registry.load(version)
+    device = resolve_device(settings.device)
+    loaded.model.to(device).eval()
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout)
+    fetcher = Fetcher(settings)
+    labeled = None
+    if ctx.settings.acquisition == "alex":
+        labeled = _labeled_explanations(settings, ctx, loaded, fetcher, device)
+    with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
+        spool = Path(tmp) / "predictions.jsonl"
+        tasks = client.iter_tasks(int(project), only_unlabeled=True)
+        ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, device, spool, progress, labeled)
+        pushed, unchanged = push_predictions(settings, client, project, version, ids, scores, spool, progress)
+    fields: dict[str, Any] = {"model_version": version}
+    if ctx.settings.set_uncertainty_sampling:
+        fields["sampling"] = "Uncertainty sampling"
+    client.update_project(int(project), **fields)
+    order = np.argsort(scores, kind="stable")
+    queue = {"project": project, "model_version": version, "acquisition": ctx.settings.acquisition,
+             "computed_at": time.time(), "seconds": round(time.perf_counter() - started, 3),
+             "tasks": [{"task": ids[i], "score": float(scores[i]), "acquisition_value": float(values[i])}
+                       for i in order]}
+    _write_atomic(queue_path(settings, project), json.dumps(queue).encode())
+    log.info("project %s: ranked %d unlabeled tasks with %s (%d pushed, %d unchanged) in %.1fs", project, len(ids),
+             ctx.settings.acquisition, pushed, unchanged, queue["seconds"])
+    progress(1.0, f"ranked {len(ids)} tasks")
+    return {"version": version, "ranked": len(ids), "pushed": pushed, "unchanged": unchanged,
+            "acquisition": ctx.settings.acquisition, "top": queue["tasks"][:5]}
+
+
+def push_predictions(settings: Settings, client, project: str, version: str, ids: list[int], scores: np.ndarray,
+                     spool: Path, progress: Progress = _quiet) -> tuple[int, int]:
+    """Post each task's prediction with its score; skip those Label Studio already has unchanged."""
+    state_path = ProjectRegistry(settings.model_dir, project).root / "pushed.json"
+    try:
+        pushed_before = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        pushed_before = {}
+    score_of = {task_id: float(s) for task_id, s in zip(ids, scores)}
+    pushed = unchanged = 0
+    with spool.open() as lines:
+        for n, line in enumerate(lines):
+            item = json.loads(line)
+            task_id = item["task"]
+            key = [version, round(score_of[task_id], 6), _digest(item["result"])]
+            if pushed_before.get(str(task_id)) == key:
+                unchanged += 1
+                continue
+            client.create_prediction(task_id, item["result"], score=score_of[task_id], model_version=version)
+            pushed_before[str(task_id)] = key
+            pushed += 1
+            if n % 100 == 0:
+                progress(0.65 + 0.3 * n / max(len(ids), 1), f"pushed {pushed} predictions")
+    _write_atomic(state_path, json.dumps(pushed_before).encode())
+    return pushed, unchanged

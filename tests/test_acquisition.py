@@ -1,0 +1,239 @@
+"""Acquisition functions on hand-built probability arrays with known answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ml_backend.ranking.acquisition import (
+    ACQUISITIONS, ALEX, BALD, Entropy, LeastConfidence, Margin, Random, get_acquisition, ls_score,
+    ls_scores, rank,
+)
+
+# row 0 confident, row 1 uniform (most uncertain), row 2 two-way tie, row 3 fairly confident
+P = np.array([
+    [0.90, 0.05, 0.05],
+    [1 / 3, 1 / 3, 1 / 3],
+    [0.50, 0.50, 0.00],
+    [0.70, 0.20, 0.10],
+])
+
+
+def test_registry_names_and_errors():
+    assert set(ACQUISITIONS) == {"random", "least_confidence", "margin", "entropy", "bald", "alex"}
+    for name, cls in ACQUISITIONS.items():
+        assert isinstance(get_acquisition(name), cls)
+        assert get_acquisition(name).name == name
+    assert get_acquisition("ALEX", b=2).b == 2
+    with pytest.raises(ValueError, match="unknown acquisition"):
+        get_acquisition("nope")
+
+
+def test_least_confidence_exact():
+    np.testing.assert_allclose(LeastConfidence().scores(P), [0.1, 2 / 3, 0.5, 0.3])
+    assert rank(LeastConfidence().scores(P))[0] == 1
+
+
+def test_margin_exact():
+    # 1 - (p1 - p2): uniform and the two-way tie both have zero gap
+    np.testing.assert_allclose(Margin().scores(P), [1 - 0.85, 1.0, 1.0, 1 - 0.5])
+    assert list(rank(Margin().scores(P))) == [1, 2, 3, 0]
+    assert np.all(Margin().scores(np.ones((3, 1))) == 0)  # one class: nothing to decide
+
+
+def test_entropy_exact():
+    expected = [
+        -(0.9 * math.log(0.9) + 2 * 0.05 * math.log(0.05)),
+        math.log(3),
+        math.log(2),
+        -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)),
+    ]
+    s = Entropy().scores(P)
+    np.testing.assert_allclose(s, expected)
+    assert np.all(np.isfinite(s))  # 0 log 0 = 0
+    assert list(rank(s)) == [1, 3, 2, 0]  # H(.7, .2, .1) = 0.80 > log 2 = 0.69
+
+
+def test_uniform_row_is_most_uncertain_for_all_uncertainty_functions():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(5) * 0.5, size=20)
+    p[7] = 0.2
+    for acq in (LeastConfidence(), Margin(), Entropy()):
+        assert rank(acq.scores(p))[0] == 7, acq.name
+
+
+def test_mean_of_mc_samples_is_used_when_only_mc_given():
+    mc = np.stack([P, P[::-1]])
+    for acq in (LeastConfidence(), Margin(), Entropy()):
+        np.testing.assert_allclose(acq.scores(mc_probs=mc), acq.scores(mc.mean(0)))
+
+
+def test_numerically_safe_on_bad_rows():
+    bad = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [np.nan, 1.0, 0.0], [2.0, 2.0, 0.0]])
+    for name in ("least_confidence", "margin", "entropy"):
+        s = get_acquisition(name).scores(bad)
+        assert np.all(np.isfinite(s)), name
+    # an all-zero row is treated as uniform; unnormalised rows are renormalised
+    np.testing.assert_allclose(Entropy().scores(bad), [math.log(3), 0.0, 0.0, math.log(2)])
+
+
+def test_bald_zero_when_samples_agree_high_when_confident_samples_disagree():
+    agree = np.stack([P] * 5)
+    np.testing.assert_allclose(BALD().scores(mc_probs=agree), 0.0, atol=1e-12)
+
+    # two tasks, two classes, T = 2: task 0's samples are confident but disagree,
+    # task 1's samples are both uniform (aleatoric, not epistemic)
+    mc = np.array([
+        [[1.0, 0.0], [0.5, 0.5]],
+        [[0.0, 1.0], [0.5, 0.5]],
+    ])
+    s = BALD().scores(mc_probs=mc)
+    np.testing.assert_allclose(s, [math.log(2), 0.0], atol=1e-9)
+    # entropy cannot tell them apart, BALD can
+    np.testing.assert_allclose(Entropy().scores(mc_probs=mc), [math.log(2), math.log(2)])
+
+
+def test_bald_exact_small_case():
+    # one task, T = 2: p1 = (0.8, 0.2), p2 = (0.4, 0.6); mean (0.6, 0.4)
+    mc = np.array([[[0.8, 0.2]], [[0.4, 0.6]]])
+
+    def h(*q):
+        return -sum(x * math.log(x) for x in q)
+
+    expected = h(0.6, 0.4) - (h(0.8, 0.2) + h(0.4, 0.6)) / 2
+    np.testing.assert_allclose(BALD().scores(mc_probs=mc), [expected])
+    assert BALD().scores(mc)[0] == pytest.approx(expected)  # (T, N, K) passed positionally
+
+
+def test_bald_needs_mc():
+    with pytest.raises(ValueError):
+        BALD().scores(P)
+
+
+def test_random_is_seeded():
+    a = Random(seed=3).scores(P)
+    b = Random(seed=3).scores(P)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (4,)
+    assert not np.array_equal(a, Random(seed=4).scores(P))
+
+
+def test_rank_ties_are_stable_by_index_and_nan_last():
+    s = np.array([0.5, 1.0, 0.5, 1.0, np.nan, 0.2])
+    assert list(rank(s)) == [1, 3, 0, 2, 5, 4]
+    assert list(rank(np.zeros(4))) == [0, 1, 2, 3]
+
+
+def test_ls_score_monotonic_lowest_for_top_task():
+    n = 5
+    values = [ls_score(i, n) for i in range(n)]
+    assert values[0] == 0.0 and values[-1] == 1.0
+    assert all(a < b for a, b in zip(values, values[1:]))
+    assert ls_score(0, 1) == 0.0
+    with pytest.raises(ValueError):
+        ls_score(5, 5)
+
+
+def test_ls_scores_in_task_order_and_distinct_on_ties():
+    s = np.array([0.1, 0.9, 0.5, 0.9])
+    ls = ls_scores(s)
+    # rank: 1, 3, 2, 0 -> positions 3, 0, 2, 1 -> / 3
+    np.testing.assert_allclose(ls, [1.0, 0.0, 2 / 3, 1 / 3])
+    assert int(np.argmin(ls)) == int(rank(s)[0])
+    assert len(set(ls.tolist())) == len(ls)  # deterministic even for tied acquisition values
+    # Label Studio orders ascending by score: that reproduces our ranking
+    np.testing.assert_array_equal(np.argsort(ls, kind="stable"), rank(s))
+
+
+# ---------------------------------------------------------------------------- ALEX
+
+
+def _alex_case():
+    """6 tasks, K = 2. Entropy order: 0, 1, 2, 3, 4, 5 (0 most uncertain)."""
+    p1 = np.array([0.5, 0.55, 0.6, 0.7, 0.8, 0.95])
+    probs = np.stack([p1, 1 - p1], axis=1)
+    labeled = np.array([[1.0, 1.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0]])  # mass on the left half
+    expl = np.array([
+        [1.0, 1.0, 0.0, 0.0],  # like the labeled ones
+        [1.0, 1.0, 0.1, 0.0],
+        [0.0, 0.0, 1.0, 1.0],  # mass on the right half: diverges most
+        [0.0, 0.0, 1.0, 1.0],  # diverges too, but not a candidate for b = 1 (k = 3)
+        [0.0, 0.0, 1.0, 1.0],
+        [1.0, 1.0, 0.0, 0.0],
+    ])
+    return probs, expl, labeled
+
+
+def test_alex_picks_candidate_whose_explanation_differs():
+    probs, expl, labeled = _alex_case()
+    alex = ALEX(b=1, k_factor=3)
+    assert list(alex.candidates(probs)) == [0, 1, 2]
+    order = alex.rank(probs, explanations=expl, labeled_explanations=labeled)
+    # top b by divergence, then the other candidates by uncertainty, then the rest by uncertainty
+    assert list(order) == [2, 0, 1, 3, 4, 5]
+
+
+def test_alex_top_b_ordered_by_divergence():
+    probs, expl, labeled = _alex_case()
+    expl = expl.copy()
+    expl[1] = [0.0, 1.0, 1.0, 1.0]  # diverges, less than task 2
+    expl[3] = [1.0, 1.0, 0.0, 0.0]  # like the labeled ones
+    alex = ALEX(b=2, k_factor=2)  # candidates 0, 1, 2, 3
+    d = alex.divergence(expl, labeled)
+    assert d[2] > d[1] > d[0] and d[1] > d[3]
+    order = alex.rank(probs, explanations=expl, labeled_explanations=labeled)
+    assert list(order) == [2, 1, 0, 3, 4, 5]
+
+
+def test_alex_without_labeled_explanations_equals_entropy_order():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(4), size=30)
+    expl = rng.random((30, 16))
+    ent = rank(Entropy().scores(probs))
+    for lab in (None, np.zeros((0, 16))):
+        order = ALEX(b=3).rank(probs, explanations=expl, labeled_explanations=lab)
+        np.testing.assert_array_equal(order, ent)
+    np.testing.assert_array_equal(ALEX(b=3).rank(probs), ent)
+
+
+def test_alex_divergence_matches_mean_kl_and_is_safe():
+    rng = np.random.default_rng(2)
+    e = rng.random((3, 5))
+    lab = rng.random((4, 5))
+    lab[0, 2] = 0.0  # a zero in a labeled explanation must not give inf
+    d = ALEX().divergence(e, lab)
+    assert np.all(np.isfinite(d)) and np.all(d >= 0)
+    p = e / e.sum(1, keepdims=True)
+    q = np.clip(lab / lab.sum(1, keepdims=True), 1e-12, 1)
+    brute = np.array([np.mean([np.sum(pi * np.log(pi / qj)) for qj in q]) for pi in p])
+    np.testing.assert_allclose(d, brute, rtol=1e-9)
+    # identical explanations diverge by zero; all-zero maps are uniform, not NaN
+    np.testing.assert_allclose(ALEX().divergence(lab[1:2], lab[1:2]), [0.0], atol=1e-12)
+    assert np.isfinite(ALEX().divergence(np.zeros((1, 5)), np.zeros((2, 5)))).all()
+
+
+def test_alex_reads_only_candidate_rows_and_accepts_images():
+    probs, expl, labeled = _alex_case()
+    masked = expl.copy()
+    masked[3:] = 0.0  # non-candidates need not be computed
+    a = ALEX(b=1).rank(probs, explanations=masked, labeled_explanations=labeled)
+    b = ALEX(b=1).rank(probs, explanations=expl, labeled_explanations=labeled)
+    np.testing.assert_array_equal(a, b)
+    # (N, H, W) maps are flattened
+    img = ALEX(b=1).rank(probs, explanations=expl.reshape(6, 2, 2),
+                         labeled_explanations=labeled.reshape(2, 2, 2))
+    np.testing.assert_array_equal(img, b)
+
+
+def test_alex_scores_give_distinct_ls_scores_and_candidate_set_clipped():
+    probs, expl, labeled = _alex_case()
+    alex = ALEX(b=5, k_factor=3)  # k = 15 > N = 6
+    s = alex.scores(probs, explanations=expl, labeled_explanations=labeled)
+    assert len(set(s.tolist())) == 6
+    ls = ls_scores(s)
+    assert ls[rank(s)[0]] == 0.0
+    with pytest.raises(ValueError):
+        alex.scores(probs, explanations=expl[:3], labeled_explanations=labeled)
+    with pytest.raises(ValueError):
+        ALEX(uncertainty="bald")

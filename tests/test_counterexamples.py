@@ -1,0 +1,140 @@
+"""CAIPI counterexamples: only the marked region changes, each fill does what it says."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ml_backend.feedback.counterexamples import image_counterexamples, text_counterexamples
+
+torch.set_num_threads(1)
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((3, 16, 20), generator=g) * 2 - 0.5  # a normalised-looking range
+
+
+def _mask() -> torch.Tensor:
+    mask = torch.zeros((16, 20), dtype=torch.bool)
+    mask[2:9, 5:15] = True
+    return mask
+
+
+@pytest.mark.parametrize("fill", ["randomize", "substitute", "blur"])
+def test_outside_unchanged_inside_changed(fill):
+    x, mask = _image(), _mask()
+    donors = torch.stack([_image(s) for s in (1, 2, 3)])
+    out = image_counterexamples(x, mask, 4, fill=fill, donors=donors, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 16, 20) and out.dtype == x.dtype
+    assert torch.equal(out[:, :, ~mask], x[:, ~mask].expand(4, -1, -1))
+    inside = out[:, :, mask]
+    assert (inside != x[:, mask]).float().mean() > 0.95
+
+
+def test_randomize_stays_in_each_channels_range_and_copies_differ():
+    x = _image()
+    x[1] = x[1] * 0.1 + 5.0  # channel 1 lives in a very different range
+    mask = _mask()
+    out = image_counterexamples(x, mask, 3, generator=torch.Generator().manual_seed(1))
+    for ch in range(3):
+        vals = out[:, ch][:, mask]
+        assert vals.min() >= x[ch].min() and vals.max() <= x[ch].max()
+    assert not torch.equal(out[0], out[1])
+
+
+def test_seeded_generator_is_deterministic():
+    x, mask = _image(), _mask()
+    donors = torch.stack([_image(s) for s in range(1, 6)])
+    for fill in ("randomize", "substitute"):
+        a = image_counterexamples(x, mask, 5, fill=fill, donors=donors, generator=torch.Generator().manual_seed(7))
+        b = image_counterexamples(x, mask, 5, fill=fill, donors=donors, generator=torch.Generator().manual_seed(7))
+        c = image_counterexamples(x, mask, 5, fill=fill, donors=donors, generator=torch.Generator().manual_seed(8))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+    ids = torch.arange(1, 13)
+    marked = ids % 2 == 0
+    t1 = text_counterexamples(ids, marked, 4, 1000, generator=torch.Generator().manual_seed(3))
+    t2 = text_counterexamples(ids, marked, 4, 1000, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(t1, t2)
+
+
+def test_substitute_takes_pixels_from_one_donor_per_copy():
+    x, mask = _image(), _mask()
+    donors = torch.stack([torch.full((3, 16, 20), float(v)) for v in (10, 20, 30)])
+    out = image_counterexamples(x, mask, 12, fill="substitute", donors=donors, generator=torch.Generator().manual_seed(0))
+    used = set()
+    for copy in out:
+        inside = copy[:, mask]
+        assert inside.unique().numel() == 1  # one donor fills the whole region
+        used.add(inside[0, 0].item())
+    assert used <= {10.0, 20.0, 30.0} and len(used) > 1
+
+
+def test_substitute_without_donors_randomizes():
+    x, mask = _image(), _mask()
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    for donors in (None, torch.empty((0, 3, 16, 20))):
+        sub = image_counterexamples(x, mask, 2, fill="substitute", donors=donors, generator=g())
+        rnd = image_counterexamples(x, mask, 2, fill="randomize", generator=g())
+        assert torch.equal(sub, rnd)
+
+
+def test_blur_fills_with_a_local_mean():
+    x = torch.zeros((1, 32, 32))
+    x[:, :, 16:] = 1.0  # left half dark, right half bright; fine checker detail on the right
+    x[:, ::2, 16::2] = 0.0
+    mask = torch.zeros((32, 32), dtype=torch.bool)
+    mask[8:24, 20:28] = True
+    out = image_counterexamples(x, mask, 2, fill="blur")
+    region = out[0, 0][mask]
+    assert torch.equal(out[0], out[1])
+    assert region.std() < 0.1  # the checker pattern is gone
+    assert 0.5 < region.mean() < 0.85  # but the region keeps its local brightness (~0.75)
+
+
+def test_integer_images_keep_their_dtype():
+    x = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros((8, 8), dtype=torch.bool)
+    mask[:4] = True
+    for fill in ("randomize", "blur"):
+        out = image_counterexamples(x, mask, 2, fill=fill, generator=torch.Generator().manual_seed(0))
+        assert out.dtype == torch.uint8
+        assert torch.equal(out[:, :, 4:], x[:, 4:].expand(2, -1, -1, -1))
+
+
+def test_empty_mask_and_zero_copies():
+    x = _image()
+    out = image_counterexamples(x, torch.zeros((16, 20), dtype=torch.bool), 3)
+    assert torch.equal(out, x.expand(3, -1, -1, -1))
+    assert image_counterexamples(x, _mask(), 0).shape == (0, 3, 16, 20)
+
+
+def test_image_argument_errors():
+    x = _image()
+    with pytest.raises(ValueError, match="irrelevant mask"):
+        image_counterexamples(x, torch.ones((16, 16), dtype=torch.bool), 2)
+    with pytest.raises(ValueError, match="fill"):
+        image_counterexamples(x, _mask(), 2, fill="noise")
+    with pytest.raises(ValueError, match="donors"):
+        image_counterexamples(x, _mask(), 2, fill="substitute", donors=torch.zeros((2, 1, 16, 20)))
+    with pytest.raises(ValueError, match="x must be"):
+        image_counterexamples(x[0], _mask(), 2)
+
+
+def test_text_replaces_marked_non_pad_tokens_only():
+    ids = torch.tensor([5, 9, 12, 7, 3, 0, 0, 0])
+    marked = torch.tensor([False, True, True, False, True, False, True, False])  # one marked pad position
+    out = text_counterexamples(ids, marked, 50, n_buckets=16, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (50, 8) and out.dtype == ids.dtype
+    keep = ~marked | (ids == 0)
+    assert torch.equal(out[:, keep], ids[keep].expand(50, -1))
+    changed = out[:, marked & (ids != 0)]
+    assert (changed != ids[marked & (ids != 0)]).all()  # always a different id
+    assert changed.min() >= 1 and changed.max() < 16
+    assert changed.unique().numel() > 5  # spread over the vocabulary, not one fixed id
+
+
+def test_text_argument_errors():
+    with pytest.raises(ValueError):
+        text_counterexamples(torch.tensor([1, 2]), torch.tensor([True]), 2, 100)
+    with pytest.raises(ValueError):
+        text_counterexamples(torch.tensor([1, 2]), torch.tensor([True, False]), 2, 2)
