@@ -169,4 +169,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         webhooks.observe_metrics()
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
+    from ml_backend.dashboard import dashboard_blueprint
+
+    app.register_blueprint(dashboard_blueprint(settings, webhooks))
     return app

@@ -42,7 +42,7 @@ class ProjectSettings:
     evidence_regions: str = "merged"  # "merged" (one mask) or "components" (one region per component)
     slic_segments: int = 0  # >0 snaps evidence to SLIC superpixels
     strategies: tuple[str, ...] = ("rrr",)
-    rrr_lambda: float = 10.0
+    rrr_lambda: float = 1.0
     counterexamples: int = 3
     counterexample_fill: str = "randomize"  # randomize | substitute | blur
     relevant_lambda: float = 1.0

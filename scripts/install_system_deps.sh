@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# System packages the tests need, from Debian's packages: redis-server (integration tests).
+# System packages the tests need, from Debian's packages: redis-server (integration tests)
+# and chromium + a font (the dashboard's headless-browser test and its screenshot).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,4 +1,5 @@
 """CAIPI counterexamples: only the marked region changes, each fill does what it says."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,7 +61,9 @@ def test_seeded_generator_is_deterministic():
 def test_substitute_takes_pixels_from_one_donor_per_copy():
     x, mask = _image(), _mask()
     donors = torch.stack([torch.full((3, 16, 20), float(v)) for v in (10, 20, 30)])
-    out = image_counterexamples(x, mask, 12, fill="substitute", donors=donors, generator=torch.Generator().manual_seed(0))
+    out = image_counterexamples(
+        x, mask, 12, fill="substitute", donors=donors, generator=torch.Generator().manual_seed(0)
+    )
     used = set()
     for copy in out:
         inside = copy[:, mask]

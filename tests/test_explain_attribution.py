@@ -83,6 +83,13 @@ def test_gradcam_is_the_relud_cam_layer_map_upsampled_bilinearly():
     assert torch.allclose(rel, expected.detach(), atol=1e-7)
 
 
+def test_mixed_modes_are_restored_module_by_module():
+    model = ImageCNN(n_classes=2, width=8).eval()
+    dropout = model.classifier[0].train()  # as MC-dropout sampling leaves it
+    explain_images(model, torch.rand(1, 3, 16, 16), torch.tensor([0]), "saliency")
+    assert dropout.training and not model.training and not model.classifier[3].training
+
+
 def test_works_under_no_grad():
     model = ImageCNN(n_classes=2, width=8)
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """LS annotation JSON -> Feedback: CAIPI's three cases, masks, spans, errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -108,7 +109,9 @@ def test_irrelevant_regions_are_ored_and_evidence_adds_nothing(image_schema):
     b[20:, 10:12] = True
     evidence = np.zeros((32, 32), dtype=bool)
     evidence[10:15, 10:15] = True
-    ann = annotation([brush(a, "Irrelevant"), brush(evidence, "Model evidence"), brush(b, "Irrelevant"), choice("Class B")])
+    ann = annotation(
+        [brush(a, "Irrelevant"), brush(evidence, "Model evidence"), brush(b, "Irrelevant"), choice("Class B")]
+    )
     fb = parse_annotation(ann, TASK, image_schema, image_size=32)
     assert np.array_equal(fb.irrelevant, a | b)
     assert fb.kind == "irrelevant"
@@ -121,7 +124,10 @@ def test_relevant_and_both(image_schema):
     fb = parse_annotation(annotation([choice("Class A"), brush(rel, "Relevant")]), TASK, image_schema, image_size=32)
     assert fb.kind == "relevant" and fb.irrelevant is None and np.array_equal(fb.relevant, rel)
     fb = parse_annotation(
-        annotation([choice("Class A"), brush(rel, "Relevant"), brush(irr, "Irrelevant")]), TASK, image_schema, image_size=32
+        annotation([choice("Class A"), brush(rel, "Relevant"), brush(irr, "Irrelevant")]),
+        TASK,
+        image_schema,
+        image_size=32,
     )
     assert fb.kind == "irrelevant+relevant"
     assert np.array_equal(fb.irrelevant, irr) and np.array_equal(fb.relevant, rel)
@@ -286,7 +292,13 @@ def test_malformed_brush_results_are_errors(image_schema, mutate, match):
         ({"id": 1, "result": "nope"}, "must be a list"),
         ({"id": 1, "result": [5]}, "must be an object"),
         ({"id": 1, "result": [{"from_name": "label", "type": "choices", "value": {}}]}, "value.choices"),
-        ({"id": 1, "result": [{"from_name": "label", "type": "choices", "value": {"choices": ["Class A", "Class B"]}}]}, "one choice"),
+        (
+            {
+                "id": 1,
+                "result": [{"from_name": "label", "type": "choices", "value": {"choices": ["Class A", "Class B"]}}],
+            },
+            "one choice",
+        ),
     ],
 )
 def test_malformed_annotations_are_errors(image_schema, ann, match):

@@ -1,4 +1,5 @@
 """AnnotationStore: idempotent, ordered by updated_at, deletions, resync, durability, concurrency."""
+
 from __future__ import annotations
 
 import json

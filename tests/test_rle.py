@@ -1,4 +1,5 @@
 """Our brush RLE against label_studio_sdk.converter.brush (the format's reference)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_decode_rejects_truncated_stream():
 
 def test_decode_rejects_size_mismatch_and_bad_dimensions():
     encoded = rle.encode(np.ones((4, 6), dtype=bool))
-    with pytest.raises(RLEError, match="needs"):
+    with pytest.raises(RLEError, match="the mask needs 144"):
         rle.decode(encoded, 6, 6)
     assert rle.decode(encoded, 4, 6).shape == (4, 6)
     with pytest.raises(RLEError):

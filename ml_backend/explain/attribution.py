@@ -27,14 +27,16 @@ METHODS = ("gradcam", "saliency", "input_x_gradient", "integrated_gradients", "d
 
 @contextmanager
 def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
+    # Per module: MC-dropout sampling leaves only the dropout layers in training mode.
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         # Callers often predict under no_grad; every method here needs gradients.
         with torch.enable_grad():
             yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _check(method: str) -> None:

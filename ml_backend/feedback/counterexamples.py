@@ -3,6 +3,7 @@
 If the model still predicts the label when the marked region is noise, another same-class
 image or a blur, it has learned not to rely on that region.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -35,7 +35,9 @@ def annotation_pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[st
             raise ValueError("annotation webhook without an annotation object (with an id)")
         task_id = annotation.get("task")
         task_id = task_id.get("id") if isinstance(task_id, dict) else task_id
-        task = by_id.get(task_id) or (tasks[0] if len(tasks) == 1 and isinstance(tasks[0], dict) else None)
+        task = by_id.get(task_id)
+        if task is None and task_id is None and len(by_id) == 1:
+            task = next(iter(by_id.values()))
         if task is None:
             raise ValueError(f"annotation {annotation['id']} arrived without its task")
         pairs.append((annotation, task))

@@ -10,11 +10,12 @@ A cancelled (skipped) annotation carries no training signal: ``parse_annotation`
 ``CancelledAnnotation`` (a ``FeedbackError``) so callers can skip it on purpose while still
 logging real errors.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -76,8 +77,8 @@ def parse_annotation(
     if bad is not None:
         raise FeedbackError(f"annotation {annotation_id}: each result must be an object, got {bad!r}")
     label = _label(results, schema, annotation_id)
-    irrelevant: list[np.ndarray] = []
-    relevant: list[np.ndarray] = []
+    irrelevant: list[dict] = []
+    relevant: list[dict] = []
     evidence_kept = False
     for result in _evidence_results(results, schema, annotation_id):
         names = _region_labels(result, schema, annotation_id)
@@ -171,7 +172,9 @@ def _evidence_results(results: list, schema: TaskSchema, annotation_id: int) -> 
     if schema.evidence_name is None:
         return []
     return [
-        r for r in results if r.get("from_name") == schema.evidence_name and r.get("type", schema.evidence_type) == schema.evidence_type
+        r
+        for r in results
+        if r.get("from_name") == schema.evidence_name and r.get("type", schema.evidence_type) == schema.evidence_type
     ]
 
 
@@ -181,7 +184,9 @@ def _region_labels(result: dict, schema: TaskSchema, annotation_id: int) -> list
         raise FeedbackError(f"annotation {annotation_id}: {schema.evidence_type} result without a 'value' object")
     names = value.get(schema.evidence_type)
     if not isinstance(names, list):
-        raise FeedbackError(f"annotation {annotation_id}: {schema.evidence_type} result without a 'value.{schema.evidence_type}' list")
+        raise FeedbackError(
+            f"annotation {annotation_id}: {schema.evidence_type} result without a 'value.{schema.evidence_type}' list"
+        )
     return names
 
 
@@ -205,7 +210,9 @@ def _image_mask(results: list[dict], image_size: Optional[int], annotation_id: i
 def _decode_region(result: dict, annotation_id: int) -> np.ndarray:
     value = result["value"]
     if value.get("format", "rle") != "rle" or "rle" not in value:
-        raise FeedbackError(f"annotation {annotation_id}: brush region without RLE data (format {value.get('format')!r})")
+        raise FeedbackError(
+            f"annotation {annotation_id}: brush region without RLE data (format {value.get('format')!r})"
+        )
     width, height = result.get("original_width"), result.get("original_height")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
         raise FeedbackError(
@@ -263,7 +270,9 @@ def _text_mask(results: list[dict], text: str, max_len: Optional[int], annotatio
     for result in results:
         value = result["value"]
         start, end = value.get("start"), value.get("end")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)) or not 0 <= start < end <= len(text):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)) or not 0 <= start < end <= len(
+            text
+        ):
             raise FeedbackError(
                 f"annotation {annotation_id}: span needs integer start < end within the text (length {len(text)}), "
                 f"got start={start!r} end={end!r}"

@@ -14,6 +14,7 @@ Task data itself is stored unchanged.
 Thread- and process-safe: one connection per thread (and per process after a fork), writes
 in ``BEGIN IMMEDIATE`` transactions, and a busy timeout for concurrent writers.
 """
+
 from __future__ import annotations
 
 import json
@@ -148,13 +149,19 @@ class AnnotationStore:
         counts = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0}
         with self._write() as conn:
             keep = {row["annotation_id"] for row in rows}
-            stored = [r[0] for r in conn.execute("SELECT annotation_id FROM annotations WHERE project_id=?", (project_id,))]
+            stored = [
+                r[0] for r in conn.execute("SELECT annotation_id FROM annotations WHERE project_id=?", (project_id,))
+            ]
             for annotation_id in stored:
                 if annotation_id not in keep:
-                    conn.execute("DELETE FROM annotations WHERE project_id=? AND annotation_id=?", (project_id, annotation_id))
+                    conn.execute(
+                        "DELETE FROM annotations WHERE project_id=? AND annotation_id=?", (project_id, annotation_id)
+                    )
                     counts["removed"] += 1
             for row in rows:
-                conn.execute("DELETE FROM deleted WHERE project_id=? AND annotation_id=?", (project_id, row["annotation_id"]))
+                conn.execute(
+                    "DELETE FROM deleted WHERE project_id=? AND annotation_id=?", (project_id, row["annotation_id"])
+                )
                 counts[_apply(conn, project_id, row) or "unchanged"] += 1
             if counts["added"] or counts["updated"] or counts["removed"]:
                 _bump(conn, project_id)
@@ -164,10 +171,14 @@ class AnnotationStore:
 
     def get(self, project_id: str, annotation_id: int) -> Optional[Pair]:
         """(annotation, task) for one annotation id, or None."""
-        row = self._conn().execute(
-            "SELECT annotation, task FROM annotations WHERE project_id=? AND annotation_id=?",
-            (str(project_id), int(annotation_id)),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT annotation, task FROM annotations WHERE project_id=? AND annotation_id=?",
+                (str(project_id), int(annotation_id)),
+            )
+            .fetchone()
+        )
         return (json.loads(row[0]), json.loads(row[1])) if row else None
 
     def list(self, project_id: str) -> list[Pair]:
@@ -179,7 +190,11 @@ class AnnotationStore:
         return [(json.loads(a), json.loads(t)) for a, t in rows]
 
     def count(self, project_id: str) -> int:
-        return self._conn().execute("SELECT COUNT(*) FROM annotations WHERE project_id=?", (str(project_id),)).fetchone()[0]
+        return (
+            self._conn()
+            .execute("SELECT COUNT(*) FROM annotations WHERE project_id=?", (str(project_id),))
+            .fetchone()[0]
+        )
 
     def revision(self, project_id: str) -> int:
         """Monotonic counter, bumped by every change to the project's annotations (0 = none yet)."""

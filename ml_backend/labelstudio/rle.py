@@ -11,9 +11,10 @@ byte (word size 8, RLE sizes [3, 4, 8, 16], single values as literals, runs long
 already a multiple of 8). ``decode`` reads any word size up to 8 and any RLE sizes, so it
 also reads the frontend's own encoding (which uses literals of several words).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -109,24 +110,27 @@ def decode(rle: Sequence[int], height: int, width: int) -> np.ndarray:
     """LS RLE -> (height, width) uint8 alpha channel; RLEError for malformed input."""
     if not (isinstance(height, (int, np.integer)) and isinstance(width, (int, np.integer))) or height < 1 or width < 1:
         raise RLEError(f"height and width must be positive integers, got {height!r} x {width!r}")
-    flat = decode_flat(rle)
-    expected = int(height) * int(width) * 4
-    if flat.size != expected:
-        raise RLEError(
-            f"RLE holds {flat.size} values but a {width}x{height} RGBA mask needs {expected}: "
-            "original_width/original_height do not match the mask"
-        )
+    flat = decode_flat(rle, expected=int(height) * int(width) * 4)
     return np.ascontiguousarray(flat.reshape(int(height), int(width), 4)[:, :, 3])
 
 
-def decode_flat(rle: Sequence[int]) -> np.ndarray:
-    """LS RLE -> the flat uint8 array it encodes (like SDK decode_rle)."""
+def decode_flat(rle: Sequence[int], expected: Optional[int] = None) -> np.ndarray:
+    """LS RLE -> the flat uint8 array it encodes (like SDK decode_rle).
+
+    ``expected`` is checked against the header's count before anything is expanded, so a
+    hostile count cannot make the decoder allocate gigabytes.
+    """
     data = _as_bytes(rle)
     total_bits = len(data) * 8
     if total_bits < _HEADER_BITS:
         raise RLEError(f"RLE too short: {len(data)} bytes, the header alone needs 7")
     buf = data + bytes(5)  # lets every 5-byte window read past the end
     num = int.from_bytes(data[:4], "big")
+    if expected is not None and num != expected:
+        raise RLEError(
+            f"RLE holds {num} values but the mask needs {expected} (height * width * 4): "
+            "original_width/original_height do not match the mask"
+        )
     header = int.from_bytes(data[4:7], "big") >> 3  # the 21 bits after the count
     wordsize = (header >> 16) + 1
     sizes = [((header >> (12 - 4 * k)) & 0xF) + 1 for k in range(4)]

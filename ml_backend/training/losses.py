@@ -1,9 +1,12 @@
 """Cross-entropy plus explanation penalties on input gradients (right for the right reasons).
 
-The penalties are normalised per example by the (detached) total squared input gradient,
-so each is the share of gradient mass in the wrong place, a number in [0, 1] whatever the
-input size, model or data scale. That is what lets one default lambda work across projects;
-Ross et al.'s raw sum needs lambda retuned for every input size (see docs/benchmarks.md).
+The penalties are normalised per example by the total squared input gradient, so each is
+the share of gradient mass in the wrong place, a number in [0, 1] whatever the input size,
+model or data scale. That is what lets one default lambda work across projects; Ross et al.'s
+raw sum needs lambda retuned for every input size. The denominator is deliberately not
+detached: with a detached one, shrinking the whole network lowers the penalty, and training
+collapses to a constant model (seen on the planted-confounder test); the true share is
+invariant to that scaling and only moves gradient mass out of the mask.
 """
 from __future__ import annotations
 
@@ -38,12 +41,12 @@ def input_gradients(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def masked_gradient_share(grad_sq: torch.Tensor, mask: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Mean over active examples of (gradient mass inside mask) / (total gradient mass, detached)."""
+    """Mean over active examples of (gradient mass inside mask) / (total gradient mass)."""
     if not bool(active.any()):
         return grad_sq.sum() * 0.0
     dims = tuple(range(1, grad_sq.dim()))
     inside = (grad_sq * mask.to(grad_sq.dtype)).sum(dim=dims)
-    total = grad_sq.sum(dim=dims).detach() + EPS
+    total = grad_sq.sum(dim=dims) + EPS
     return (inside / total)[active].mean()
 
 
@@ -58,16 +61,16 @@ def xil_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     if not (use_rrr or use_rel):
         logits = model(x)
         ce = F.cross_entropy(logits, y)
-        return ce, {"ce": float(ce)}
+        return ce, {"ce": ce.item()}
     logits, grad_sq = input_gradients(model, x)
     ce = F.cross_entropy(logits, y)
-    loss, parts = ce, {"ce": float(ce)}
+    loss, parts = ce, {"ce": ce.item()}
     if use_rrr:
         rrr = masked_gradient_share(grad_sq, irrelevant, has_irrelevant)
         loss = loss + rrr_lambda * rrr
-        parts["rrr"] = float(rrr)
+        parts["rrr"] = rrr.item()
     if use_rel:
         outside = masked_gradient_share(grad_sq, ~relevant, has_relevant)
         loss = loss + relevant_lambda * outside
-        parts["relevant"] = float(outside)
+        parts["relevant"] = outside.item()
     return loss, parts

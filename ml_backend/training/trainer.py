@@ -99,7 +99,7 @@ def fit(model: nn.Module, data: TrainingSet, config: FitConfig, *, device: Optio
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for key, value in {"loss": float(loss), **parts}.items():
+            for key, value in {"loss": loss.item(), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value * len(idx)
         epoch_stats = {k: v / n for k, v in totals.items()}
         report.history.append(epoch_stats)

@@ -14,6 +14,7 @@ if str(E2E_DIR) not in sys.path:  # `import labelstudio` works under any pytest 
     sys.path.insert(0, str(E2E_DIR))
 
 from labelstudio import INSTALL_SCRIPT, LabelStudio, StepTimer  # noqa: E402
+
 TIMER = StepTimer()
 
 
@@ -25,8 +26,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def label_studio() -> Iterator[LabelStudio]:
-    """A running Label Studio (installed into .cache/ls-venv on first use), stopped after the session."""
+def label_studio(request: pytest.FixtureRequest) -> Iterator[LabelStudio]:
+    """A running Label Studio (installed into .cache/ls-venv on first use), stopped after the session.
+
+    Its work dir (data, document root, log) is removed afterwards unless a test failed.
+    """
     with TIMER.step("install label studio (if needed)"):
         subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True)
     ls = LabelStudio(timer=TIMER)
@@ -35,7 +39,10 @@ def label_studio() -> Iterator[LabelStudio]:
         yield ls
     finally:
         ls.stop()
-        ls.cleanup()
+        if request.session.testsfailed:
+            print(f"\nlabel-studio log kept at {ls.log_path}")
+        else:
+            ls.cleanup()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -59,7 +59,9 @@ class StubBackend:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"null")
                 with stub.lock:
-                    stub.calls.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+                    stub.calls.append(
+                        {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                    )
                 return body
 
             def do_GET(self) -> None:
@@ -76,7 +78,11 @@ class StubBackend:
                 elif self.path == "/predict":
                     # Lower score = more uncertain; make the last task the most uncertain one.
                     results = [
-                        {"result": [choice("Class A")], "score": round(0.9 - 0.1 * i, 3), "model_version": stub.model_version}
+                        {
+                            "result": [choice("Class A")],
+                            "score": round(0.9 - 0.1 * i, 3),
+                            "model_version": stub.model_version,
+                        }
                         for i, _ in enumerate(body["tasks"])
                     ]
                     self._reply(200, {"results": results})
@@ -106,7 +112,9 @@ class StubBackend:
             if len(found := self.webhooks(action)) >= count:
                 return found
             time.sleep(0.05)
-        raise AssertionError(f"no {action} webhook; got {[c['body'].get('action') for c in self.calls if c['path'] == '/webhook']}")
+        raise AssertionError(
+            f"no {action} webhook; got {[c['body'].get('action') for c in self.calls if c['path'] == '/webhook']}"
+        )
 
     def close(self) -> None:
         self.server.shutdown()
@@ -176,7 +184,10 @@ def test_harness_end_to_end(label_studio: LabelStudio, stub: StubBackend) -> Non
         predict_calls = [c for c in stub.calls if c["path"] == "/predict"][n_predict:]
         assert len(predict_calls) == 1 and len(predict_calls[0]["body"]["tasks"]) == 2
         preds = sorted(ls.predictions(pid), key=lambda p: p["task"])
-        assert [(p["task"], p["score"], p["model_version"]) for p in preds] == [(first, 0.9, "stub-1"), (last, 0.8, "stub-1")]
+        assert [(p["task"], p["score"], p["model_version"]) for p in preds] == [
+            (first, 0.9, "stub-1"),
+            (last, 0.8, "stub-1"),
+        ]
 
     with step("patch project model_version"):
         assert ls.patch_project(pid, model_version="stub-1")["model_version"] == "stub-1"
@@ -195,7 +206,9 @@ def test_harness_end_to_end(label_studio: LabelStudio, stub: StubBackend) -> Non
 
     with step("update annotation -> ANNOTATION_UPDATED"):
         ls.update_annotation(annotation["id"], [choice("Class A")])
-        assert stub.wait_webhook("ANNOTATION_UPDATED")[-1]["body"]["annotation"]["result"][0]["value"]["choices"] == ["Class A"]
+        assert stub.wait_webhook("ANNOTATION_UPDATED")[-1]["body"]["annotation"]["result"][0]["value"]["choices"] == [
+            "Class A"
+        ]
 
     with step("delete annotation -> ANNOTATIONS_DELETED"):
         ls.delete_annotation(annotation["id"])

@@ -48,3 +48,42 @@ def predict_body(tasks: list, label_config: str, project: str = "2.1795343946") 
 def setup_body(label_config: str, project: str = "2.1795343946", extra_params=None) -> dict:
     return {"project": project, "schema": label_config, "hostname": "http://localhost:8080",
             "access_token": "0123456789abcdef", "extra_params": extra_params}
+
+
+PROJECT_TOKEN = "project-token-SECRET-4f9a"
+TASK_DATA_PASSWORD = "task-data-password-SECRET-77"
+
+
+def project_object(label_config: str, project_id: int = 2) -> dict:
+    """ProjectWebhookSerializer as Label Studio sends it: it carries secrets."""
+    return {"id": project_id, "title": "xil", "label_config": label_config, "token": PROJECT_TOKEN,
+            "task_data_login": "reader", "task_data_password": TASK_DATA_PASSWORD, "model_version": "",
+            "sampling": "Sequential sampling", "min_annotations_to_start_training": 0, "show_collab_predictions": True}
+
+
+def annotation_webhook(action: str, annotation_id: int, task: dict, result: list, label_config: str,
+                       updated_at: str = "2026-11-22T10:00:00.000000Z", project_id: int = 2) -> dict:
+    """ANNOTATION_CREATED / ANNOTATION_UPDATED as in the contract doc §2.3."""
+    annotation = {"id": annotation_id, "result": result, "was_cancelled": False, "ground_truth": False,
+                  "created_at": "2026-11-22T10:00:00.000000Z", "updated_at": updated_at, "draft_created_at": None,
+                  "lead_time": 1.5, "prediction": {}, "result_count": len(result), "unique_id": f"u{annotation_id}",
+                  "import_id": None, "last_action": None, "bulk_created": False, "task": task["id"],
+                  "project": project_id, "completed_by": 1, "updated_by": 1, "parent_prediction": None,
+                  "parent_annotation": None, "last_created_by": None}
+    webhook_task = {k: v for k, v in task.items() if k not in ("annotations", "predictions")}
+    webhook_task.update(allow_skip=True, precomputed_agreement=None, is_labeled=True)
+    return {"action": action, "annotation": annotation, "task": webhook_task,
+            "project": project_object(label_config, project_id)}
+
+
+def choice(label: str, to_name: str = "image") -> dict:
+    return {"from_name": "label", "to_name": to_name, "type": "choices", "value": {"choices": [label]}}
+
+
+def brush(mask, label: str) -> dict:
+    from ml_backend.labelstudio import rle
+
+    height, width = mask.shape
+    return {"id": f"r-{label}", "from_name": "evidence", "to_name": "image", "type": "brushlabels",
+            "original_width": width, "original_height": height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]}}

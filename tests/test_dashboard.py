@@ -1,0 +1,249 @@
+"""/status, /queue and /dashboard over real HTTP, with versions, job records and a ranking on disk."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from ml_backend.app import create_app
+from ml_backend.config import Settings
+from ml_backend.dashboard import line_chart
+from ml_backend.jobs import JobQueue
+from ml_backend.labelstudio.schema import parse_label_config
+from ml_backend.models.cnn import ImageCNN
+from ml_backend.ranking.job import queue_path
+from ml_backend.training.registry import ProjectRegistry
+from tests.support.live import LiveServer
+
+LS_URL = "http://ls.example:8080"
+CURVE = [  # (holdout, train, irrelevant mass, examples)
+    (0.55, 0.70, 0.42, 8),
+    (0.68, 0.85, 0.25, 16),
+    (0.81, 0.93, 0.09, 24),
+]
+
+
+def publish_versions(settings: Settings, image_config: str, project: str = "3", curve=CURVE) -> list[str]:
+    """Versions with the metrics and feedback counts a training job writes."""
+    schema = parse_label_config(image_config)
+    registry = ProjectRegistry(settings.model_dir, project)
+    registry.save_project({"label_config": image_config})
+    names = []
+    for i, (holdout, train, mass, examples) in enumerate(curve):
+        meta = {"metrics": {"holdout_accuracy": holdout, "train_accuracy": train, "irrelevant_attribution_mass": mass,
+                            "holdout_irrelevant_attribution_mass": mass + 0.05},
+                "feedback": {"accepted": examples - 3 - i, "label_only": 2, "irrelevant": 1 + i, "relevant": 0,
+                             "irrelevant+relevant": 0},
+                "examples": examples, "holdout": examples // 5, "strategies": ["rrr"], "device": "cpu"}
+        names.append(registry.publish(ImageCNN(schema.n_classes, image_size=16, width=4), schema.classes, meta))
+    return names
+
+
+def write_ranking(settings: Settings, project: str = "3", n: int = 120, version: str = "v3") -> dict:
+    tasks = [{"task": 1000 + i, "score": round(0.01 * i / n, 6), "acquisition_value": round(1 - i / n, 6)}
+             for i in range(n)]
+    ranking = {"project": project, "model_version": version, "acquisition": "entropy", "computed_at": time.time(),
+               "seconds": 0.5, "tasks": tasks}
+    path = queue_path(settings, project)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ranking))
+    return ranking
+
+
+class FixedQueue(JobQueue):
+    """Job records in every state, as either queue reports them."""
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+
+    def jobs(self, project=None, limit=50):
+        return [dict(r) for r in self.records if project in (None, r["project"])][:limit]
+
+    def depth(self) -> int:
+        return sum(r["status"] == "queued" for r in self.records)
+
+
+def job_record(status: str, kind: str = "train", project: str = "3", **fields) -> dict:
+    now = time.time()
+    record = {"id": f"{kind}-{project}-{status}", "kind": kind, "project": project, "reason": "annotations",
+              "status": status, "enqueued_at": now - 60, "started_at": None, "ended_at": None, "progress": 0.0,
+              "message": "", "error": None, "traceback": None, "result": None}
+    if status != "queued":
+        record["started_at"] = now - 50
+    if status in ("finished", "failed"):
+        record["ended_at"] = now - 5
+    record.update(fields)
+    return record
+
+
+FIXED_JOBS = [
+    job_record("queued"),
+    job_record("started", progress=0.42, message="epoch 12/30"),
+    job_record("finished", progress=1.0, result={"version": "v3", "examples": 24}),
+    job_record("failed", kind="rank", error="ConnectionError: Label Studio unreachable",
+               traceback="Traceback ...\nConnectionError: Label Studio unreachable"),
+]
+
+
+def fixed_webhooks(records: list[dict]):
+    return SimpleNamespace(queue=FixedQueue(records), observe_metrics=lambda: None, on_setup=lambda project: None,
+                           handle=lambda action, body: {"action": action})
+
+
+@pytest.fixture
+def ls_settings(settings):
+    return settings.replace(label_studio_url=LS_URL)
+
+
+@pytest.fixture
+def seeded(ls_settings, image_config):
+    publish_versions(ls_settings, image_config)
+    write_ranking(ls_settings)
+    with LiveServer(create_app(ls_settings, webhooks=fixed_webhooks(FIXED_JOBS))) as server:
+        yield server
+
+
+def test_status_with_no_projects(settings):
+    with LiveServer(create_app(settings)) as server:
+        body = requests.get(server.url + "/status").json()
+        assert body["projects"] == [] and body["queue_depth"] == 0 and body["queue_backend"] == "embedded"
+        page = requests.get(server.url + "/dashboard")
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert "No projects yet" in page.text
+
+
+def test_status_reports_serving_version_curve_feedback_jobs_and_queue(seeded):
+    body = requests.get(seeded.url + "/status").json()
+    assert body["queue_depth"] == 1
+    [project] = body["projects"]
+    assert project["project"] == "3"
+    assert project["serving"]["version"] == "v3"
+    assert project["serving"]["metrics"]["holdout_accuracy"] == 0.81
+    curve = project["versions"]
+    assert [p["version"] for p in curve] == ["v1", "v2", "v3"]
+    assert [p["holdout_accuracy"] for p in curve] == [0.55, 0.68, 0.81]
+    assert [p["train_accuracy"] for p in curve] == [0.70, 0.85, 0.93]
+    assert [p["irrelevant_attribution_mass"] for p in curve] == [0.42, 0.25, 0.09]
+    assert [p["examples"] for p in curve] == [8, 16, 24]
+    assert all(isinstance(p["created_at"], float) for p in curve)
+    assert project["feedback"] == {"accepted": 19, "label_only": 2, "irrelevant": 3, "relevant": 0,
+                                   "irrelevant+relevant": 0}
+    jobs = {j["status"]: j for j in project["jobs"]}
+    assert set(jobs) == {"queued", "started", "finished", "failed"}
+    assert jobs["started"]["progress"] == 0.42 and jobs["started"]["message"] == "epoch 12/30"
+    assert jobs["failed"]["error"] == "ConnectionError: Label Studio unreachable"
+    assert "traceback" not in jobs["failed"]
+    assert jobs["finished"]["ended_at"] > jobs["finished"]["started_at"] > jobs["finished"]["enqueued_at"]
+    queue = project["queue"]
+    assert queue["model_version"] == "v3" and queue["acquisition"] == "entropy" and queue["size"] == 120
+    assert [t["task"] for t in queue["top"]] == list(range(1000, 1010))
+    assert queue["top"][0]["url"] == f"{LS_URL}/projects/3/data?task=1000"
+
+
+def test_status_without_label_studio_url_has_no_links(settings, image_config):
+    publish_versions(settings, image_config)
+    write_ranking(settings)
+    with LiveServer(create_app(settings)) as server:
+        top = requests.get(server.url + "/status").json()["projects"][0]["queue"]["top"]
+        assert top[0]["url"] is None
+        assert requests.get(server.url + "/queue?project=3").json()["tasks"][0]["url"] is None
+
+
+def test_real_jobs_from_the_embedded_queue(settings, image_config):
+    """A job that fails (project without a label config) and one that finishes (no annotations yet)."""
+    app = create_app(settings)
+    queue = app.extensions["ml_backend"]["webhooks"].queue
+    publish_versions(settings, image_config, project="3", curve=CURVE[:1])
+    queue.enqueue_train("7")
+    queue.enqueue_train("3", reason="resync")
+    assert queue.wait_idle(60)
+    with LiveServer(app) as server:
+        projects = {p["project"]: p for p in requests.get(server.url + "/status").json()["projects"]}
+    assert set(projects) == {"3", "7"}  # 7 is known from its job only
+    [failed] = projects["7"]["jobs"]
+    assert failed["status"] == "failed" and "no label config" in failed["error"]
+    assert projects["7"]["serving"] is None and projects["7"]["versions"] == []
+    [finished] = projects["3"]["jobs"]
+    assert finished["status"] == "finished" and finished["reason"] == "resync" and finished["progress"] == 1.0
+    assert finished["result"]["skipped"] == "no usable annotations"
+
+
+def test_queue_pages_through_the_ranking(seeded):
+    first = requests.get(seeded.url + "/queue", params={"project": "3"}).json()
+    assert first["model_version"] == "v3" and first["acquisition"] == "entropy"
+    assert first["total"] == 120 and first["page"] == 1 and first["page_size"] == 50 and first["pages"] == 3
+    assert [t["task"] for t in first["tasks"]] == list(range(1000, 1050))
+    assert first["tasks"][0] == {"rank": 1, "task": 1000, "score": 0.0, "acquisition_value": 1.0,
+                                 "url": f"{LS_URL}/projects/3/data?task=1000"}
+    last = requests.get(seeded.url + "/queue", params={"project": "3.1795343946", "page": 3}).json()
+    assert [t["rank"] for t in last["tasks"]] == list(range(101, 121))
+    small = requests.get(seeded.url + "/queue", params={"project": "3", "page": 2, "page_size": 7}).json()
+    assert [t["task"] for t in small["tasks"]] == list(range(1007, 1014)) and small["pages"] == 18
+    beyond = requests.get(seeded.url + "/queue", params={"project": "3", "page": 9}).json()
+    assert beyond["tasks"] == [] and beyond["total"] == 120
+
+
+@pytest.mark.parametrize("params, status, words", [
+    ({}, 400, "project"),
+    ({"project": ""}, 400, "project"),
+    ({"project": "../etc"}, 400, "invalid project"),
+    ({"project": "3", "page": "x"}, 400, "'page' must be an integer"),
+    ({"project": "3", "page": "0"}, 400, "'page' must be between"),
+    ({"project": "3", "page_size": "0"}, 400, "'page_size' must be between"),
+    ({"project": "3", "page_size": "100000"}, 400, "'page_size' must be between"),
+    ({"project": "4"}, 404, "no ranking yet"),
+])
+def test_queue_errors_are_json(seeded, params, status, words):
+    response = requests.get(seeded.url + "/queue", params=params)
+    assert response.status_code == status
+    body = response.json()
+    assert body["status"] == status and words in body["error"]
+
+
+def test_dashboard_has_charts_and_tables(seeded):
+    page = requests.get(seeded.url + "/dashboard")
+    assert page.status_code == 200
+    html = page.text
+    assert "Project 3" in html and "serving v3" in html
+    svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    assert len(svgs) == 2
+    accuracy, mass = svgs
+    assert "Accuracy" in accuracy and "Attribution on irrelevant regions" in mass
+    for svg in svgs:
+        assert len(re.findall(r"<polyline points=\"([^\"]+)\"", svg)) == 2
+        assert all(len(points.split()) == 3 for points in re.findall(r"<polyline points=\"([^\"]+)\"", svg))
+        assert ">v1<" in svg and ">v3<" in svg  # x axis labels
+    assert '<table class="feedback">' in html and "<td>irrelevant</td>" in html
+    assert '<table class="jobs">' in html and "ConnectionError: Label Studio unreachable" in html
+    assert 'style="width: 42.0%"' in html and "epoch 12/30" in html
+    assert '<table class="queue">' in html
+    assert f'href="{LS_URL}/projects/3/data?task=1000"' in html
+    assert html.count('<a href="http://ls.example:8080/projects/3/data?task=') == 10
+
+
+def test_chart_breaks_lines_at_missing_values_and_handles_one_version():
+    svg = line_chart("t", ["v1", "v2", "v3", "v4"], [("a", [0.2, None, 0.5, 0.6], "#000")], y_max=1.0)
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 3
+    single = line_chart("t", ["v1"], [("a", [0.3], "#000")])
+    assert single.count("<circle") == 1 and ">v1<" in single
+    empty = line_chart("t", [], [("a", [], "#000")])
+    assert "no data yet" in empty and "<polyline" not in empty
+    escaped = line_chart("<b>", ["<v>"], [("<s>", [0.1], "#000")])
+    assert "<b>" not in escaped and "&lt;v&gt;" in escaped
+
+
+def test_monitoring_routes_are_behind_basic_auth(tmp_path, image_config):
+    settings = Settings(model_dir=tmp_path / "models", basic_auth_user="ls", basic_auth_pass="s3cret")
+    publish_versions(settings, image_config)
+    write_ranking(settings)
+    with LiveServer(create_app(settings)) as server:
+        for path in ("/status", "/dashboard", "/queue?project=3"):
+            denied = requests.get(server.url + path)
+            assert denied.status_code == 401 and denied.json()["status"] == 401, path
+            assert denied.headers["WWW-Authenticate"].startswith("Basic")
+            assert requests.get(server.url + path, auth=("ls", "nope")).status_code == 401
+            assert requests.get(server.url + path, auth=("ls", "s3cret")).status_code == 200, path
