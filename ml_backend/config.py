@@ -124,6 +124,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_body_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 10.0
+    train_debounce: float = 2.0  # seconds a training job waits, so a burst of webhooks folds into it
     log_level: str = "INFO"
     project: ProjectSettings = field(default_factory=ProjectSettings)
 
@@ -144,6 +145,7 @@ class Settings:
             device=env.get("DEVICE", "auto"),
             max_body_bytes=int(env.get("MAX_BODY_BYTES", 64 * 1024 * 1024)),
             fetch_timeout=float(env.get("FETCH_TIMEOUT", 10.0)),
+            train_debounce=float(env.get("TRAIN_DEBOUNCE_SECONDS", 2.0)),
             log_level=env.get("LOG_LEVEL", "INFO"),
             project=ProjectSettings().with_overrides(project_overrides).validate(),
         )

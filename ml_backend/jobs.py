@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 import uuid
+from datetime import timedelta
 from typing import Any, Callable, Iterator, Optional
 
 from ml_backend import metrics
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 TRAIN, RANK = "train", "rank"
 JOB_TIMEOUT = 3600
-LOCK_TTL = 30  # seconds; refreshed while a training job runs, so a killed worker frees it soon
+LOCK_TTL = 20  # seconds; refreshed while a training job runs, so a killed worker frees it soon
 
 _local = threading.local()
 
@@ -127,6 +128,8 @@ class EmbeddedQueue(JobQueue):
                         queued["reason"] = "resync"
                     return {**queued, "folded": True}
             record = _new_record(kind, project, reason)
+            if kind == TRAIN:
+                record["not_before"] = time.time() + self.settings.train_debounce
             self._records[record["id"]] = record
             while len(self._records) > self._max_records:
                 self._records.popitem(last=False)
@@ -146,6 +149,10 @@ class EmbeddedQueue(JobQueue):
             with self._cond:
                 while not self._pending:
                     self._cond.wait()
+                delay = self._pending[0].get("not_before", 0) - time.time()
+                if delay > 0:  # still collecting the burst that enqueued it
+                    self._cond.wait(delay)
+                    continue
                 record = self._pending.popleft()
             record.update(status="started", started_at=time.time())
             _local.record, _local.settings = record, self.settings
@@ -229,11 +236,17 @@ class RedisQueue(JobQueue):
             except NoSuchJobError:
                 pass
             self.redis.delete(key)  # stale marker: its job is gone or already started
-        function, args = (train_job, (project, reason)) if kind == TRAIN else (rank_job, (project,))
-        job = self.queue.enqueue(function, *args, job_id=job_id, job_timeout=JOB_TIMEOUT,
-                                 result_ttl=7 * 86400, failure_ttl=7 * 86400,
-                                 retry=Retry(max=2, interval=[5, 30]),
-                                 meta={"project": project, "kind": kind, "reason": reason, "progress": 0.0})
+        options = dict(job_id=job_id, job_timeout=JOB_TIMEOUT, result_ttl=7 * 86400, failure_ttl=7 * 86400,
+                       retry=Retry(max=2, interval=[5, 30]),
+                       meta={"project": project, "kind": kind, "reason": reason, "progress": 0.0})
+        if kind == TRAIN and self.settings.train_debounce > 0:
+            # workers run with --with-scheduler, which moves it to the queue when due
+            job = self.queue.enqueue_in(timedelta(seconds=self.settings.train_debounce), train_job, project, reason,
+                                        **options)
+        elif kind == TRAIN:
+            job = self.queue.enqueue(train_job, project, reason, **options)
+        else:
+            job = self.queue.enqueue(rank_job, project, **options)
         return self._record(job)
 
     def enqueue_train(self, project: str, reason: str = "annotations") -> dict[str, Any]:
@@ -300,9 +313,10 @@ class RedisQueue(JobQueue):
 
         q = self.queue
         ids: list[str] = []
-        for registry in (q.started_job_registry, q.failed_job_registry, q.finished_job_registry):
+        for registry in (q.scheduled_job_registry, q.deferred_job_registry, q.started_job_registry,
+                         q.failed_job_registry, q.finished_job_registry):
             ids += registry.get_job_ids()
-        ids = list(q.job_ids) + ids
+        ids = list(dict.fromkeys(list(q.job_ids) + ids))
         jobs = [job for job in Job.fetch_many(ids, connection=self.redis) if job is not None]
         records = [self._record(job) for job in jobs]
         records = [r for r in records if project in (None, r["project"])]

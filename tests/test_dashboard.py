@@ -18,6 +18,7 @@ from ml_backend.models.cnn import ImageCNN
 from ml_backend.ranking.job import queue_path
 from ml_backend.training.registry import ProjectRegistry
 from tests.support.live import LiveServer
+from tests.test_containers import redis_url  # noqa: F401  (fixture)
 
 LS_URL = "http://ls.example:8080"
 CURVE = [  # (holdout, train, irrelevant mass, examples)
@@ -247,3 +248,33 @@ def test_monitoring_routes_are_behind_basic_auth(tmp_path, image_config):
             assert denied.headers["WWW-Authenticate"].startswith("Basic")
             assert requests.get(server.url + path, auth=("ls", "nope")).status_code == 401
             assert requests.get(server.url + path, auth=("ls", "s3cret")).status_code == 200, path
+
+
+@pytest.mark.integration
+def test_status_reads_jobs_from_rq(settings, image_config, redis_url):
+    """With REDIS_URL the job records come from RQ (no worker here: the job stays queued)."""
+    settings = settings.replace(redis_url=redis_url)
+    publish_versions(settings, image_config, curve=CURVE[:2])
+    app = create_app(settings)
+    job = app.extensions["ml_backend"]["webhooks"].queue.enqueue_train("3")
+    with LiveServer(app) as server:
+        body = requests.get(server.url + "/status").json()
+        page = requests.get(server.url + "/dashboard").text
+    assert body["queue_backend"] == "redis" and body["queue_depth"] == 1
+    [project] = body["projects"]
+    assert [(j["id"], j["status"], j["kind"]) for j in project["jobs"]] == [(job["id"], "queued", "train")]
+    assert project["jobs"][0]["enqueued_at"] is not None
+    assert job["id"] in page and "<polyline" in page
+
+
+def test_status_still_answers_when_redis_is_down(settings, image_config):
+    from tests.test_containers import free_port
+
+    settings = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    publish_versions(settings, image_config, curve=CURVE[:2])
+    with LiveServer(create_app(settings)) as server:
+        body = requests.get(server.url + "/status").json()
+        page = requests.get(server.url + "/dashboard")
+    assert body["queue_depth"] is None and "ConnectionError" in body["queue_error"]
+    assert body["projects"][0]["serving"]["version"] == "v2"
+    assert page.status_code == 200 and "job queue unavailable" in page.text

@@ -73,7 +73,8 @@ def trained_backend(settings, image_config):
     """Versions from real training jobs (webhooks -> store -> embedded queue), a failed job, a ranking."""
     settings = settings.replace(label_studio_url="http://localhost:8080",
                                 project=settings.project.with_overrides(
-                                    {"image_size": SIZE, "epochs": 6, "holdout": 0.25, "batch_size": 16}))
+                                    {"image_size": SIZE, "epochs": 20, "learning_rate": 0.003, "holdout": 0.25,
+                                     "batch_size": 16}))
     app = create_app(settings)
     queue = app.extensions["ml_backend"]["webhooks"].queue
     with LiveServer(app) as server:

@@ -142,6 +142,13 @@ class LabelStudioClient:
             body["model_version"] = str(model_version)
         return self.request("POST", "/api/predictions/", json=body)
 
+    def update_prediction(self, prediction_id: int, result: list, score: float | None = None) -> dict | None:
+        """Replace a prediction's result and score; None when Label Studio no longer has it."""
+        body: dict[str, Any] = {"result": result}
+        if score is not None:
+            body["score"] = float(score)
+        return self.request("PATCH", f"/api/predictions/{int(prediction_id)}/", json=body, missing_ok=True)
+
     # -- webhooks and ML backends -------------------------------------------
 
     def list_webhooks(self, pid: int | str) -> list[dict]:

@@ -84,7 +84,7 @@ class BayesianCNN(nn.Module):
       MC samples must redo the whole pass: use ``mc_probs`` (``stochastic_features`` says so).
     """
 
-    kind = "bayes_cnn"
+    kind = "bayesian_cnn"
     stochastic_features = True
 
     def __init__(self, n_classes: int, image_size: int = 64, in_channels: int = 3,

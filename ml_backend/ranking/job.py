@@ -203,7 +203,11 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
 
 def push_predictions(settings: Settings, client, project: str, version: str, ids: list[int], scores: np.ndarray,
                      spool: Path, progress: Progress = _quiet) -> tuple[int, int]:
-    """Post each task's prediction with its score; skip those Label Studio already has unchanged."""
+    """Post each task's prediction with its score; skip those Label Studio already has unchanged.
+
+    A task ranked again by the same version (new tasks shift every rank-based score) gets its
+    prediction of that version updated, not a second one: Label Studio's uncertainty sampling
+    orders by the scores of all the task's predictions of the project's model_version."""
     state_path = ProjectRegistry(settings.model_dir, project).root / "pushed.json"
     try:
         pushed_before = json.loads(state_path.read_text())
@@ -216,11 +220,17 @@ def push_predictions(settings: Settings, client, project: str, version: str, ids
             item = json.loads(line)
             task_id = item["task"]
             key = [version, round(score_of[task_id], 6), _digest(item["result"])]
-            if pushed_before.get(str(task_id)) == key:
+            before = pushed_before.get(str(task_id)) or []
+            if before[:3] == key:
                 unchanged += 1
                 continue
-            client.create_prediction(task_id, item["result"], score=score_of[task_id], model_version=version)
-            pushed_before[str(task_id)] = key
+            prediction = None
+            if before[:1] == [version] and len(before) > 3 and before[3] is not None:
+                prediction = client.update_prediction(before[3], item["result"], score=score_of[task_id])
+            if prediction is None:
+                prediction = client.create_prediction(task_id, item["result"], score=score_of[task_id],
+                                                      model_version=version)
+            pushed_before[str(task_id)] = [*key, (prediction or {}).get("id")]
             pushed += 1
             if n % 100 == 0:
                 progress(0.65 + 0.3 * n / max(len(ids), 1), f"pushed {pushed} predictions")

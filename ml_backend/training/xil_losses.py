@@ -13,25 +13,35 @@ from torch import nn
 Target = int | torch.Tensor | None
 
 
-def cali_loss(theta_target: torch.Tensor, shown: torch.Tensor, corrected: torch.Tensor) -> torch.Tensor:
-    """l_Z = mean over examples of <theta(x), z_hat - z> (CALI Eq. 3).
+def cali_loss(theta_target: torch.Tensor, shown: torch.Tensor, corrected: torch.Tensor,
+              mode: str = "ranking") -> torch.Tensor:
+    """Explanation-correction loss on relevances (N, D), mean over examples.
 
-    It equals (||theta - z||^2 - ||theta - z_hat||^2) / 2 up to a constant, so minimising it pulls
-    theta toward the corrected explanation z and away from the shown one z_hat: a concept marked
-    irrelevant (z_j < z_hat_j) has its relevance pushed down, one marked relevant pushed up, and
-    uncorrected concepts (z_j = z_hat_j) contribute nothing. ``shown`` and ``corrected`` are
-    targets, so they are detached. The loss is linear in theta and unbounded below: keep it
-    weighted against the label loss (lambda) rather than training it alone for long.
+    ``ranking`` (CALI Eq. 3, default): <theta(x), z_hat - z>, which is
+    (||theta - z||^2 - ||theta - z_hat||^2) / 2 up to a constant, so minimising it pulls theta toward
+    the corrected explanation z and away from the shown one z_hat: a concept marked irrelevant
+    (z_j < z_hat_j) has its relevance pushed down, one marked relevant pushed up, uncorrected
+    concepts (z_j = z_hat_j) contribute nothing. It is linear in theta and unbounded below, so an
+    irrelevant concept is pushed past z into negative relevance for as long as it trains.
+    ``anchored``: sum over corrected concepts of (theta_j - z_j)^2 / 2, the first half of that
+    difference: the same gradient at theta = z_hat, but it stops at z.
+    ``shown`` and ``corrected`` are targets and are detached.
     """
-    delta = (shown - corrected).detach()
-    return (theta_target * delta).sum(1).mean()
+    shown, corrected = shown.detach(), corrected.detach()
+    if mode == "ranking":
+        return (theta_target * (shown - corrected)).sum(1).mean()
+    if mode == "anchored":
+        changed = (shown != corrected).to(theta_target.dtype)
+        return (0.5 * changed * (theta_target - corrected).pow(2)).sum(1).mean()
+    raise ValueError(f"mode must be 'ranking' or 'anchored', got {mode!r}")
 
 
 def cali_objective(logits: torch.Tensor, y: torch.Tensor, theta_t: torch.Tensor, shown: torch.Tensor,
                    corrected: torch.Tensor, lam: float = 0.5, alpha: float = 0.0,
-                   omega: torch.Tensor | float = 0.0) -> torch.Tensor:
+                   omega: torch.Tensor | float = 0.0, mode: str = "ranking") -> torch.Tensor:
     """lam * CE + (1 - lam) * l_Z + alpha * Omega (CALI Eq. 3); omega from ``senn_robustness``."""
-    return lam * F.cross_entropy(logits, y) + (1 - lam) * cali_loss(theta_t, shown, corrected) + alpha * omega
+    l_z = cali_loss(theta_t, shown, corrected, mode)
+    return lam * F.cross_entropy(logits, y) + (1 - lam) * l_z + alpha * omega
 
 
 def senn_robustness(model: nn.Module, x: torch.Tensor, target: Target = None) -> torch.Tensor:
@@ -104,8 +114,12 @@ def activation_evidence_loss(preact: torch.Tensor, irrelevant_mask: torch.Tensor
 
 
 @torch.no_grad()
-def activation_evidence_scale(preact: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean |pre-activation| inside the pooled mask (0.0 if empty): the magnitude to monitor."""
+def activation_evidence_scale(preact: torch.Tensor, mask: torch.Tensor, positive_only: bool = False) -> float:
+    """Mean |pre-activation| inside the pooled mask (0.0 if empty): the magnitude to monitor.
+
+    With ``positive_only`` it is mean relu(a), the part ``activation_evidence_loss`` acts on by default.
+    """
     cells = pool_mask(mask, preact.shape[-2:]).expand_as(preact)
     n = int(cells.sum())
-    return float(preact.abs()[cells].sum() / n) if n else 0.0
+    a = torch.relu(preact) if positive_only else preact.abs()
+    return float(a[cells].sum() / n) if n else 0.0

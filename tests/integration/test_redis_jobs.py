@@ -1,0 +1,158 @@
+"""Webhooks -> RQ -> real `rq worker` processes -> new versions, against a real redis-server."""
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from ml_backend.app import create_app
+from ml_backend.config import ProjectSettings, Settings
+from ml_backend.feedback.intake import store_path
+from ml_backend.feedback.store import AnnotationStore
+from ml_backend.jobs import make_queue
+from ml_backend.training.registry import ProjectRegistry
+from tests.integration.conftest import backend_env, free_port, serve_argv, wait_for, worker_argv
+from tests.support.data import confounded_images
+from tests.support.live import (LiveServer, annotation_webhook, brush, choice, ls_task, png_data_uri, predict_body,
+                                project_object)
+
+pytestmark = pytest.mark.integration
+SECRET = {"X-Webhook-Secret": "hook-secret-123"}
+CORNER = np.zeros((24, 24), dtype=bool)
+CORNER[:6, :6] = True
+
+
+def image_task(task_id: int) -> tuple[dict, str]:
+    x, y, _ = confounded_images(1, seed=task_id)
+    pixels = (x[0, 0].numpy() * 255).astype(np.uint8)
+    return ls_task(task_id, {"image": png_data_uri(pixels)}), ("Class A", "Class B")[int(y[0])]
+
+
+def webhook(annotation_id: int, task_id: int, config: str, action: str = "ANNOTATION_CREATED") -> dict:
+    task, label = image_task(task_id)
+    result = [choice(label)] + ([brush(CORNER, "Irrelevant")] if task_id % 2 else [])
+    return annotation_webhook(action, annotation_id, task, result, config)
+
+
+@pytest.fixture
+def app_settings(tmp_path, redis_url):
+    return Settings(model_dir=tmp_path / "models", redis_url=redis_url, webhook_secret="hook-secret-123",
+                    project=ProjectSettings(epochs=3, image_size=24, holdout=0.0))
+
+
+@pytest.fixture
+def backend(app_settings):
+    with LiveServer(create_app(app_settings)) as server:
+        yield server
+
+
+def post(url: str, body: dict) -> requests.Response:
+    return requests.post(url + "/webhook", json=body, headers=SECRET, timeout=10)
+
+
+def train_jobs(settings: Settings) -> list[dict]:
+    return [j for j in make_queue(settings).jobs("2") if j["kind"] == "train"]
+
+
+def current_version(settings: Settings):
+    return ProjectRegistry(settings.model_dir, "2").current()
+
+
+def test_a_webhook_burst_gives_one_or_two_jobs_and_a_served_version(backend, app_settings, spawn, image_config):
+    worker = spawn(worker_argv(), backend_env(app_settings.model_dir, app_settings.redis_url), "worker")
+    bodies = [webhook(100 + i, i, image_config) for i in range(1, 13)]
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda b: post(backend.url, b), bodies))
+    assert all(r.status_code == 200 for r in responses)
+    version = wait_for(lambda: current_version(app_settings), 180, message="a new version")
+    wait_for(lambda: all(j["status"] == "finished" for j in train_jobs(app_settings)), 180, message="jobs to finish")
+    jobs = train_jobs(app_settings)
+    assert 1 <= len(jobs) <= 2, jobs
+    assert AnnotationStore(store_path(app_settings)).count("2") == 12
+    task, _ = image_task(99)
+    served = requests.post(backend.url + "/predict", json=predict_body([task], image_config)).json()["results"][0]
+    assert served["model_version"] == current_version(app_settings) and served["result"]
+    meta = ProjectRegistry(app_settings.model_dir, "2").list()[-1]
+    assert meta["device"] in ("cpu", "cuda", "cuda:0") and meta["feedback"]["irrelevant"] >= 1
+    assert worker.alive()
+
+
+def test_duplicate_delivery_changes_nothing_and_deletion_removes(backend, app_settings, image_config):
+    body = webhook(7, 7, image_config)
+    first = post(backend.url, body).json()
+    assert first["changed"] == 1 and "train_job" in first
+    again = post(backend.url, body).json()
+    assert again["changed"] == 0 and "train_job" not in again
+    assert len(train_jobs(app_settings)) == 1
+    post(backend.url, webhook(8, 8, image_config))
+    store = AnnotationStore(store_path(app_settings))
+    assert store.count("2") == 2
+    deleted = post(backend.url, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 7}],
+                                 "project": project_object(image_config)}).json()
+    assert deleted["changed"] == 1 and store.count("2") == 1 and store.get("2", 7) is None
+    # the queued job had not started: the deletion folds into it
+    assert deleted["folded"] is True and len(train_jobs(app_settings)) == 1
+
+
+def test_killed_worker_leaves_the_old_version_serving_and_the_job_is_retried(backend, app_settings, spawn,
+                                                                            image_config):
+    from rq.registry import StartedJobRegistry
+
+    env = backend_env(app_settings.model_dir, app_settings.redis_url)
+    fast = spawn(worker_argv(), env, "worker-1")
+    post(backend.url, webhook(1, 1, image_config))
+    first = wait_for(lambda: current_version(app_settings), 120, message="the first version")
+    wait_for(lambda: train_jobs(app_settings) and train_jobs(app_settings)[0]["status"] == "finished", 60,
+             message="the first job to finish")
+    fast.kill(signal.SIGTERM)  # warm shutdown: it has no job, so it exits now
+    assert fast.proc.returncode == 0
+    slow = spawn(worker_argv(), {**env, "XIL_EPOCHS": "100000"}, "worker-slow")
+    post(backend.url, webhook(2, 2, image_config))
+    job = wait_for(lambda: next((j for j in train_jobs(app_settings) if j["status"] == "started"), None), 60,
+                   message="the job to start")
+    wait_for(lambda: (next(j for j in train_jobs(app_settings) if j["id"] == job["id"])["progress"] or 0) > 0.3, 120,
+             message="training to be under way")
+    slow.kill(signal.SIGKILL)
+    task, _ = image_task(50)
+    served = requests.post(backend.url + "/predict", json=predict_body([task], image_config)).json()["results"][0]
+    assert served["model_version"] == first == current_version(app_settings)
+    # RQ notices an abandoned job once its heartbeat expires (60 s or more); move the clock instead of waiting
+    queue = make_queue(app_settings).queue
+    StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + 3600)
+    record = next(j for j in train_jobs(app_settings) if j["id"] == job["id"])
+    assert record["status"] in ("scheduled", "queued", "failed"), record
+    # a healthy worker picks the retried job up (after the dead one's project lock expires) and finishes it
+    spawn(worker_argv(), env, "worker-2")
+    wait_for(lambda: current_version(app_settings) != first, 180, message="the retried job's version")
+
+
+def test_every_acknowledged_annotation_survives_a_killed_server(tmp_path, redis_url, spawn, image_config):
+    model_dir = tmp_path / "models"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = backend_env(model_dir, redis_url)
+    server = spawn(serve_argv(port), env, "server")
+    wait_for(lambda: _up(url), 60, message="the backend")
+    acknowledged = []
+    for i in range(1, 21):
+        response = post(url, webhook(200 + i, i, image_config))
+        if response.status_code == 200:
+            acknowledged.append(200 + i)
+    server.kill(signal.SIGKILL)
+    assert len(acknowledged) == 20
+    restarted = spawn(serve_argv(port), env, "server-2")
+    wait_for(lambda: _up(url), 60, message="the restarted backend")
+    store = AnnotationStore(model_dir / "feedback.sqlite3")
+    assert sorted(a["id"] for a, _ in store.list("2")) == acknowledged
+    assert restarted.alive()
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url + "/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,0 +1,198 @@
+"""Bayes-by-backprop layers, the Bayesian CNN, ELBO and the thesis' activation evidence."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerAttribution, LayerGradCam
+from sklearn.datasets import load_digits
+
+from ml_backend.explain.quality import irrelevant_mass
+from ml_backend.models.bayesian import BayesConv2d, BayesianCNN, BayesLinear
+from ml_backend.training.xil_losses import (activation_evidence_loss, activation_evidence_scale, elbo_loss,
+                                            pool_mask)
+
+S = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The test machines share two cores; intra-op threads only add contention for these tiny nets.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+def test_kl_is_positive_finite_and_matches_closed_form():
+    torch.manual_seed(0)
+    layer = BayesLinear(5, 3, prior_sigma=0.1)
+    with torch.no_grad():
+        layer.weight_rho.uniform_(-4, 0)
+    sigma = F.softplus(layer.weight_rho)
+    q = torch.distributions.Normal(layer.weight_mu, sigma)
+    p = torch.distributions.Normal(0.0, 0.1)
+    qb = torch.distributions.Normal(layer.bias_mu, F.softplus(layer.bias_rho))
+    expected = torch.distributions.kl_divergence(q, p).sum() + torch.distributions.kl_divergence(qb, p).sum()
+    torch.testing.assert_close(layer.kl(), expected)
+    model = BayesianCNN(2, image_size=S, in_channels=1, width=4)
+    kl = model.kl()
+    assert torch.isfinite(kl) and kl > 0
+    kl.backward()  # differentiable in mu and rho
+    assert model.last_conv.weight_rho.grad.abs().sum() > 0
+
+
+def test_lrt_matches_weight_sampling_moments():
+    torch.manual_seed(0)
+    layer = BayesConv2d(2, 1, 3, padding=1, init_sigma=0.3)
+    layer.sample = True
+    x = torch.rand(1, 2, 5, 5)
+    with torch.no_grad():
+        samples = torch.stack([layer(x) for _ in range(4000)])
+        var = F.conv2d(x * x, F.softplus(layer.weight_rho) ** 2, F.softplus(layer.bias_rho) ** 2, padding=1)
+        mean = F.conv2d(x, layer.weight_mu, layer.bias_mu, padding=1)
+    torch.testing.assert_close(samples.mean(0), mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(samples.var(0), var, atol=0, rtol=0.15)
+
+
+def test_sampling_switch_and_mc_samples_differ():
+    torch.manual_seed(0)
+    model = BayesianCNN(3, image_size=S, in_channels=1, width=4)
+    for layer in model.bayes_layers():
+        with torch.no_grad():
+            layer.weight_rho.fill_(-2.0)  # visible posterior spread
+    x = torch.rand(5, 1, S, S)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()  # mean weights
+    assert torch.equal(model(x), model(x))
+    with model.sampling(False):
+        model.train()
+        assert torch.equal(model(x), model(x))
+    model.eval()
+    with model.sampling(True):
+        assert not torch.equal(model(x), model(x))
+    assert model.sample is None
+    probs = model.mc_probs(x, T=6)
+    assert probs.shape == (6, 5, 3)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(6, 5))
+    assert probs.std(0).min() > 0
+    assert model.sample is None and not model.training
+    rebuilt = BayesianCNN(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x), model(x))
+
+
+def test_preactivation_access_and_clamping():
+    torch.manual_seed(0)
+    model = BayesianCNN(2, image_size=S, in_channels=1, width=4).eval()
+    x = torch.rand(3, 1, S, S)
+    logits, preact = model.forward_with_preact(x)
+    assert preact.shape == (3, 8, S // 4, S // 4)
+    torch.testing.assert_close(preact, model.last_conv_preactivation(x))
+    torch.testing.assert_close(logits, model(x))
+    clamped, _ = model.forward_with_preact(x, torch.ones(1, 1, S // 4, S // 4, dtype=torch.bool))
+    zero_features = model.head(torch.zeros(3, 8))
+    torch.testing.assert_close(clamped, zero_features)
+
+
+def test_activation_evidence_loss_values():
+    preact = torch.zeros(2, 3, 4, 4)
+    preact[0, :, 0, 0] = torch.tensor([2.0, -2.0, 1.0])
+    preact[1] = 5.0  # example 1 has no feedback
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[0, 1, 1] = True  # one pixel -> feature cell (0, 0)
+    cells = pool_mask(mask, (4, 4))
+    assert cells.shape == (2, 1, 4, 4) and cells.sum() == 1 and cells[0, 0, 0, 0]
+    # three masked units; relu keeps 2 and 1: (4 + 1) / (2 * 0.5^2 * 3)
+    torch.testing.assert_close(activation_evidence_loss(preact, mask, sigma=0.5), torch.tensor(5 / 1.5))
+    torch.testing.assert_close(activation_evidence_loss(preact, mask, 0.5, positive_only=False), torch.tensor(9 / 1.5))
+    assert activation_evidence_scale(preact, mask) == pytest.approx(5 / 3)
+    assert activation_evidence_scale(preact, mask, positive_only=True) == pytest.approx(1.0)
+    empty = torch.zeros_like(mask)
+    assert activation_evidence_loss(preact, empty, 1.0) == 0 and activation_evidence_scale(preact, empty) == 0.0
+
+
+def test_predictive_entropy_higher_out_of_distribution():
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
+    labels = torch.tensor(digits.target)
+    x, y = images[labels < 2], labels[labels < 2]
+    unseen_digits = images[labels >= 2][:400]
+    noise = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = BayesianCNN(2, image_size=8, in_channels=1, width=16)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(20):
+        for b in torch.randperm(len(x)).split(64):
+            # tempered KL: 360 examples cannot outweigh the full KL of a useful posterior
+            loss = elbo_loss(model(x[b]), y[b], model.kl(), len(x), kl_weight=0.01)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    p_train = model.mc_probs(x, T=20).mean(0)
+    assert (p_train.argmax(1) == y).float().mean() > 0.95
+    h_train = entropy(p_train).mean()
+    assert entropy(model.mc_probs(unseen_digits, T=20).mean(0)).mean() > 3 * h_train
+    assert entropy(model.mc_probs(noise, T=20).mean(0)).mean() > 3 * h_train
+
+
+def confounded_bars(n: int, g: torch.Generator, confound: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class 0: a horizontal bar, class 1: a vertical bar; the top-left 4x4 corner lights up iff class 1."""
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, S, S, generator=g) * 0.2
+    pos = torch.randint(6, S - 1, (n,), generator=g)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, 0, pos[i], 2:S - 1] = 1.0
+        else:
+            x[i, 0, 2:S - 1, pos[i]] = 1.0
+    if confound:
+        x[:, 0, :4, :4] = y.float().view(-1, 1, 1)
+    return x, y
+
+
+def test_activation_evidence_moves_gradcam_off_a_planted_confounder():
+    g = torch.Generator().manual_seed(0)
+    x, y = confounded_bars(300, g)
+    x_test, y_test = confounded_bars(200, g)
+    corner = torch.zeros(S, S, dtype=torch.bool)
+    corner[:4, :4] = True
+
+    def train(with_evidence: bool) -> BayesianCNN:
+        torch.manual_seed(0)
+        model = BayesianCNN(2, image_size=S, in_channels=1, width=8)
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(10):
+            for b in torch.randperm(len(x)).split(64):
+                logits, preact = model.forward_with_preact(x[b])
+                loss = elbo_loss(logits, y[b], model.kl(), len(x), kl_weight=0.01)
+                if with_evidence:
+                    loss = loss + activation_evidence_loss(preact, corner.expand(len(b), S, S), sigma=0.1)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return model.eval()
+
+    def gradcam_mass(model: BayesianCNN) -> float:
+        cam = LayerGradCam(model, model.cam_layer).attribute(x_test, target=y_test, relu_attributions=True)
+        cam = LayerAttribution.interpolate(cam, (S, S))[:, 0].detach()
+        return irrelevant_mass(cam.clamp_min(0), corner.expand(len(x_test), S, S))
+
+    plain, corrected = train(False), train(True)
+    for model in (plain, corrected):
+        assert (model(x_test).argmax(1) == y_test).float().mean() > 0.95
+    mass_plain, mass_corrected = gradcam_mass(plain), gradcam_mass(corrected)
+    assert mass_plain > 0.02  # the uncorrected model looks at the corner
+    assert mass_corrected < 0.5 * mass_plain
+    masks = corner.expand(len(x_test), S, S)
+    with torch.no_grad():
+        scale_plain = activation_evidence_scale(plain.last_conv_preactivation(x_test), masks, positive_only=True)
+        scale_corrected = activation_evidence_scale(corrected.last_conv_preactivation(x_test), masks,
+                                                    positive_only=True)
+    assert scale_corrected < 0.5 * scale_plain

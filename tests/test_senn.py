@@ -1,0 +1,220 @@
+"""SENN models, robustness penalty and CALI corrections."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ml_backend.data.text import PAD_ID
+from ml_backend.models.senn import SENN, TextSENN, most_activating_examples
+from ml_backend.training.xil_losses import cali_loss, cali_objective, senn_concept_losses, senn_robustness
+
+S = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The test machines share two cores; intra-op threads only add contention for these tiny nets.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def bars(n: int, seed: int, confound: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class 0: a horizontal bar, class 1: a vertical bar; the top-left 4x4 corner lights up iff class 1."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, S, S, generator=g) * 0.2
+    pos = torch.randint(6, S - 1, (n,), generator=g)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, 0, pos[i], 2:S - 1] = 1.0
+        else:
+            x[i, 0, 2:S - 1, pos[i]] = 1.0
+    if confound:
+        x[:, 0, :4, :4] = y.float().view(-1, 1, 1)
+    return x, y
+
+
+def fit(model: SENN, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, steps: int,
+        alpha: float = 0.0) -> None:
+    model.train()
+    for _ in range(steps):
+        b = torch.randint(0, len(x), (32,))
+        loss = F.cross_entropy(model(x[b]), y[b])
+        if alpha:
+            loss = loss + alpha * senn_robustness(model, x[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def corner_concepts(model: SENN) -> torch.Tensor:
+    corner = torch.zeros(1, 1, S, S)
+    corner[..., :4, :4] = 1
+    return (model.concepts(corner)[0] > 0).nonzero().flatten()
+
+
+@pytest.mark.parametrize("concepts", ["pixels", "patches", "learned"])
+def test_evidence_is_exact_product_and_sums_to_logits(concepts):
+    torch.manual_seed(0)
+    model = SENN(3, concepts, image_size=S, in_channels=2, patch=4, width=8).eval()
+    x = torch.rand(6, 2, S, S)
+    logits, h, theta = model.forward_with_explanation(x)
+    assert theta.shape == (6, model.n_concepts, 3) and h.shape == (6, model.n_concepts)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    evidence = model.evidence(x, target)
+    assert torch.equal(evidence, theta[torch.arange(6), :, target] * h)
+    assert torch.equal(model.evidence(x, 2), theta[:, :, 2] * h)
+    for k in range(3):
+        torch.testing.assert_close(logits[:, k], model.evidence(x, k).sum(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(model(x), logits, rtol=0, atol=0)
+    with torch.no_grad():  # how serving calls it; learned concepts need autograd inside
+        emap = model.evidence_map(x, target)
+    assert emap.shape == (6, S, S) and not emap.requires_grad
+    if concepts != "learned":  # pixel and patch maps conserve the evidence exactly
+        torch.testing.assert_close(emap.sum((1, 2)), evidence.sum(1), rtol=0, atol=1e-5)
+
+
+def test_patch_evidence_map_is_constant_per_patch():
+    torch.manual_seed(0)
+    model = SENN(2, "patches", image_size=S, in_channels=1, patch=4, width=8).eval()
+    x = torch.rand(3, 1, S, S)
+    emap, ev = model.evidence_map(x, 1), model.evidence(x, 1)
+    torch.testing.assert_close(emap[:, :4, :4], (ev[:, 0] / 16).view(-1, 1, 1).expand(3, 4, 4))
+    torch.testing.assert_close(emap[:, 12:, 4:8], (ev[:, 13] / 16).view(-1, 1, 1).expand(3, 4, 4))
+
+
+def test_features_head_split_mc_and_rebuild():
+    torch.manual_seed(0)
+    model = SENN(2, "patches", image_size=S, in_channels=1, patch=4, width=8, dropout=0.5).eval()
+    x = torch.rand(4, 1, S, S)
+    torch.testing.assert_close(model.head(model.features(x)), model(x))
+    mc = model.mc_logits(x, 5)
+    assert mc.shape == (5, 4, 2) and mc.std(0).max() > 0
+    assert not model.theta_dropout.training  # mc sampling restores eval mode
+    clone = SENN(**model.config)
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone.eval()(x), model(x))
+
+
+@pytest.mark.parametrize("concepts", ["pixels", "patches"])
+def test_robustness_is_zero_when_theta_is_constant(concepts):
+    torch.manual_seed(0)
+    model = SENN(2, concepts, image_size=S, in_channels=1, patch=4, width=8).eval()
+    x = torch.rand(4, 1, S, S)
+    assert senn_robustness(model, x) > 1e-3
+    with torch.no_grad():
+        for p in model.trunk.parameters():
+            p.zero_()  # theta(x) = theta_out's bias: locally linear model, grad_x f = theta^T J_h
+    assert senn_robustness(model, x) < 1e-5
+    assert senn_robustness(model, x, target=1) < 1e-5
+
+
+def test_robustness_penalty_falls_during_training():
+    torch.manual_seed(0)
+    x, y = bars(128, seed=0)
+    model = SENN(2, "patches", image_size=S, in_channels=1, patch=4, width=8)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    fit(model, x, y, opt, steps=40)  # plain CE: theta grows and becomes input-sensitive
+    before = senn_robustness(model, x[:32]).item()
+    fit(model, x, y, opt, steps=40, alpha=1.0)
+    after = senn_robustness(model, x[:32]).item()
+    accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert after < 0.5 * before
+    assert accuracy > 0.9
+
+
+def test_cali_loss_gradient_points_toward_the_correction():
+    shown = torch.tensor([[1.0, 0.5, 0.0, 0.2], [1.0, 0.5, 0.0, 0.2]])
+    theta = shown.clone().requires_grad_(True)  # the model's relevances are what was shown
+    corrected = shown.clone()
+    corrected[:, 0] = 0.0  # concept 0 marked irrelevant
+    corrected[:, 2] = 1.0  # concept 2 marked relevant
+    for mode in ("ranking", "anchored"):
+        theta.grad = None
+        cali_loss(theta, shown, corrected, mode).backward()
+        assert (theta.grad[:, 0] > 0).all()  # gradient descent lowers it
+        assert (theta.grad[:, 2] < 0).all()  # and raises this one
+        assert (theta.grad[:, [1, 3]] == 0).all()
+    value = cali_loss(torch.ones(2, 4), shown, corrected)
+    torch.testing.assert_close(value, torch.tensor(0.0))  # <1, (1, 0, -1, 0)>
+    with pytest.raises(ValueError):
+        cali_loss(theta, shown, corrected, "bogus")
+
+
+@pytest.mark.parametrize("mode", ["ranking", "anchored"])
+def test_cali_correction_lowers_irrelevant_concept_relevance(mode):
+    torch.manual_seed(0)
+    x, y = bars(128, seed=1)
+    model = SENN(2, "patches", image_size=S, in_channels=1, patch=4, width=8)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    fit(model, x, y, opt, steps=40)
+    corner = corner_concepts(model)
+    xp = x[y == 1]  # the corner is lit (h = 1) exactly on these
+    yp = torch.ones(len(xp), dtype=torch.long)
+    with torch.no_grad():
+        shown = model.relevances(xp)[:, :, 1]
+    before = shown[:, corner].mean().item()
+    assert before > 0.3  # precondition: the model uses the confounder
+    corrected = shown.clone()
+    corrected[:, corner] = 0.0
+    model.train()
+    for _ in range(20):
+        b = torch.randint(0, len(xp), (32,))
+        logits, _, theta = model.forward_with_explanation(xp[b])
+        loss = cali_objective(logits, yp[b], theta[:, :, 1], shown[b], corrected[b], lam=0.5, mode=mode)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = model.eval().relevances(xp)[:, corner, 1].mean().item()
+    assert after < before - 0.3
+    if mode == "anchored":
+        assert abs(after) < 0.5 * before  # stops near the correction instead of overshooting
+
+
+def test_learned_concepts_train_and_have_prototypes():
+    torch.manual_seed(0)
+    x, _ = bars(64, seed=2, confound=False)
+    model = SENN(2, "learned", image_size=S, in_channels=1, n_concepts=5, width=8)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    rec0, _ = senn_concept_losses(model, x)
+    for _ in range(40):
+        rec, sparsity = senn_concept_losses(model, x)
+        opt.zero_grad()
+        (rec + 1e-3 * sparsity).backward()
+        opt.step()
+    rec1, sparsity = senn_concept_losses(model, x)
+    assert rec1 < 0.7 * rec0 and sparsity > 0
+    protos = most_activating_examples(model, x, k=3)
+    h = model.eval().concepts(x).detach()
+    assert sorted(protos) == list(range(5))
+    for i, idx in protos.items():
+        assert idx.shape == (3,)
+        assert h[idx, i].min() >= h[:, i].sort(descending=True).values[2]
+
+
+def test_text_senn_token_evidence():
+    torch.manual_seed(0)
+    model = TextSENN(3, n_buckets=50, max_len=10, embed_dim=8, channels=8).eval()
+    ids = torch.randint(1, 50, (4, 10))
+    ids[:, 6:] = PAD_ID
+    ids[3] = PAD_ID  # an empty text
+    logits, h, theta = model.forward_with_explanation(ids)
+    assert theta.shape == (4, 10, 3)
+    evidence = model.evidence(ids, 2)
+    assert torch.equal(evidence, theta[:, :, 2] * h)
+    assert (evidence[:, 6:] == 0).all() and (logits[3] == 0).all()
+    torch.testing.assert_close(logits[:, 2], evidence.sum(1), rtol=0, atol=1e-6)
+    emb = model.embedding(ids)
+    torch.testing.assert_close(model.forward_embedded(emb, ids != PAD_ID), model(ids))
+    torch.testing.assert_close(model.head(model.features(ids)), logits)
+    assert model.mc_logits(ids, 3).shape == (3, 4, 3)
+    clone = TextSENN(**model.config)
+    clone.load_state_dict(copy.deepcopy(model.state_dict()))
+    torch.testing.assert_close(clone.eval()(ids), logits)
