@@ -47,6 +47,11 @@ class ProjectSettings:
     counterexample_fill: str = "randomize"  # randomize | substitute | blur
     relevant_lambda: float = 1.0
     cali_lambda: float = 0.5
+    senn_robustness: float = 0.0  # weight of SENN's robustness penalty (a double backward pass per step)
+    senn_concepts: str = "patches"  # pixels | patches | learned
+    senn_patch: int = 8
+    kl_weight: float = 0.01  # Bayesian CNN: tempered KL (the exact ELBO's 1.0 collapses on small projects)
+    evidence_sigma: float = 0.5  # Bayesian CNN: activation evidence scale (smaller = stronger)
     epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -66,6 +71,12 @@ class ProjectSettings:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise ConfigError(f"unknown feedback strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+        if "cali" in self.strategies and self.model_kind != "senn":
+            raise ConfigError("strategy 'cali' corrects a SENN's relevances: set model_kind to 'senn'")
+        if "activation_evidence" in self.strategies and self.model_kind != "bayesian_cnn":
+            raise ConfigError("strategy 'activation_evidence' needs model_kind 'bayesian_cnn'")
+        if self.senn_concepts not in ("pixels", "patches", "learned"):
+            raise ConfigError("senn_concepts must be pixels, patches or learned")
         if self.acquisition not in ACQUISITIONS:
             raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {self.acquisition!r}")
         if self.evidence_regions not in ("merged", "components"):

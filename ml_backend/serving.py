@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml_backend.config import ProjectSettings, Settings, parse_extra_params
+from ml_backend.config import ConfigError, ProjectSettings, Settings, parse_extra_params
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.images import image_to_tensor, load_image
 from ml_backend.data.text import Token, encode_tokens, tokenize
@@ -41,11 +41,20 @@ def resolve_device(name: str) -> torch.device:
 
 def default_model_config(schema: TaskSchema, settings: ProjectSettings) -> tuple[str, dict[str, Any]]:
     """The model kind and constructor kwargs a new project starts with."""
+    kind = settings.model_kind
     if schema.object_type == "image":
-        kind = settings.model_kind or "cnn"
-        return kind, {"n_classes": schema.n_classes, "image_size": settings.image_size}
-    kind = settings.model_kind or "text_cnn"
-    return kind, {"n_classes": schema.n_classes}
+        config: dict[str, Any] = {"n_classes": schema.n_classes, "image_size": settings.image_size}
+        if kind == "senn":
+            patch = settings.senn_patch if settings.image_size % settings.senn_patch == 0 else 1
+            config.update(concepts=settings.senn_concepts, patch=patch)
+        if kind in ("", "cnn", "senn", "bayesian_cnn"):
+            return kind or "cnn", config
+    else:
+        if kind in ("", "text_cnn"):
+            return "text_cnn", {"n_classes": schema.n_classes}
+        if kind == "senn":
+            return "text_senn", {"n_classes": schema.n_classes}
+    raise ConfigError(f"model_kind {kind!r} does not serve {schema.object_type} projects")
 
 
 @dataclass
@@ -181,7 +190,10 @@ def render_predictions(ctx: ProjectContext, loaded: LoadedModel, prepared: list[
     model, schema, settings = loaded.model, ctx.schema, ctx.settings
     x = torch.stack([p.tensor for p in prepared]).to(device)
     with torch.no_grad():
-        probs = torch.softmax(model(x), dim=1)
+        if hasattr(model, "mc_probs"):  # a Bayesian model predicts with its posterior's MC average
+            probs = model.mc_probs(x, settings.mc_samples).mean(0)
+        else:
+            probs = torch.softmax(model(x), dim=1)
     confidence, targets = probs.max(dim=1)
     relevance = None
     if schema.has_evidence or with_relevance:

@@ -7,6 +7,7 @@ from ml_backend.explain.quality import irrelevant_mass
 from ml_backend.models.cnn import ImageCNN
 from ml_backend.models.text import TextCNN
 from ml_backend.training.losses import input_gradients, xil_loss
+from ml_backend.training.objectives import Weights
 from ml_backend.training.trainer import FitConfig, TrainingSet, accuracy, fit, pick_device
 from tests.support.data import confounded_images
 
@@ -16,7 +17,8 @@ def _train(x, y, mask, rrr_lambda: float, seed: int = 0):
     model = ImageCNN(2, image_size=x.shape[-1], width=8, dropout=0.1)
     masks = torch.from_numpy(np.broadcast_to(mask, (len(y), *mask.shape)).copy())
     data = TrainingSet(x, y, masks if rrr_lambda else torch.zeros_like(masks), torch.zeros_like(masks))
-    fit(model, data, FitConfig(epochs=20, batch_size=32, learning_rate=3e-3, rrr_lambda=rrr_lambda, seed=seed),
+    fit(model, data, FitConfig(epochs=20, batch_size=32, learning_rate=3e-3, weights=Weights(rrr_lambda=rrr_lambda),
+                               seed=seed),
         device=torch.device("cpu"))
     return model
 

@@ -9,6 +9,9 @@ from torch import nn
 MODEL_CLASSES = {
     "cnn": "ml_backend.models.cnn:ImageCNN",
     "text_cnn": "ml_backend.models.text:TextCNN",
+    "senn": "ml_backend.models.senn:SENN",
+    "text_senn": "ml_backend.models.senn:TextSENN",
+    "bayesian_cnn": "ml_backend.models.bayesian:BayesianCNN",
 }
 
 

@@ -91,8 +91,12 @@ class Scorer:
         rendered = render_predictions(self.ctx, self.loaded, prepared, self.device, with_relevance=need_expl)
         self.probs.append(rendered.probs.numpy())
         if self.acquisition.needs_mc:
-            x = torch.stack([p.tensor for p in prepared])
-            self.mc.append(mc_dropout_probs(self.loaded.model, x, self.ctx.settings.mc_samples))
+            x = torch.stack([p.tensor for p in prepared]).to(self.device)
+            model, T = self.loaded.model, self.ctx.settings.mc_samples
+            if hasattr(model, "mc_probs"):  # weight samples of a Bayesian model
+                self.mc.append(model.mc_probs(x, T).cpu().numpy())
+            else:  # dropout samples: features once, the head T times
+                self.mc.append(mc_dropout_probs(model, x, T))
         if need_expl:
             self.explanations.append(pooled_explanations(rendered.relevance))
         return rendered.predictions
@@ -184,10 +188,13 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
         tasks = client.iter_tasks(int(project), only_unlabeled=True)
         ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, device, spool, progress, labeled)
         pushed, unchanged = push_predictions(settings, client, project, version, ids, scores, spool, progress)
-    fields: dict[str, Any] = {"model_version": version}
+    fields: dict[str, Any] = {}
+    if ids:  # Label Studio refuses (400) a model_version that no prediction of the project carries
+        fields["model_version"] = version
     if ctx.settings.set_uncertainty_sampling:
         fields["sampling"] = "Uncertainty sampling"
-    client.update_project(int(project), **fields)
+    if fields:
+        client.update_project(int(project), **fields)
     order = np.argsort(scores, kind="stable")
     queue = {"project": project, "model_version": version, "acquisition": ctx.settings.acquisition,
              "computed_at": time.time(), "seconds": round(time.perf_counter() - started, 3),

@@ -12,13 +12,14 @@ import torch
 
 from ml_backend.config import Settings
 from ml_backend.data.fetch import DataError, Fetcher
-from ml_backend.explain.quality import irrelevant_mass
+from ml_backend.explain.quality import faithfulness, irrelevant_mass, senn_stability
 from ml_backend.feedback.counterexamples import image_counterexamples, text_counterexamples
 from ml_backend.feedback.intake import store_path
 from ml_backend.feedback.parse import Feedback, FeedbackError, feedback_counts, parse_annotation
 from ml_backend.feedback.store import AnnotationStore
 from ml_backend.serving import ProjectContext, new_model, prepare_task, project_context, relevance_maps
 from ml_backend.training.registry import ProjectRegistry, RegistryError
+from ml_backend.training.objectives import Weights
 from ml_backend.training.trainer import FitConfig, TrainingSet, accuracy, fit, pick_device
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,65 @@ def attribution_on_irrelevant(model, data: TrainingSet, method: str) -> Optional
     with torch.no_grad():
         targets = model(x).argmax(1)
     relevance = relevance_maps(model, x, targets, method).detach().cpu().numpy()
-    return float(irrelevant_mass(relevance, data.irrelevant[idx].numpy()))
+    mass = irrelevant_mass(relevance, data.irrelevant[idx].numpy())
+    return None if mass != mass else float(mass)  # NaN: every explanation was empty
+
+
+def explanation_quality(model, data: TrainingSet, limit: int = 32) -> dict[str, Optional[float]]:
+    """SENN's stability (local Lipschitz estimate) and faithfulness (relevance vs. probability drop)."""
+    if getattr(model, "kind", "") not in ("senn", "text_senn") or len(data) == 0:
+        return {}
+    device = next(model.parameters()).device
+    x = data.x[:limit].to(device)
+    model.eval()
+    with torch.no_grad():
+        target = model(x).argmax(1)
+        relevance = model.evidence(x, target)
+    out: dict[str, Optional[float]] = {"senn_stability": None, "senn_faithfulness": None}
+    if x.dtype != torch.long:
+        out["senn_stability"] = senn_stability(model, x, n_samples=10, eps=0.05, target=target)
+    removal = concept_removal(model)
+    if removal is not None:
+        def probs(inp: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.softmax(model(inp), dim=1)
+
+        out["senn_faithfulness"] = faithfulness(probs, x, relevance, removal, target=target)
+    return {k: (None if v is None or v != v else float(v)) for k, v in out.items()}
+
+
+def concept_removal(model) -> Optional[Callable[[torch.Tensor, int], torch.Tensor]]:
+    """How to remove concept d from an input: blank its pixel or patch, or pad its token."""
+    if model.kind == "text_senn":
+        def remove_token(ids: torch.Tensor, d: int) -> torch.Tensor:
+            out = ids.clone()
+            out[:, d] = 0
+            return out
+        return remove_token
+    if model.concept_kind in ("pixels", "patches"):
+        p = 1 if model.concept_kind == "pixels" else model.patch
+        cols = model.grid[1]
+
+        def remove_cell(x: torch.Tensor, d: int) -> torch.Tensor:
+            out = x.clone()
+            r, c = divmod(d, cols)
+            out[:, :, r * p:(r + 1) * p, c * p:(c + 1) * p] = 0.0
+            return out
+        return remove_cell
+    return None
+
+
+def loss_weights(settings) -> Weights:
+    """The project's strategies as loss weights (a strategy not chosen weighs 0)."""
+    on = set(settings.strategies)
+    return Weights(
+        rrr_lambda=settings.rrr_lambda if "rrr" in on else 0.0,
+        relevant_lambda=settings.relevant_lambda if "relevant" in on else 0.0,
+        cali_lambda=settings.cali_lambda if "cali" in on else 0.0,
+        senn_robustness=settings.senn_robustness,
+        kl_weight=settings.kl_weight,
+        evidence_sigma=settings.evidence_sigma if "activation_evidence" in on else 0.0,
+    )
 
 
 def train_project(settings: Settings, project: str, reason: str = "annotations",
@@ -194,12 +253,8 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     data = to_training_set(train, text)
     augmented = add_counterexamples(data, ctx, model.config, seed=revision) \
         if "counterexamples" in ctx.settings.strategies else data
-    config = FitConfig(
-        epochs=ctx.settings.epochs, batch_size=ctx.settings.batch_size, learning_rate=ctx.settings.learning_rate,
-        rrr_lambda=ctx.settings.rrr_lambda if "rrr" in ctx.settings.strategies else 0.0,
-        relevant_lambda=ctx.settings.relevant_lambda if "relevant" in ctx.settings.strategies else 0.0,
-        seed=revision,
-    )
+    config = FitConfig(epochs=ctx.settings.epochs, batch_size=ctx.settings.batch_size,
+                       learning_rate=ctx.settings.learning_rate, weights=loss_weights(ctx.settings), seed=revision)
     device = pick_device(settings.device)
     report = fit(model, augmented, config, device=device,
                  progress=lambda f, m: progress(0.3 + 0.6 * f, m))
@@ -211,7 +266,10 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
         "irrelevant_attribution_mass": attribution_on_irrelevant(model, data, ctx.settings.attribution),
         "holdout_irrelevant_attribution_mass": attribution_on_irrelevant(model, holdout, ctx.settings.attribution)
         if holdout else None,
+        **explanation_quality(model, data),
     }
+    if report.history and "activation_scale" in report.history[-1]:
+        metrics["activation_evidence_scale"] = report.history[-1]["activation_scale"]
     counts = feedback_counts([e.feedback for e in examples])
     if store.revision(project) != revision:
         log.info("project %s: annotations changed during training; a follow-up job will include them", project)

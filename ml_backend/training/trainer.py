@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ml_backend.training.losses import xil_loss
+from ml_backend.training.objectives import Batch, Weights, batch_loss
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ class FitConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    rrr_lambda: float = 0.0
-    relevant_lambda: float = 0.0
+    weights: Weights = field(default_factory=Weights)
     patience: int = 8
     seed: int = 0
 
@@ -89,13 +88,10 @@ def fit(model: nn.Module, data: TrainingSet, config: FitConfig, *, device: Optio
         totals: dict[str, float] = {}
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
-            x, y = data.x[idx].to(device), data.y[idx].to(device)
-            loss, parts = xil_loss(
-                model, x, y,
-                irrelevant=data.irrelevant[idx].to(device), has_irrelevant=has_irr[idx].to(device),
-                relevant=data.relevant[idx].to(device), has_relevant=has_rel[idx].to(device),
-                rrr_lambda=config.rrr_lambda, relevant_lambda=config.relevant_lambda,
-            )
+            batch = Batch(data.x[idx].to(device), data.y[idx].to(device),
+                          data.irrelevant[idx].to(device), has_irr[idx].to(device),
+                          data.relevant[idx].to(device), has_rel[idx].to(device))
+            loss, parts = batch_loss(model, batch, config.weights, n)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
