@@ -101,6 +101,7 @@ class Predictor:
 
     def setup(self, project: Any, label_config: str, extra_params: Any = None) -> str:
         ctx = self.context(project, label_config, extra_params)
+        default_model_config(ctx.schema, ctx.settings)  # a model kind that cannot serve this config: 422 now
         registry = self.registry(ctx.key)
         state = registry.load_project() or {}
         new_state = {"label_config": label_config, "extra_params": parse_extra_params(extra_params)}

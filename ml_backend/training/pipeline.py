@@ -271,6 +271,13 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     if report.history and "activation_scale" in report.history[-1]:
         metrics["activation_evidence_scale"] = report.history[-1]["activation_scale"]
     counts = feedback_counts([e.feedback for e in examples])
+    concept_examples = None
+    if getattr(model, "concept_kind", None) == "learned":
+        # each learned concept is shown through the training tasks that activate it most
+        from ml_backend.models.senn import most_activating_examples
+
+        top = most_activating_examples(model, data.x.to(next(model.parameters()).device), k=min(5, len(data)))
+        concept_examples = {str(c): [train[int(i)].task_id for i in idx] for c, idx in top.items()}
     if store.revision(project) != revision:
         log.info("project %s: annotations changed during training; a follow-up job will include them", project)
     meta = {
@@ -279,6 +286,7 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
         "reason": reason, "store_revision": revision, "resync": synced, "skipped": skipped,
         "epochs": report.epochs_run, "train_seconds": round(report.seconds, 3), "device": report.device,
         "final_loss": report.history[-1] if report.history else None, "parent": current,
+        "concept_examples": concept_examples,
     }
     version = registry.publish(model.cpu(), ctx.schema.classes, meta)
     log.info("project %s: published %s (%d examples, metrics %s) in %.1fs", project, version, len(examples),
