@@ -41,7 +41,8 @@ def _child(method: str, n: int, T: int, device: str, batch_size: int, image_size
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = ImageCNN(n_classes=10, image_size=image_size).to(dev).eval()
+    # as the ranking job loads it: NHWC weights and inputs
+    model = ImageCNN(n_classes=10, image_size=image_size).to(dev, memory_format=torch.channels_last).eval()
     gen_time = 0.0
 
     def batches(count: int):
@@ -140,7 +141,7 @@ def main() -> None:
     print(f"Machine: {platform.platform()}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), torch {torch.__version__}, "
           f"device {args.device} ({dev_name})")
-    print(f"ImageCNN(n_classes=10, width=32), {args.image_size}x{args.image_size} RGB, T = {args.T}, "
+    print(f"ImageCNN(n_classes=10, default width 16, channels_last), {args.image_size}x{args.image_size} RGB, T = {args.T}, "
           f"batch {args.batch_size}; inputs generated per batch (generation time excluded);\n"
           f"CPU s = process CPU time incl. generation (robust to other load on shared cores)\n")
     gpu = args.device.startswith("cuda")

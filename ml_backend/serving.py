@@ -124,7 +124,7 @@ class Predictor:
                 loaded = self._models.get(ctx.key)
                 if loaded is None or loaded.version != current:
                     loaded = registry.load(current)
-                    loaded.model.to(self.device).eval()
+                    loaded.model.to(self.device, memory_format=torch.channels_last).eval()
                     self._models[ctx.key] = loaded
                     log.info("project %s now serves %s", ctx.key, current)
         if loaded.classes != ctx.schema.classes:
@@ -190,6 +190,8 @@ def render_predictions(ctx: ProjectContext, loaded: LoadedModel, prepared: list[
     """Forward pass, explanation and Label Studio results for prepared tasks (same order)."""
     model, schema, settings = loaded.model, ctx.schema, ctx.settings
     x = torch.stack([p.tensor for p in prepared]).to(device)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         if hasattr(model, "mc_probs"):  # a Bayesian model predicts with its posterior's MC average
             probs = model.mc_probs(x, settings.mc_samples).mean(0)

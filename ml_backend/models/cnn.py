@@ -17,7 +17,7 @@ class ImageCNN(nn.Module):
     kind = "cnn"
 
     def __init__(self, n_classes: int, image_size: int = 64, in_channels: int = 3,
-                 width: int = 32, dropout: float = 0.3) -> None:
+                 width: int = 16, dropout: float = 0.3) -> None:
         super().__init__()
         self.config = dict(n_classes=n_classes, image_size=image_size, in_channels=in_channels,
                            width=width, dropout=dropout)

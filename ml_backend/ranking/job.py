@@ -177,7 +177,7 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
         return {"skipped": "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to rank tasks"}
     loaded = registry.load(version)
     device = resolve_device(settings.device)
-    loaded.model.to(device).eval()
+    loaded.model.to(device, memory_format=torch.channels_last).eval()
     client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout)
     fetcher = Fetcher(settings)
     labeled = None

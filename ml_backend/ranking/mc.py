@@ -66,6 +66,8 @@ def mc_dropout_probs(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor],
     with torch.no_grad():
         for xb in _batches(x, batch_size):
             xb = xb.to(device, non_blocking=True)
+            if xb.dim() == 4:  # NHWC convolutions are about twice as fast on CPU
+                xb = xb.contiguous(memory_format=torch.channels_last)
             n = len(xb)
             if split:
                 with _modes(model, dropout=False):
