@@ -20,7 +20,8 @@ from ml_backend.explain.regions import evidence_mask, mask_regions, token_spans
 from ml_backend.labelstudio.results import brush_result, choices_result, span_result
 from ml_backend.labelstudio.schema import SchemaError, TaskSchema, parse_label_config
 from ml_backend.models import build_model
-from ml_backend.training.registry import LoadedModel, ProjectRegistry, RegistryError, load_checkpoint_file, model_from_checkpoint
+from ml_backend.training.registry import (LoadedModel, ProjectRegistry, RegistryError, is_checkpoint, model_from_checkpoint,
+                                          read_weights)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,10 @@ class Predictor:
     def _import_checkpoint(self, ctx: ProjectContext, registry: ProjectRegistry) -> Optional[str]:
         """Start a project from user-supplied weights: our checkpoint, or a bare state_dict."""
         checkpoint = load_checkpoint_file_or_state_dict(ctx)
+        classes = tuple(checkpoint.get("classes") or ctx.schema.classes)
+        if classes != ctx.schema.classes or checkpoint["config"].get("n_classes") != ctx.schema.n_classes:
+            raise RegistryError(f"checkpoint {ctx.settings.checkpoint} predicts classes {list(classes)}; "
+                                f"the label config has {list(ctx.schema.classes)}")
         model = model_from_checkpoint(checkpoint)
         return registry.publish(model, ctx.schema.classes, {"source": ctx.settings.checkpoint})
 
@@ -275,15 +280,13 @@ def load_checkpoint_file_or_state_dict(ctx: ProjectContext) -> dict[str, Any]:
     """User weights: an ml_backend checkpoint, or a bare state_dict for the project's default model."""
     from pathlib import Path
 
-    path = Path(ctx.settings.checkpoint)
-    try:
-        return load_checkpoint_file(path)
-    except RegistryError as exc:
-        if "not an ml_backend checkpoint" not in str(exc):
-            raise
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    weights = read_weights(Path(ctx.settings.checkpoint))
+    if is_checkpoint(weights):
+        return weights
+    if not isinstance(weights, dict):
+        raise RegistryError(f"{ctx.settings.checkpoint} holds neither a checkpoint nor a state_dict")
     kind, config = default_model_config(ctx.schema, ctx.settings)
-    return {"kind": kind, "config": config, "classes": list(ctx.schema.classes), "state_dict": state_dict}
+    return {"kind": kind, "config": config, "classes": list(ctx.schema.classes), "state_dict": weights}
 
 
 def new_model(ctx: ProjectContext) -> nn.Module:

@@ -70,15 +70,24 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def load_checkpoint_file(path: Path) -> dict[str, Any]:
-    """A checkpoint written by this backend (weights only: no pickled code is executed)."""
+def read_weights(path: Path) -> Any:
+    """torch.load with weights_only: a user's file can hold tensors, never code to run."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RegistryError(f"checkpoint not found: {path}") from None
     except Exception as exc:
         raise RegistryError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+
+
+def is_checkpoint(value: Any) -> bool:
+    return isinstance(value, dict) and {"kind", "config", "state_dict"} <= set(value)
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint written by this backend."""
+    checkpoint = read_weights(path)
+    if not is_checkpoint(checkpoint):
         raise RegistryError(f"{path} is not an ml_backend checkpoint (needs kind, config, classes, state_dict)")
     return checkpoint
 

@@ -1,0 +1,70 @@
+"""A project can start from user-supplied weights (a checkpoint path in its configuration)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from ml_backend.app import create_app
+from ml_backend.models.cnn import ImageCNN
+from ml_backend.training.registry import ProjectRegistry, checkpoint_dict
+from tests.support.live import LiveServer, ls_task, png_data_uri, predict_body, setup_body
+
+
+@pytest.fixture
+def backend(settings):
+    with LiveServer(create_app(settings)) as server:
+        yield server
+
+
+def _task():
+    return ls_task(1, {"image": png_data_uri(np.random.default_rng(0).integers(0, 255, (40, 30, 3)))})
+
+
+def test_project_starts_from_an_ml_backend_checkpoint(backend, tmp_path, image_config):
+    torch.manual_seed(3)
+    model = ImageCNN(2, image_size=32)
+    path = tmp_path / "weights.pt"
+    torch.save(checkpoint_dict(model, ("Class A", "Class B")), path)
+    response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
+    assert response.json() == {"model_version": "v1"}
+    prediction = requests.post(backend.url + "/predict", json=predict_body([_task()], image_config)).json()["results"][0]
+    assert prediction["model_version"] == "v1"
+    x = torch.rand(1, 3, 32, 32)
+    served = ProjectRegistry(tmp_path / "models", "2").load("v1").model
+    assert torch.allclose(served(x), model.eval()(x))  # the very weights the user supplied
+
+
+def test_project_starts_from_a_bare_state_dict(backend, tmp_path, image_config):
+    model = ImageCNN(2, image_size=64)  # the project's default model (XIL_IMAGE_SIZE=64)
+    path = tmp_path / "state.pt"
+    torch.save(model.state_dict(), path)
+    response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
+    assert response.json() == {"model_version": "v1"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    (b"garbage", "cannot read"),
+])
+def test_unusable_checkpoints_get_a_clear_422(backend, tmp_path, image_config, content, message):
+    path = tmp_path / "bad.pt"
+    if content is not None:
+        path.write_bytes(content)
+    response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
+    assert response.status_code == 422 and message in response.json()["error"]
+
+
+def test_a_state_dict_for_another_architecture_is_refused(backend, tmp_path, image_config):
+    path = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3, 3)}, path)
+    response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
+    assert response.status_code == 422 and "does not fit" in response.json()["error"]
+
+
+def test_a_checkpoint_for_other_classes_is_refused(backend, tmp_path, image_config):
+    path = tmp_path / "cats.pt"
+    torch.save(checkpoint_dict(ImageCNN(3, image_size=32), ("cat", "dog", "bird")), path)
+    response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
+    assert response.status_code == 422 and "'cat', 'dog', 'bird'" in response.json()["error"]
