@@ -182,7 +182,21 @@ class EmbeddedQueue(JobQueue):
 
     @contextlib.contextmanager
     def project_lock(self, kind: str, project: str) -> Iterator[None]:
-        yield  # one worker thread: jobs never overlap
+        """Jobs of one queue never overlap; a file lock keeps several serving processes
+        (gunicorn WORKERS > 1 without Redis) from training one project at once."""
+        if kind != TRAIN:
+            yield
+            return
+        import fcntl
+
+        path = self.settings.model_dir / "projects" / project / "train.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
         """Block until no job is pending or running (tests, CLI demo)."""

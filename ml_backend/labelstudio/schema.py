@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 from label_studio_sdk.label_interface import LabelInterface
@@ -53,6 +54,11 @@ def parse_label_config(label_config: str) -> TaskSchema:
     """Parse a Label Studio label config; raise SchemaError naming what is missing."""
     if not label_config or not isinstance(label_config, str):
         raise SchemaError("no label config: send the project's label_config (XML)")
+    return _parse(label_config)
+
+
+@lru_cache(maxsize=128)  # every /predict carries the config; parsing it is the slow part
+def _parse(label_config: str) -> TaskSchema:
     try:
         interface = LabelInterface(label_config)
     except Exception as exc:  # the SDK raises several types on bad XML
