@@ -13,6 +13,8 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 30
 # No --preload: CUDA cannot be re-initialised in a forked worker.
 preload_app = False
+# gunicorn 27's control socket defaults to one path per user: two servers on a host would share it.
+control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

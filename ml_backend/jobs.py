@@ -338,7 +338,8 @@ class RedisQueue(JobQueue):
         return records[:limit]
 
     def depth(self) -> int:
-        return self.queue.count
+        """Waiting jobs: queued, and scheduled (debounced training jobs, retries)."""
+        return self.queue.count + self.queue.scheduled_job_registry.count
 
 
 def _ts(value) -> Optional[float]:

@@ -273,7 +273,13 @@ def relevance_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, met
             return model.evidence_map(x, targets).clamp_min(0)
     if x.dtype == torch.long:
         return explain_tokens(model, x, targets, method)
-    return explain_images(model, x, targets, method)
+    relevance = explain_images(model, x, targets, method)
+    empty = relevance.flatten(1).sum(1) <= 0
+    if method == "gradcam" and bool(empty.any()):
+        # Grad-CAM is all zero when no conv unit speaks positively for the class (common early in
+        # training); the annotator should still see where the model looks, so use its saliency.
+        relevance[empty] = explain_images(model, x[empty], targets[empty], "saliency")
+    return relevance
 
 
 def load_checkpoint_file_or_state_dict(ctx: ProjectContext) -> dict[str, Any]:

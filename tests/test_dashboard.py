@@ -156,7 +156,7 @@ def test_status_without_label_studio_url_has_no_links(settings, image_config):
 
 def test_real_jobs_from_the_embedded_queue(settings, image_config):
     """A job that fails (project without a label config) and one that finishes (no annotations yet)."""
-    app = create_app(settings)
+    app = create_app(settings.replace(train_debounce=0.0))
     queue = app.extensions["ml_backend"]["webhooks"].queue
     publish_versions(settings, image_config, project="3", curve=CURVE[:1])
     queue.enqueue_train("7")
@@ -252,19 +252,23 @@ def test_monitoring_routes_are_behind_basic_auth(tmp_path, image_config):
 
 @pytest.mark.integration
 def test_status_reads_jobs_from_rq(settings, image_config, redis_url):
-    """With REDIS_URL the job records come from RQ (no worker here: the job stays queued)."""
+    """With REDIS_URL the job records come from RQ (no worker here: the jobs wait)."""
     settings = settings.replace(redis_url=redis_url)
     publish_versions(settings, image_config, curve=CURVE[:2])
     app = create_app(settings)
-    job = app.extensions["ml_backend"]["webhooks"].queue.enqueue_train("3")
+    queue = app.extensions["ml_backend"]["webhooks"].queue
+    train = queue.enqueue_train("3")  # debounced: scheduled for a moment later
+    rank = queue.enqueue_rank("3")
     with LiveServer(app) as server:
         body = requests.get(server.url + "/status").json()
         page = requests.get(server.url + "/dashboard").text
-    assert body["queue_backend"] == "redis" and body["queue_depth"] == 1
+    assert body["queue_backend"] == "redis" and body["queue_depth"] == 2  # the rank job and the scheduled train job
     [project] = body["projects"]
-    assert [(j["id"], j["status"], j["kind"]) for j in project["jobs"]] == [(job["id"], "queued", "train")]
-    assert project["jobs"][0]["enqueued_at"] is not None
-    assert job["id"] in page and "<polyline" in page
+    jobs = {j["id"]: j for j in project["jobs"]}
+    assert (jobs[train["id"]]["kind"], jobs[train["id"]]["status"]) == ("train", "scheduled")
+    assert (jobs[rank["id"]]["kind"], jobs[rank["id"]]["status"]) == ("rank", "queued")
+    assert jobs[rank["id"]]["enqueued_at"] is not None
+    assert train["id"] in page and rank["id"] in page and "<polyline" in page
 
 
 def test_status_still_answers_when_redis_is_down(settings, image_config):

@@ -71,7 +71,7 @@ def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
 @pytest.fixture
 def trained_backend(settings, image_config):
     """Versions from real training jobs (webhooks -> store -> embedded queue), a failed job, a ranking."""
-    settings = settings.replace(label_studio_url="http://localhost:8080",
+    settings = settings.replace(label_studio_url="http://localhost:8080", train_debounce=1.0,
                                 project=settings.project.with_overrides(
                                     {"image_size": SIZE, "epochs": 20, "learning_rate": 0.003, "holdout": 0.25,
                                      "batch_size": 16}))

@@ -31,7 +31,8 @@ def sample(text: str, name: str, **labels) -> float:
 
 @pytest.fixture
 def backend(settings, image_config):
-    settings = settings.replace(project=settings.project.with_overrides({"epochs": 1, "image_size": 16}))
+    settings = settings.replace(train_debounce=0.0,
+                                project=settings.project.with_overrides({"epochs": 1, "image_size": 16}))
     app = create_app(settings)
     with LiveServer(app) as server:
         server.settings, server.config = settings, image_config
