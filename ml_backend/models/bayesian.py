@@ -11,6 +11,7 @@ follows ``self.training`` when it is None (the default: sampled in training, mea
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _BayesLayer(nn.Module):
+class _BayesLayer(nn.Module, ABC):
     """Shared parameters, KL and sampling switch; subclasses define the mean op ``_op``."""
 
     def __init__(self, weight_shape: tuple[int, ...], fan_in: int, prior_sigma: float,
@@ -34,8 +35,9 @@ class _BayesLayer(nn.Module):
         self.bias_mu = nn.Parameter(torch.empty(weight_shape[0]).uniform_(-bound, bound))
         self.bias_rho = nn.Parameter(torch.full((weight_shape[0],), rho))
 
+    @abstractmethod
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The deterministic layer (linear or convolution) with the given weights."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = self._op(x, self.weight_mu, self.bias_mu)

@@ -30,6 +30,8 @@ more than one annotator it picks at random among the first ``annotators + 1`` ta
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 EPS = 1e-12
@@ -99,17 +101,18 @@ def ls_scores(scores: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- heuristics
 
 
-class Acquisition:
+class Acquisition(ABC):
     """Base class. ``needs_mc`` / ``needs_explanations`` tell the ranking job what to compute."""
 
     name = "base"
     needs_mc = False
     needs_explanations = False
 
+    @abstractmethod
     def scores(self, probs: np.ndarray | None = None, *, mc_probs: np.ndarray | None = None,
                explanations: np.ndarray | None = None,
                labeled_explanations: np.ndarray | None = None) -> np.ndarray:
-        raise NotImplementedError
+        """One value per task; higher = more informative."""
 
     def rank(self, probs: np.ndarray | None = None, **kw: np.ndarray | None) -> np.ndarray:
         """Task indices, most informative first."""
