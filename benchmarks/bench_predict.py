@@ -79,21 +79,6 @@ def _with_cpu(walls: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _repeat(step: Callable[[], dict[str, float]], reps: int, budget_s: float, min_reps: int = 3,
-            warmup: int = 1) -> dict[str, list[float]]:
-    """Run ``step`` (which returns stage -> seconds) up to ``reps`` times or ``budget_s``."""
-    for _ in range(warmup):
-        step()
-    out: dict[str, list[float]] = {}
-    started = time.perf_counter()
-    for i in range(reps):
-        for key, value in step().items():
-            out.setdefault(key, []).append(value)
-        if i + 1 >= min_reps and time.perf_counter() - started > budget_s:
-            break
-    return out
-
-
 # --- part 1: stages in process ------------------------------------------------------------
 
 def _image_model(model_side: int, device: torch.device):
@@ -120,8 +105,7 @@ def _context(config_path: Path, method: str):
     return ProjectContext("bench", parse_label_config(label_config), settings, label_config)
 
 
-def image_stages(orig: int, model_side: int, method: str, device: torch.device, reps: int,
-                 budget_s: float) -> dict[str, list[float]]:
+def image_stages(orig: int, model_side: int, method: str, device: torch.device) -> Callable[[], dict[str, float]]:
     from ml_backend.config import Settings
     from ml_backend.data.fetch import Fetcher
     from ml_backend.explain.regions import evidence_mask, mask_regions
@@ -166,10 +150,10 @@ def image_stages(orig: int, model_side: int, method: str, device: torch.device, 
         return _with_cpu({"decode_resize": t_decode, "forward": t_forward, "attribution": t_attr,
                           "regions": t_regions, "rle": t_rle, "json": t_json, "render_predictions": t_render})
 
-    return _repeat(step, reps, budget_s)
+    return step
 
 
-def text_stages(method: str, device: torch.device, reps: int, budget_s: float) -> dict[str, list[float]]:
+def text_stages(method: str, device: torch.device) -> Callable[[], dict[str, float]]:
     from ml_backend.data.fetch import Fetcher
     from ml_backend.config import Settings
     from ml_backend.explain.regions import token_spans
@@ -210,7 +194,28 @@ def text_stages(method: str, device: torch.device, reps: int, budget_s: float) -
         return _with_cpu({"decode_resize": t_decode, "forward": t_forward, "attribution": t_attr,
                           "regions": t_regions, "rle": t_results, "json": t_json, "render_predictions": t_render})
 
-    return _repeat(step, reps, budget_s)
+    return step
+
+
+def round_robin(steps: dict[Any, Callable[[], dict[str, float]]], reps: int, budget_s: float,
+                min_reps: int = 3) -> dict[Any, dict[str, list[float]]]:
+    """One warm-up each, then repetitions taken in turns across all rows, so that a burst of load
+    from elsewhere spreads over the rows instead of spoiling one; a row whose time is spent
+    (``budget_s`` of its own measured time) drops out after ``min_reps``."""
+    out: dict[Any, dict[str, list[float]]] = {key: {} for key in steps}
+    spent = {key: 0.0 for key in steps}
+    for step in steps.values():
+        step()
+    for i in range(reps):
+        active = [k for k in steps if i < min_reps or spent[k] < budget_s]
+        if not active:
+            break
+        for key in active:
+            t0 = time.perf_counter()
+            for stage, value in steps[key]().items():
+                out[key].setdefault(stage, []).append(value)
+            spent[key] += time.perf_counter() - t0
+    return out
 
 
 def _p50(values: list[float]) -> float:
@@ -367,14 +372,13 @@ def main() -> None:
     server_env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
 
     print("stage breakdown ...", flush=True)
-    stages: dict[tuple[str, str], dict[str, list[float]]] = {}
+    steps: dict[tuple[str, str], Callable[[], dict[str, float]]] = {}
     for orig, side in IMAGE_CASES:
         for method in args.methods:
-            stages[(f"{orig} -> {side}", method)] = image_stages(orig, side, method, device, reps, budget)
-            print(f"  {orig} -> {side} {method}: forward {_p50(stages[(f'{orig} -> {side}', method)]['forward']):.2f} ms",
-                  flush=True)
+            steps[(f"{orig} -> {side}", method)] = image_stages(orig, side, method, device)
     for method in args.methods:
-        stages[("text (128 tokens)", method)] = text_stages(method, device, reps, budget)
+        steps[("text (128 tokens)", method)] = text_stages(method, device)
+    stages = round_robin(steps, reps, budget)
     stage_md, stage_data = stage_rows(stages)
     forward_p50 = {(d["case"], d["method"]): d["forward_p50_ms"] for d in stage_data}
 
@@ -383,7 +387,9 @@ def main() -> None:
                           "(attribution + evidence mask+regions + RLE) / forward: the issue's 1.5x aim. "
                           "render_predictions = the serving function (forward, attribution, regions, results) as a "
                           "cross-check of the sum. Text: 128-token TextCNN, ~30-word review; its 'RLE / results' "
-                          "column is building the Labels spans.",
+                          "column is building the Labels spans. Rows are measured in turns (round robin). Ratios are "
+                          "medians of per-repetition ratios; 'CPU time' uses process CPU time (less sensitive to other "
+                          "load, but it counts OpenMP spin-waiting).",
                "markdown": stage_md}]
     data: dict[str, Any] = {"stages": stage_data}
 
@@ -435,7 +441,7 @@ def main() -> None:
                     mem.append(memory_run(model_dir, tmp / "memory.log", side, method, device_name, batch, server_env))
                     print(f"  memory {side} {method} x{batch}: {mem[-1]['hwm_after_mib']:.0f} MiB", flush=True)
                 tables.append({
-                    "title": "Peak memory of the serving process: one /predict with 64 tasks at 224x224",
+                    "title": "Peak memory of the serving process: one /predict of 64 (and 256) tasks at 224x224",
                     "caption": "A fresh `ml-backend serve` per row. VmHWM (peak RSS) of the gunicorn worker after a "
                                "warm-up request of one task, then after one request with the whole batch (the "
                                "gunicorn master process stays near its own small peak, listed apart). The batch of "

@@ -114,11 +114,13 @@ class LabelStudioClient:
                 return
             page += 1
 
-    def iter_tasks(self, pid: int | str, page_size: int = 100, only_unlabeled: bool = False) -> Iterator[dict]:
+    def iter_tasks(self, pid: int | str, page_size: int = 100, only_unlabeled: bool = False,
+                   with_predictions: bool = False) -> Iterator[dict]:
         """Every task of the project (with ``data``), page by page; optionally only unlabeled ones
-        (``is_labeled`` false: fewer finished annotations than the task's overlap)."""
+        (``is_labeled`` false: fewer finished annotations than the task's overlap), and with their
+        ``predictions``."""
         filters = [_UNLABELED] if only_unlabeled else []
-        for task in self._pages(pid, page_size, "task_only", filters):
+        for task in self._pages(pid, page_size, "all" if with_predictions else "task_only", filters):
             if not (only_unlabeled and task.get("is_labeled")):
                 yield task
 
@@ -148,6 +150,9 @@ class LabelStudioClient:
         if score is not None:
             body["score"] = float(score)
         return self.request("PATCH", f"/api/predictions/{int(prediction_id)}/", json=body, missing_ok=True)
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        self.request("DELETE", f"/api/predictions/{int(prediction_id)}/", missing_ok=True)
 
     # -- webhooks and ML backends -------------------------------------------
 

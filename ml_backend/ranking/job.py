@@ -134,6 +134,12 @@ def _labeled_explanations(settings: Settings, ctx: ProjectContext, loaded, fetch
     return np.concatenate(out)
 
 
+def existing_predictions(task: dict[str, Any], version: str) -> list[int]:
+    """Ids of the task's predictions of this version already in Label Studio (/predict's or ours)."""
+    return [p["id"] for p in task.get("predictions") or []
+            if isinstance(p, dict) and p.get("model_version") == version and "id" in p]
+
+
 def rank_tasks(ctx: ProjectContext, loaded, tasks: Iterator[dict[str, Any]], fetcher: Fetcher,
                device: torch.device, spool: Path, progress: Progress = _quiet,
                labeled_explanations: Optional[np.ndarray] = None) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -143,18 +149,19 @@ def rank_tasks(ctx: ProjectContext, loaded, tasks: Iterator[dict[str, Any]], fet
     unreadable = 0
     with spool.open("w") as out:
         for batch in _batches(tasks, BATCH):
-            prepared, batch_ids = [], []
+            prepared, batch_ids, existing = [], [], []
             for task in batch:
                 try:
                     prepared.append(prepare_task(ctx, loaded.model.config, task, fetcher, len(prepared)))
                     batch_ids.append(int(task["id"]))
+                    existing.append(existing_predictions(task, loaded.version))
                 except DataError as exc:
                     unreadable += 1
                     log.warning("project %s task %s: cannot read data: %s", ctx.key, task.get("id"), exc)
             if not prepared:
                 continue
-            for task_id, prediction in zip(batch_ids, scorer.add(prepared)):
-                out.write(json.dumps({"task": task_id, "result": prediction["result"]}) + "\n")
+            for task_id, old, prediction in zip(batch_ids, existing, scorer.add(prepared)):
+                out.write(json.dumps({"task": task_id, "result": prediction["result"], "existing": old}) + "\n")
             ids += batch_ids
             progress(0.05 + 0.6 * min(1.0, len(ids) / max(len(ids) + BATCH, 1)), f"scored {len(ids)} tasks")
     if unreadable:
@@ -185,7 +192,7 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
         labeled = _labeled_explanations(settings, ctx, loaded, fetcher, device)
     with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
         spool = Path(tmp) / "predictions.jsonl"
-        tasks = client.iter_tasks(int(project), only_unlabeled=True)
+        tasks = client.iter_tasks(int(project), only_unlabeled=True, with_predictions=True)
         ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, device, spool, progress, labeled)
         pushed, unchanged = push_predictions(settings, client, project, version, ids, scores, spool, progress)
     fields: dict[str, Any] = {}
@@ -212,9 +219,10 @@ def push_predictions(settings: Settings, client, project: str, version: str, ids
                      spool: Path, progress: Progress = _quiet) -> tuple[int, int]:
     """Post each task's prediction with its score; skip those Label Studio already has unchanged.
 
-    A task ranked again by the same version (new tasks shift every rank-based score) gets its
-    prediction of that version updated, not a second one: Label Studio's uncertainty sampling
-    orders by the scores of all the task's predictions of the project's model_version."""
+    A task that already has a prediction of this version (ranked before: new tasks shift every
+    rank-based score; or served by /predict, whose score is the confidence) gets that prediction
+    updated and any other of the version removed: Label Studio's uncertainty sampling orders by
+    the scores of all the task's predictions of the project's model_version, so one per task."""
     state_path = ProjectRegistry(settings.model_dir, project).root / "pushed.json"
     try:
         pushed_before = json.loads(state_path.read_text())
@@ -228,18 +236,22 @@ def push_predictions(settings: Settings, client, project: str, version: str, ids
             task_id = item["task"]
             key = [version, round(score_of[task_id], 6), _digest(item["result"])]
             before = pushed_before.get(str(task_id)) or []
-            if before[:3] == key:
+            existing = list(item.get("existing") or [])  # Label Studio's own view, read while ranking
+            if before[:3] == key and existing == before[3:4]:
                 unchanged += 1
                 continue
             prediction = None
-            if before[:1] == [version] and len(before) > 3 and before[3] is not None:
-                prediction = client.update_prediction(before[3], item["result"], score=score_of[task_id])
+            if existing:
+                prediction = client.update_prediction(existing[0], item["result"], score=score_of[task_id])
+                for extra in existing[1:]:
+                    client.delete_prediction(extra)
             if prediction is None:
                 prediction = client.create_prediction(task_id, item["result"], score=score_of[task_id],
                                                       model_version=version)
             pushed_before[str(task_id)] = [*key, (prediction or {}).get("id")]
             pushed += 1
-            if n % 100 == 0:
+            if pushed % 200 == 0:  # a job killed mid-push keeps what it did
+                _write_atomic(state_path, json.dumps(pushed_before).encode())
                 progress(0.65 + 0.3 * n / max(len(ids), 1), f"pushed {pushed} predictions")
     _write_atomic(state_path, json.dumps(pushed_before).encode())
     return pushed, unchanged

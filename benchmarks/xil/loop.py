@@ -1,0 +1,230 @@
+"""The backend's own loop, driven in process: rank -> show -> annotate -> parse -> strategies -> fit.
+
+Nothing here re-implements a stage of the backend. Each step calls the code the live backend
+runs for a project:
+
+- tasks -> tensors: ``serving.prepare_task`` (PNG data URIs through ``data.fetch.Fetcher``);
+- ranking: ``ranking.job.Scorer`` (``serving.render_predictions`` + ``ranking.acquisition``; BALD's
+  MC samples from ``ranking.mc``; ALEX's labelled explanations through ``ranking.job.pooled_explanations``),
+  which also renders the Label Studio results shown to the annotator;
+- annotations -> feedback: ``feedback.parse.parse_annotation`` on Label Studio annotation JSON;
+- feedback -> training set: ``training.pipeline.to_training_set`` and ``add_counterexamples``;
+- training: ``training.trainer.fit`` with ``training.pipeline.loss_weights(settings)``, as
+  ``training.pipeline.train_project`` does (warm start from the current model);
+- evaluation: ``training.trainer.accuracy`` and ``training.pipeline.attribution_on_irrelevant``
+  (the share of the served explanation's mass on the confounder, the thesis' overlap metric).
+
+What the benchmark adds is only what Label Studio and a person would do: hold tasks, choose the
+top-ranked ones, and answer them (``annotator.SimulatedAnnotator``).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ml_backend.config import ProjectSettings, Settings
+from ml_backend.data.fetch import Fetcher
+from ml_backend.feedback.parse import parse_annotation
+from ml_backend.labelstudio.schema import parse_label_config
+from ml_backend.ranking.acquisition import rank
+from ml_backend.ranking.job import Scorer, pooled_explanations
+from ml_backend.serving import PreparedTask, ProjectContext, new_model, prepare_task, render_predictions
+from ml_backend.training.pipeline import (Example, add_counterexamples, attribution_on_irrelevant, loss_weights,
+                                          to_training_set)
+from ml_backend.training.registry import LoadedModel
+from ml_backend.training.trainer import FitConfig, TrainingSet, accuracy, fit
+
+from benchmarks.xil.annotator import SimulatedAnnotator
+from benchmarks.xil.data import Problem, Split
+
+RANK_BATCH = 256
+
+
+def project_context(problem: Problem, settings: ProjectSettings) -> ProjectContext:
+    return ProjectContext("xil-benchmark", parse_label_config(problem.label_config), settings.validate(),
+                          problem.label_config)
+
+
+@dataclass
+class PreparedSplit:
+    split: Split
+    tasks: list[PreparedTask]
+    x: torch.Tensor
+    y: torch.Tensor
+    confounder: Optional[torch.Tensor] = None  # (N, H, W) / (N, L) bool at model resolution
+
+
+@dataclass
+class PreparedProblem:
+    """A problem's tasks read once per model input configuration, and its label-only examples."""
+
+    problem: Problem
+    model_config: dict[str, Any]
+    train: PreparedSplit
+    test: PreparedSplit
+    clean_train: PreparedSplit
+    clean_test: Optional[PreparedSplit]
+    label_only: list[Example] = field(default_factory=list)
+    clean_examples: list[Example] = field(default_factory=list)
+
+
+def _prepare_split(ctx: ProjectContext, split: Split, model_config: dict[str, Any], fetcher: Fetcher,
+                   annotator: SimulatedAnnotator, with_confounder: bool) -> PreparedSplit:
+    tasks = [prepare_task(ctx, model_config, t, fetcher, i) for i, t in enumerate(split.tasks)]
+    x = torch.stack([p.tensor for p in tasks])
+    y = torch.as_tensor(split.labels, dtype=torch.long)
+    conf = None
+    if with_confounder:
+        # the confounder at model resolution, read the way the backend reads an annotator's marks
+        masks = []
+        for task, prepared, label, c in zip(split.tasks, tasks, split.labels, split.confounders):
+            fb = _parse(ctx, annotator.correct(task, int(label), c, None), task, model_config, prepared)
+            masks.append(torch.as_tensor(fb.irrelevant if fb.irrelevant is not None
+                                         else np.zeros(tuple(x.shape[2:] if x.dim() == 4 else x.shape[1:]), bool)))
+        conf = torch.stack(masks).bool()
+    return PreparedSplit(split, tasks, x, y, conf)
+
+
+def _parse(ctx: ProjectContext, annotation: dict[str, Any], task: dict[str, Any], model_config: dict[str, Any],
+           prepared: PreparedTask):
+    return parse_annotation(annotation, task, ctx.schema, image_size=model_config.get("image_size"),
+                            max_len=model_config.get("max_len"), text=prepared.text)
+
+
+def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProblem:
+    ctx = project_context(problem, settings)
+    model_config = new_model(ctx).config
+    fetcher = Fetcher(Settings())
+    annotator = SimulatedAnnotator(ctx.schema)
+    train = _prepare_split(ctx, problem.train, model_config, fetcher, annotator, True)
+    test = _prepare_split(ctx, problem.test, model_config, fetcher, annotator, True)
+    clean_train = _prepare_split(ctx, problem.clean_train, model_config, fetcher, annotator, False)
+    clean_test = (_prepare_split(ctx, problem.clean_test, model_config, fetcher, annotator, False)
+                  if problem.clean_test else None)
+    out = PreparedProblem(problem, model_config, train, test, clean_train, clean_test)
+    for split, target in ((train, out.label_only), (clean_train, out.clean_examples)):
+        for task, prepared, label in zip(split.split.tasks, split.tasks, split.split.labels):
+            fb = _parse(ctx, annotator.label_only(task, int(label)), task, model_config, prepared)
+            target.append(Example(int(task["id"]), prepared.tensor, fb))
+    return out
+
+
+class Backend:
+    """One project of the backend with one model: its context, ranking and training steps."""
+
+    def __init__(self, data: PreparedProblem, settings: ProjectSettings, device: torch.device) -> None:
+        self.data = data
+        self.ctx = project_context(data.problem, settings)
+        self.device = device
+        self.annotator = SimulatedAnnotator(self.ctx.schema)
+        self.text = self.ctx.schema.object_type == "text"
+
+    def new_model(self) -> torch.nn.Module:
+        return new_model(self.ctx)
+
+    # ranking ---------------------------------------------------------------------------
+    def rank(self, model: torch.nn.Module, pool: list[int], labeled: list[int], version: str
+             ) -> tuple[list[int], dict[int, dict[str, Any]]]:
+        """Pool indices, most informative first, and the prediction rendered for each."""
+        loaded = LoadedModel(version, model, self.ctx.schema.classes)
+        model.eval()
+        scorer = Scorer(self.ctx, loaded, self.device)
+        tasks = [self.data.train.tasks[i] for i in pool]
+        predictions: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(tasks), RANK_BATCH):
+            rendered = scorer.add(tasks[start:start + RANK_BATCH])
+            for k, prediction in enumerate(rendered):
+                predictions[pool[start + k]] = prediction
+        labeled_explanations = None
+        if scorer.acquisition.needs_explanations and labeled:
+            chunks = []
+            for start in range(0, len(labeled), RANK_BATCH):
+                batch = [self.data.train.tasks[i] for i in labeled[start:start + RANK_BATCH]]
+                chunks.append(pooled_explanations(
+                    render_predictions(self.ctx, loaded, batch, self.device, with_relevance=True).relevance))
+            labeled_explanations = np.concatenate(chunks)
+        values = scorer.scores(labeled_explanations)
+        order = [pool[i] for i in rank(values)]
+        return order, predictions
+
+    # feedback and training ---------------------------------------------------------------
+    def corrected_example(self, index: int, prediction: Optional[dict[str, Any]]) -> Example:
+        split = self.data.train.split
+        task, prepared = split.tasks[index], self.data.train.tasks[index]
+        annotation = self.annotator.correct(task, int(split.labels[index]), split.confounders[index], prediction)
+        fb = _parse(self.ctx, annotation, task, self.data.model_config, prepared)
+        return Example(int(task["id"]), prepared.tensor, fb)
+
+    def train(self, model: torch.nn.Module, examples: list[Example], epochs: int, seed: int) -> dict[str, Any]:
+        """train_project's training step: training set, counterexamples, fit."""
+        data = to_training_set(examples, self.text)
+        augmented = add_counterexamples(data, self.ctx, model.config, seed=seed) \
+            if "counterexamples" in self.ctx.settings.strategies else data
+        s = self.ctx.settings
+        config = FitConfig(epochs=epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
+                           weights=loss_weights(s), seed=seed)
+        report = fit(model, augmented, config, device=self.device)
+        return {"epochs": report.epochs_run, "seconds": report.seconds, "counterexamples": len(augmented) - len(data),
+                "final_loss": report.history[-1] if report.history else None}
+
+    # evaluation --------------------------------------------------------------------------
+    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
+        test = self.data.test
+        empty = torch.zeros_like(test.confounder)
+        mass = attribution_on_irrelevant(model, TrainingSet(test.x, test.y, test.confounder, empty),
+                                         self.ctx.settings.attribution)
+        out = {"accuracy": accuracy(model, test.x, test.y), "confounder_mass": mass}
+        if self.data.clean_test is not None:
+            out["clean_test_accuracy"] = accuracy(model, self.data.clean_test.x, self.data.clean_test.y)
+        return out
+
+
+def train_base(backend: Backend, clean: bool, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
+    """A model trained on the whole labelled training set with no explanation feedback."""
+    torch.manual_seed(seed)
+    model = backend.new_model()
+    examples = backend.data.clean_examples if clean else backend.data.label_only
+    started = time.perf_counter()
+    backend.train(model, list(examples), epochs, seed)
+    return model, time.perf_counter() - started
+
+
+def run_curve(backend: Backend, base: torch.nn.Module, budgets: list[int], epochs: int, seed: int
+              ) -> list[dict[str, Any]]:
+    """Sequential rounds: rank with the current model, correct the top tasks up to each budget,
+    fine-tune (warm start, all labelled data + the corrections), evaluate on the test set."""
+    torch.manual_seed(10_000 + seed)
+    model = copy.deepcopy(base)
+    examples = list(backend.data.label_only)
+    corrected: list[int] = []
+    points = [{"n": 0, **backend.evaluate(model), "train_seconds": 0.0, "rank_seconds": 0.0}]
+    total_train = total_rank = 0.0
+    for r, budget in enumerate(budgets):
+        need = budget - len(corrected)
+        if need <= 0:
+            continue
+        started = time.perf_counter()
+        done = set(corrected)
+        pool = [i for i in range(len(examples)) if i not in done]
+        order, predictions = backend.rank(model, pool, corrected, version=f"round-{r}")
+        picks = order[:need]
+        for i in picks:
+            examples[i] = backend.corrected_example(i, predictions[i])
+        corrected += picks
+        total_rank += time.perf_counter() - started
+        info = backend.train(model, examples, epochs, seed=seed * 100 + r)
+        total_train += info["seconds"]
+        kinds = [examples[i].feedback.kind for i in corrected]
+        points.append({"n": budget, **backend.evaluate(model), "train_seconds": total_train,
+                       "rank_seconds": total_rank, "epochs": info["epochs"],
+                       "counterexamples": info["counterexamples"],
+                       "irrelevant_feedback": sum(k.startswith("irrelevant") for k in kinds),
+                       "shown_on_confounder": float(np.mean(backend.annotator.shown_on_confounder))
+                       if backend.annotator.shown_on_confounder else None,
+                       "picked_labels": [int(backend.data.train.split.labels[i]) for i in picks]})
+    return points

@@ -1,0 +1,181 @@
+"""What runs: problems x seeds x (method, acquisition function, lambda), with the backend's defaults.
+
+Every method uses ``ml_backend.config.ProjectSettings()`` as it ships (rrr_lambda=1.0,
+counterexamples=3, cali_lambda=0.5, evidence_sigma=0.5, kl_weight=0.01, acquisition=entropy,
+attribution=gradcam, batch 32, lr 1e-3); only the strategy, the model kind, the acquisition
+function and (for the counterexample and lambda sweeps) c or lambda change. ``epochs`` is the
+training schedule (base training and each fine-tuning round), the same for every method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ml_backend.config import ProjectSettings
+
+from benchmarks.xil.data import PROBLEMS
+from benchmarks.xil.loop import Backend, prepare_problem, run_curve, train_base
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    model_kind: str = ""  # "" = the backend's CNN
+    strategies: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+METHODS = {m.key: m for m in (
+    Method("none", "No feedback (CNN)"),
+    Method("rrr", "RRR (lambda=1)", strategies=("rrr",)),
+    Method("ce1", "Counterexamples c=1", strategies=("counterexamples",), overrides=(("counterexamples", 1),)),
+    Method("ce3", "Counterexamples c=3", strategies=("counterexamples",), overrides=(("counterexamples", 3),)),
+    Method("ce5", "Counterexamples c=5", strategies=("counterexamples",), overrides=(("counterexamples", 5),)),
+    Method("rrr_ce", "RRR + counterexamples c=3", strategies=("rrr", "counterexamples")),
+    Method("senn_none", "No feedback (SENN)", model_kind="senn"),
+    Method("cali", "CALI on a SENN", model_kind="senn", strategies=("cali",)),
+    Method("bayes_none", "No feedback (Bayesian CNN)", model_kind="bayesian_cnn"),
+    Method("bayes_ae", "Activation evidence (Bayesian CNN)", model_kind="bayesian_cnn",
+           strategies=("activation_evidence",)),
+)}
+IMAGE_METHODS = ["none", "rrr", "ce1", "ce3", "ce5", "rrr_ce", "senn_none", "cali", "bayes_none", "bayes_ae"]
+TEXT_METHODS = ["none", "rrr", "ce3", "rrr_ce", "senn_none", "cali"]
+
+
+@dataclass
+class Plan:
+    quick: bool
+    problems: list[str]
+    seeds: list[int]
+    base_epochs: int
+    finetune_epochs: int
+    budgets: dict[str, list[int]]
+    methods: dict[str, list[str]]
+    acquisitions: dict[str, list[str]]  # problem -> acquisition functions compared (with RRR)
+    lambdas: dict[str, list[float]] = field(default_factory=dict)  # problem -> RRR lambdas (at the 1% budget)
+    acq_method: str = "rrr"
+
+
+def quick_plan(seeds: int = 3) -> Plan:
+    digits = ["decoy_digits", "decoy_digits_4"]
+    return Plan(quick=True, problems=digits, seeds=list(range(seeds)), base_epochs=6, finetune_epochs=4,
+                budgets={p: [14] for p in digits}, methods={p: ["none", "rrr", "ce3"] for p in digits},
+                acquisitions={p: ["entropy"] for p in digits})
+
+
+def full_plan(seeds: int = 3) -> Plan:
+    digits = ["decoy_digits", "decoy_digits_4"]
+    budgets = {"decoy_digits": [4, 14, 28], "decoy_digits_4": [4, 14, 28], "colors": [10, 20],
+               "decoy_text": [10, 20]}
+    return Plan(quick=False, problems=digits + ["colors", "decoy_text"], seeds=list(range(seeds)),
+                base_epochs=12, finetune_epochs=8, budgets=budgets,
+                methods={**{p: IMAGE_METHODS for p in digits}, "colors": ["none", "rrr", "ce3", "rrr_ce", "cali"],
+                         "decoy_text": TEXT_METHODS[:4] + ["cali"]},
+                acquisitions={p: ["random", "entropy", "bald", "alex"] for p in digits},
+                lambdas={"decoy_digits": [0.1, 1.0, 10.0, 100.0]})
+
+
+def settings_for(problem_image_size: int, method: Method, acquisition: str = "entropy",
+                 rrr_lambda: Optional[float] = None) -> ProjectSettings:
+    base = ProjectSettings()
+    changes: dict[str, Any] = dict(method.overrides)
+    changes.update(model_kind=method.model_kind, strategies=method.strategies, acquisition=acquisition)
+    if problem_image_size:
+        changes["image_size"] = problem_image_size
+    if rrr_lambda is not None:
+        changes["rrr_lambda"] = rrr_lambda
+    return dataclasses.replace(base, **changes).validate()
+
+
+def specs(plan: Plan, problem: str) -> list[dict[str, Any]]:
+    """(method, acquisition, lambda, budgets) runs for one problem, most important first."""
+    out = [{"method": m, "acquisition": "entropy", "rrr_lambda": None, "budgets": plan.budgets[problem]}
+           for m in plan.methods[problem]]
+    for a in plan.acquisitions.get(problem, []):
+        if a != "entropy":
+            out.append({"method": plan.acq_method, "acquisition": a, "rrr_lambda": None,
+                        "budgets": plan.budgets[problem]})
+    one_percent = [b for b in plan.budgets[problem] if b <= one_percent_budget(problem)] or plan.budgets[problem][:1]
+    for lam in plan.lambdas.get(problem, []):
+        if lam != ProjectSettings().rrr_lambda:
+            out.append({"method": "rrr", "acquisition": "entropy", "rrr_lambda": lam, "budgets": [one_percent[-1]]})
+    return out
+
+
+def one_percent_budget(problem: str) -> int:
+    return {"decoy_digits": 14, "decoy_digits_4": 14, "colors": 10, "decoy_text": 10}.get(problem, 10)
+
+
+def run_plan(plan: Plan, device: torch.device, save: Callable[[list[dict[str, Any]]], None],
+             records: Optional[list[dict[str, Any]]] = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run everything; ``save(records)`` after each curve, so a long run can be read while it goes."""
+    records = records if records is not None else []
+    done = {_key(r) for r in records}
+    order = [(p, s) for p in plan.problems for s in plan.seeds]
+    for problem, seed in order:
+        todo = [sp for sp in specs(plan, problem) if _key({"problem": problem, "seed": seed, **sp}) not in done]
+        if not todo:
+            continue
+        started = time.perf_counter()
+        data_problem = PROBLEMS[problem](seed)
+        size = data_problem.image_size
+        prepared = prepare_problem(data_problem, settings_for(size, METHODS["none"]))
+        log(f"[{problem} seed {seed}] data ready in {time.perf_counter() - started:.1f}s "
+            f"({len(prepared.train.tasks)} train / {len(prepared.test.tasks)} test)")
+        bases: dict[str, tuple[torch.nn.Module, float]] = {}
+        if not any(r["problem"] == problem and r["seed"] == seed and r["method"] == "clean" for r in records):
+            backend = Backend(prepared, settings_for(size, METHODS["none"]), device)
+            epochs = plan.base_epochs + plan.finetune_epochs
+            model, seconds = train_base(backend, clean=True, epochs=epochs, seed=seed)
+            point = {"n": 0, **backend.evaluate(model), "train_seconds": seconds}
+            records.append({"problem": problem, "seed": seed, "method": "clean", "acquisition": None,
+                            "rrr_lambda": None, "model_kind": "cnn", "base_seconds": seconds, "points": [point],
+                            "epochs": epochs})
+            log(f"  clean upper bound: acc {point['accuracy']:.3f} ({seconds:.0f}s)")
+            save(records)
+        for sp in todo:
+            method = METHODS[sp["method"]]
+            settings = settings_for(size, method, sp["acquisition"], sp["rrr_lambda"])
+            backend = Backend(prepared, settings, device)
+            kind = method.model_kind or "cnn"
+            if kind not in bases:
+                bases[kind] = train_base(Backend(prepared, settings_for(size, Method("b", "b", method.model_kind)),
+                                                 device), clean=False, epochs=plan.base_epochs, seed=seed)
+            base, base_seconds = bases[kind]
+            t0 = time.perf_counter()
+            points = run_curve(backend, base, sp["budgets"], plan.finetune_epochs, seed)
+            rec = {"problem": problem, "seed": seed, "method": sp["method"], "acquisition": sp["acquisition"],
+                   "rrr_lambda": settings.rrr_lambda if sp["rrr_lambda"] is not None else None,
+                   "model_kind": kind, "base_seconds": base_seconds, "points": points,
+                   "wall_seconds": time.perf_counter() - t0, "epochs": plan.finetune_epochs,
+                   "settings": {k: v for k, v in settings.to_dict().items()
+                                if k in ("strategies", "rrr_lambda", "counterexamples", "cali_lambda",
+                                         "evidence_sigma", "kl_weight", "acquisition", "attribution", "model_kind",
+                                         "image_size", "batch_size", "learning_rate")}}
+            records.append(rec)
+            last = points[-1]
+            log(f"  {sp['method']:<10} {sp['acquisition']:<8} lam={rec['rrr_lambda']}: "
+                + " ".join(f"N={p['n']}:{p['accuracy']:.3f}" for p in points)
+                + f" mass {last['confounder_mass'] if last['confounder_mass'] is None else round(last['confounder_mass'], 3)}"
+                + f" ({rec['wall_seconds']:.0f}s)")
+            save(records)
+    return records
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    lam = r.get("rrr_lambda")
+    return (r["problem"], r["seed"], r["method"], r["acquisition"], None if lam is None else float(lam))
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(path.read_text()).get("records", []))
+    except (OSError, ValueError):
+        return []
