@@ -35,11 +35,25 @@ def worker(args: argparse.Namespace) -> int:
         return 2
     from rq.cli import main as rq_main
 
+    warm_up(settings)
     argv = ["rq", "worker", "--url", settings.redis_url, "--with-scheduler", settings.queue_name]
     if args.burst:
         argv.insert(2, "--burst")
     sys.argv = argv
     return rq_main() or 0
+
+
+def warm_up(settings: Settings) -> None:
+    """Import the job code and build an optimizer once in the worker's parent process: rq forks a
+    child per job, which then starts with all of it loaded (torch, captum, torch._dynamo: seconds)."""
+    import torch
+
+    import ml_backend.ranking.job  # noqa: F401
+    import ml_backend.training.pipeline  # noqa: F401
+    from ml_backend.serving import configure_torch
+
+    configure_torch(settings)
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
 
 def rollback(args: argparse.Namespace) -> int:

@@ -135,6 +135,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_body_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 10.0
+    torch_threads: int = 0  # 0 = torch's default (one per core)
     train_debounce: float = 2.0  # seconds a training job waits, so a burst of webhooks folds into it
     log_level: str = "INFO"
     project: ProjectSettings = field(default_factory=ProjectSettings)
@@ -157,6 +158,7 @@ class Settings:
             max_body_bytes=int(env.get("MAX_BODY_BYTES", 64 * 1024 * 1024)),
             fetch_timeout=float(env.get("FETCH_TIMEOUT", 10.0)),
             train_debounce=float(env.get("TRAIN_DEBOUNCE_SECONDS", 2.0)),
+            torch_threads=int(env.get("TORCH_THREADS", 0)),
             log_level=env.get("LOG_LEVEL", "INFO"),
             project=ProjectSettings().with_overrides(project_overrides).validate(),
         )

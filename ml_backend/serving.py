@@ -15,7 +15,7 @@ from ml_backend.config import ConfigError, ProjectSettings, Settings, parse_extr
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.images import image_to_tensor, load_image
 from ml_backend.data.text import Token, encode_tokens, tokenize
-from ml_backend.explain.attribution import explain_images, explain_tokens
+from ml_backend.explain.attribution import explain_images, explain_tokens, predict_with_gradcam
 from ml_backend.explain.regions import evidence_mask, mask_regions, token_spans
 from ml_backend.labelstudio.results import brush_result, choices_result, span_result
 from ml_backend.labelstudio.schema import SchemaError, TaskSchema, parse_label_config
@@ -26,12 +26,19 @@ from ml_backend.training.registry import (LoadedModel, ProjectRegistry, Registry
 log = logging.getLogger(__name__)
 
 UNTRAINED = "untrained"
+PREDICT_CHUNK = 32
 
 
 def project_key(project: Any) -> str:
     """Label Studio sends "<id>.<created timestamp>"; the id names the project."""
     key = str(project if project not in (None, "") else "default").split(".")[0]
     return key or "default"
+
+
+def configure_torch(settings: Settings) -> None:
+    """Process-wide torch settings, applied once at start-up."""
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,15 +163,17 @@ class Predictor:
             # No labels until a model has been trained: an untrained network's argmax
             # would be presented as a label the annotator should trust.
             return [{"model_version": UNTRAINED, "score": 0.0, "result": []} for _ in tasks]
-        empty = {"model_version": loaded.version, "score": 0.0, "result": []}
-        prepared = self.prepare(ctx, loaded.model, tasks)
-        results: list[dict[str, Any]] = [dict(empty) for _ in tasks]
-        if not prepared:
-            return results
-        with self._lock(ctx.key):
-            predictions = self._predict_prepared(ctx, loaded, prepared)
-        for item, prediction in zip(prepared, predictions):
-            results[item.index] = prediction
+        results = [{"model_version": loaded.version, "score": 0.0, "result": []} for _ in tasks]
+        # Label Studio sends a whole Data Manager selection in one request: decode and explain it
+        # a chunk at a time, so memory stays bounded by the chunk, not the selection.
+        for start in range(0, len(tasks), PREDICT_CHUNK):
+            prepared = self.prepare(ctx, loaded.model, tasks[start:start + PREDICT_CHUNK])
+            if not prepared:
+                continue
+            with self._lock(ctx.key):
+                predictions = render_predictions(ctx, loaded, prepared, self.device).predictions
+            for item, prediction in zip(prepared, predictions):
+                results[start + item.index] = prediction
         return results
 
     def prepare(self, ctx: ProjectContext, model: nn.Module, tasks: list[dict[str, Any]]) -> list[PreparedTask]:
@@ -178,10 +187,6 @@ class Predictor:
                 task_id = tasks[i].get("id") if isinstance(tasks[i], dict) else None
                 log.warning("project %s task %s: cannot read data: %s", ctx.key, task_id, exc)
         return prepared
-
-    def _predict_prepared(self, ctx: ProjectContext, loaded: LoadedModel,
-                          prepared: list[PreparedTask]) -> list[dict[str, Any]]:
-        return render_predictions(ctx, loaded, prepared, self.device).predictions
 
 @dataclass
 class Rendered:
@@ -197,15 +202,22 @@ def render_predictions(ctx: ProjectContext, loaded: LoadedModel, prepared: list[
     x = torch.stack([p.tensor for p in prepared]).to(device)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        if hasattr(model, "mc_probs"):  # a Bayesian model predicts with its posterior's MC average
-            probs = model.mc_probs(x, settings.mc_samples).mean(0)
-        else:
-            probs = torch.softmax(model(x), dim=1)
-    confidence, targets = probs.max(dim=1)
+    explain = schema.has_evidence or with_relevance
     relevance = None
-    if schema.has_evidence or with_relevance:
-        relevance = relevance_maps(model, x, targets, settings.attribution).detach().cpu().numpy()
+    if explain and settings.attribution == "gradcam" and _plain_cnn(model) and x.dim() == 4:
+        probs, cam = predict_with_gradcam(model, x)  # one forward pass for both
+        targets = probs.argmax(dim=1)
+        relevance = _fill_empty_with_saliency(model, x, targets, cam).cpu().numpy()
+    else:
+        with torch.no_grad():
+            if hasattr(model, "mc_probs"):  # a Bayesian model predicts with its posterior's MC average
+                probs = model.mc_probs(x, settings.mc_samples).mean(0)
+            else:
+                probs = torch.softmax(model(x), dim=1)
+        targets = probs.argmax(dim=1)
+        if explain:
+            relevance = relevance_maps(model, x, targets, settings.attribution).detach().cpu().numpy()
+    confidence = probs.gather(1, targets[:, None])[:, 0]
     out = []
     for i, item in enumerate(prepared):
         label = schema.classes[int(targets[i])]
@@ -274,12 +286,22 @@ def relevance_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, met
     if x.dtype == torch.long:
         return explain_tokens(model, x, targets, method)
     relevance = explain_images(model, x, targets, method)
+    return _fill_empty_with_saliency(model, x, targets, relevance) if method == "gradcam" else relevance
+
+
+def _fill_empty_with_saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                              relevance: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM is all zero when no conv unit speaks positively for the class (common early in
+    training); the annotator should still see where the model looks, so use its saliency."""
     empty = relevance.flatten(1).sum(1) <= 0
-    if method == "gradcam" and bool(empty.any()):
-        # Grad-CAM is all zero when no conv unit speaks positively for the class (common early in
-        # training); the annotator should still see where the model looks, so use its saliency.
+    if bool(empty.any()):
         relevance[empty] = explain_images(model, x[empty], targets[empty], "saliency")
     return relevance
+
+
+def _plain_cnn(model: nn.Module) -> bool:
+    """A deterministic network with a Grad-CAM layer (not a SENN, not a Bayesian model)."""
+    return hasattr(model, "cam_layer") and not hasattr(model, "mc_probs") and not hasattr(model, "evidence_map")
 
 
 def load_checkpoint_file_or_state_dict(ctx: ProjectContext) -> dict[str, Any]:

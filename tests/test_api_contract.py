@@ -197,3 +197,12 @@ def test_metrics_parse_and_move_with_traffic(backend, settings, image_config):
     after = requests.get(backend.url + "/metrics").text
     assert _sample(after, "ml_backend_predictions_total", project="2", outcome="served") == served_before + 3
     assert _sample(after, "ml_backend_request_seconds_count", route="/predict", status="200") >= 1
+
+
+def test_large_batches_are_served_in_chunks_in_task_order(backend, settings, image_config):
+    publish(settings, image_config)
+    good = png_data_uri(images()[1])
+    tasks = [ls_task(i, {"image": good} if i % 3 else {"missing": 1}) for i in range(70)]
+    results = requests.post(backend.url + "/predict", json=predict_body(tasks, image_config)).json()["results"]
+    assert len(results) == 70
+    assert [bool(r["result"]) for r in results] == [bool(i % 3) for i in range(70)]

@@ -141,3 +141,21 @@ def test_text_gradcam_falls_back_to_input_x_gradient(text_model_and_ids):
     target = torch.tensor([1, 0])
     assert torch.allclose(explain_tokens(model, ids, target, "gradcam"),
                           explain_tokens(model, ids, target, "input_x_gradient"))
+
+
+def test_predict_with_gradcam_equals_captum_in_one_pass():
+    from ml_backend.explain.attribution import predict_with_gradcam
+    from ml_backend.models.cnn import ImageCNN
+
+    torch.manual_seed(0)
+    model = ImageCNN(3, image_size=32).eval()
+    x = torch.rand(5, 3, 32, 32)
+    calls = []
+    handle = model.body[0].register_forward_hook(lambda *a: calls.append(1))
+    probs, cam = predict_with_gradcam(model, x)
+    handle.remove()
+    assert len(calls) == 1  # one forward pass serves the label and the explanation
+    assert torch.allclose(probs, torch.softmax(model(x), dim=1), atol=1e-6)
+    reference = explain_images(model, x, probs.argmax(1), "gradcam")
+    assert torch.allclose(cam, reference, atol=1e-6)
+    assert not model.training

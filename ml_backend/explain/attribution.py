@@ -113,6 +113,28 @@ def explain_images(model: nn.Module, x: Tensor, target: Tensor, method: str = "g
     return attr.detach().clamp_min(0.0)
 
 
+def predict_with_gradcam(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(probabilities (N, K), Grad-CAM (N, H, W) of the predicted class) from ONE forward pass.
+
+    Serving needs both; captum's LayerGradCam would run the network a second time. Same maps as
+    ``explain_images(..., "gradcam")`` for the argmax class.
+    """
+    captured: dict[str, Tensor] = {}
+    handle = model.cam_layer.register_forward_hook(lambda _m, _i, out: captured.__setitem__("a", out))
+    try:
+        with _evaluating(model):
+            logits = model(x.detach())
+            activation = captured["a"]
+            target = logits.argmax(dim=1)
+            (grads,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), activation)
+    finally:
+        handle.remove()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
+    cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+    return torch.softmax(logits.detach(), dim=1), cam
+
+
 # --- texts: (N, L) token ids -> (N, L) -----------------------------------------------------
 
 class _FromEmbeddings(nn.Module):

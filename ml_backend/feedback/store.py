@@ -62,6 +62,9 @@ class AnnotationStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # One writer at a time inside the process: SQLite's own busy handler makes waiting
+        # writers sleep in growing steps, which dominated webhook latency under bursts.
+        self._write_lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
         conn.executescript(_SCHEMA)
@@ -82,13 +85,14 @@ class AnnotationStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection this store opened (in this process)."""
