@@ -457,10 +457,12 @@ def main() -> None:
                 data["memory"] = mem
 
     default_224 = [d for d in stage_data if d["method"] == DEFAULT_METHOD and d["case"].startswith("224")]
-    notes = [f"Aim check ({DEFAULT_METHOD}, 224x224): " + "; ".join(
-        f"{d['case']}: overhead {d['overhead_ms']:.2f} ms = {d['overhead_ratio']:.2f}x forward "
-        f"({d['overhead_ratio_cpu']:.2f}x in CPU time) "
-        f"({'meets' if d['overhead_ratio'] <= 1.5 else 'misses'} the 1.5x aim)" for d in default_224)]
+    # The server predicts with Grad-CAM in one pass (explain.attribution.predict_with_gradcam), so its
+    # overhead is render_predictions (forward + Grad-CAM + regions + RLE) minus a bare forward pass.
+    notes = [f"Aim check ({DEFAULT_METHOD}, 224x224, as served: (render_predictions - forward) / forward): " + "; ".join(
+        f"{d['case']}: {d['render_overhead_ratio']:.2f}x forward "
+        f"({'meets' if d['render_overhead_ratio'] <= 1.5 else 'misses'} the 1.5x aim); "
+        f"attribution timed on its own (a second pass): {d['overhead_ratio']:.2f}x" for d in default_224)]
     notes.append(f"Run took {time.time() - started:.0f} s; torch threads {torch.get_num_threads()}; "
                  f"{'--quick: few repetitions, preliminary' if args.quick else 'full run'}.")
     C.print_report("/predict latency and memory", markdown(machine), tables, notes)
