@@ -298,3 +298,12 @@ def test_worker_command_registers_with_rq_and_shuts_down_warm_on_sigterm(tmp_pat
     assert code == 0, output
     assert "warm shut down requested" in output.lower()
     assert Worker.all(connection=connection) == []  # it deregistered on the way out
+
+
+def test_python_dash_m_and_the_console_script_share_the_cli():
+    import subprocess
+    import sys
+
+    for argv in ([sys.executable, "-m", "ml_backend", "--help"], [str(Path(sys.executable).parent / "ml-backend"), "--help"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "serve" in out.stdout and "worker" in out.stdout
