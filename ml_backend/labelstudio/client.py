@@ -151,6 +151,12 @@ class LabelStudioClient:
             body["score"] = float(score)
         return self.request("PATCH", f"/api/predictions/{int(prediction_id)}/", json=body, missing_ok=True)
 
+    def import_predictions(self, pid: int | str, predictions: list[dict]) -> int:
+        """Create many predictions in one request (``{"task", "result", "score", "model_version"}`` each);
+        returns how many Label Studio created."""
+        body = self.request("POST", f"/api/projects/{project_number(pid)}/import/predictions", json=predictions)
+        return int((body or {}).get("created", 0))
+
     def delete_prediction(self, prediction_id: int) -> None:
         self.request("DELETE", f"/api/predictions/{int(prediction_id)}/", missing_ok=True)
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 BATCH = 32
+PUSH_BATCH = 200
 EXPLANATION_CELLS = 16  # ALEX compares explanations pooled to 16x16 (images) or 16 token bins
 
 
@@ -230,28 +231,38 @@ def push_predictions(settings: Settings, client, project: str, version: str, ids
         pushed_before = {}
     score_of = {task_id: float(s) for task_id, s in zip(ids, scores)}
     pushed = unchanged = 0
+    creates: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if creates:  # one request per batch: a large project would otherwise take a request per task
+            client.import_predictions(int(project), creates)
+            creates.clear()
+            _write_atomic(state_path, json.dumps(pushed_before).encode())
+
     with spool.open() as lines:
         for n, line in enumerate(lines):
             item = json.loads(line)
             task_id = item["task"]
-            key = [version, round(score_of[task_id], 6), _digest(item["result"])]
+            score = score_of[task_id]
+            key = [version, round(score, 6), _digest(item["result"])]
             before = pushed_before.get(str(task_id)) or []
             existing = list(item.get("existing") or [])  # Label Studio's own view, read while ranking
-            if before[:3] == key and existing == before[3:4]:
+            if before[:3] == key and len(existing) == 1 and before[3:4] in ([None], existing):
                 unchanged += 1
                 continue
-            prediction = None
+            prediction_id = None
             if existing:
-                prediction = client.update_prediction(existing[0], item["result"], score=score_of[task_id])
+                updated = client.update_prediction(existing[0], item["result"], score=score)
+                prediction_id = (updated or {}).get("id")
                 for extra in existing[1:]:
                     client.delete_prediction(extra)
-            if prediction is None:
-                prediction = client.create_prediction(task_id, item["result"], score=score_of[task_id],
-                                                      model_version=version)
-            pushed_before[str(task_id)] = [*key, (prediction or {}).get("id")]
+            if prediction_id is None:
+                creates.append({"task": task_id, "result": item["result"], "score": score, "model_version": version})
+            pushed_before[str(task_id)] = [*key, prediction_id]
             pushed += 1
-            if pushed % 200 == 0:  # a job killed mid-push keeps what it did
-                _write_atomic(state_path, json.dumps(pushed_before).encode())
+            if len(creates) >= PUSH_BATCH:
+                flush()
                 progress(0.65 + 0.3 * n / max(len(ids), 1), f"pushed {pushed} predictions")
+    flush()
     _write_atomic(state_path, json.dumps(pushed_before).encode())
     return pushed, unchanged
