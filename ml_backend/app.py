@@ -37,6 +37,20 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
+def observe_versions(settings: Settings) -> None:
+    """The serving version number of every project (one small file read each)."""
+    root = settings.model_dir / "projects"
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        try:
+            current = ProjectRegistry(settings.model_dir, path.name).current() if path.is_dir() else None
+        except RegistryError:
+            continue
+        if current and current[1:].isdigit():
+            metrics.MODEL_VERSION.labels(path.name).set(int(current[1:]))
+
+
 def create_app(settings: Optional[Settings] = None, predictor: Optional[Predictor] = None,
                webhooks: Any = None) -> Flask:
     """The backend's WSGI app. ``webhooks`` handles /webhook (feedback.intake.WebhookIntake)."""
@@ -167,6 +181,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.get("/metrics")
     def prometheus_metrics():
         webhooks.observe_metrics()
+        observe_versions(settings)
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
     from ml_backend.dashboard import dashboard_blueprint

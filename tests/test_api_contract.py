@@ -197,6 +197,9 @@ def test_metrics_parse_and_move_with_traffic(backend, settings, image_config):
     after = requests.get(backend.url + "/metrics").text
     assert _sample(after, "ml_backend_predictions_total", project="2", outcome="served") == served_before + 3
     assert _sample(after, "ml_backend_request_seconds_count", route="/predict", status="200") >= 1
+    assert _sample(after, "ml_backend_model_version", project="2") == 1
+    publish(settings, image_config)
+    assert _sample(requests.get(backend.url + "/metrics").text, "ml_backend_model_version", project="2") == 2
 
 
 def test_large_batches_are_served_in_chunks_in_task_order(backend, settings, image_config):
