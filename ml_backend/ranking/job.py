@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -80,7 +81,9 @@ class Scorer:
     def __init__(self, ctx: ProjectContext, loaded, device: torch.device) -> None:
         self.ctx, self.loaded, self.device = ctx, loaded, device
         s = ctx.settings
-        kwargs = {"b": s.alex_batch} if s.acquisition == "alex" else {}
+        kwargs: dict[str, Any] = {"b": s.alex_batch} if s.acquisition == "alex" else {}
+        if s.acquisition == "random":  # a new order per version, reproducible for the same version
+            kwargs["seed"] = zlib.crc32(f"{ctx.key}:{loaded.version}".encode())
         self.acquisition = get_acquisition(s.acquisition, **kwargs)
         self.probs: list[np.ndarray] = []
         self.mc: list[np.ndarray] = []
