@@ -254,8 +254,7 @@ def test_serve_command_starts_gunicorn_and_stops_cleanly_on_sigterm(tmp_path, im
 @pytest.fixture
 def redis_url(tmp_path):
     server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("needs redis-server (scripts/install_system_deps.sh)")
+    assert server, "redis-server is missing: run `make system-deps` (scripts/install_system_deps.sh)"
     port = free_port()
     process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                 "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

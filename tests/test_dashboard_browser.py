@@ -97,8 +97,8 @@ def trained_backend(settings, image_config):
         yield server
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs chromium (scripts/install_system_deps.sh)")
 def test_dashboard_renders_in_chromium(trained_backend):
+    assert Path(CHROMIUM).exists(), "chromium is missing: run `make system-deps` (scripts/install_system_deps.sh)"
     status = requests.get(trained_backend.url + "/status").json()
     project = next(p for p in status["projects"] if p["project"] == "5")
     assert len(project["versions"]) >= 2, project["jobs"]
