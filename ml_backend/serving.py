@@ -123,7 +123,8 @@ class Predictor:
         registry = self.registry(ctx.key)
         current = registry.current()
         if current is None and ctx.settings.checkpoint:
-            current = self._import_checkpoint(ctx, registry)
+            with self._lock(ctx.key):  # Label Studio calls /setup in bursts: import once
+                current = registry.current() or self._import_checkpoint(ctx, registry)
         if current is None:
             return None
         loaded = self._models.get(ctx.key)
