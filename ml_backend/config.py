@@ -55,6 +55,7 @@ class ProjectSettings:
     epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 1e-3
+    patience: int = 8  # epochs without improvement of the training loss before stopping early
     holdout: float = 0.2
     min_annotations: int = 1
     acquisition: str = "entropy"

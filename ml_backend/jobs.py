@@ -251,7 +251,9 @@ class RedisQueue(JobQueue):
                 pass
             self.redis.delete(key)  # stale marker: its job is gone or already started
         options = dict(job_id=job_id, job_timeout=JOB_TIMEOUT, result_ttl=7 * 86400, failure_ttl=7 * 86400,
-                       retry=Retry(max=2, interval=[5, 30]),
+                       # retried at once: an interval would need RQ's scheduler, whose lock a dead
+                       # worker may hold for a minute (Label Studio calls back off inside the job)
+                       retry=Retry(max=2),
                        meta={"project": project, "kind": kind, "reason": reason, "progress": 0.0})
         if kind == TRAIN and self.settings.train_debounce > 0:
             # workers run with --with-scheduler, which moves it to the queue when due

@@ -254,7 +254,8 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     augmented = add_counterexamples(data, ctx, model.config, seed=revision) \
         if "counterexamples" in ctx.settings.strategies else data
     config = FitConfig(epochs=ctx.settings.epochs, batch_size=ctx.settings.batch_size,
-                       learning_rate=ctx.settings.learning_rate, weights=loss_weights(ctx.settings), seed=revision)
+                       learning_rate=ctx.settings.learning_rate, weights=loss_weights(ctx.settings),
+                       patience=ctx.settings.patience, seed=revision)
     device = pick_device(settings.device)
     report = fit(model, augmented, config, device=device,
                  progress=lambda f, m: progress(0.3 + 0.6 * f, m))

@@ -110,7 +110,7 @@ def test_killed_worker_leaves_the_old_version_serving_and_the_job_is_retried(bac
              message="the first job to finish")
     fast.kill(signal.SIGTERM)  # warm shutdown: it has no job, so it exits now
     assert fast.proc.returncode == 0
-    slow = spawn(worker_argv(), {**env, "XIL_EPOCHS": "100000"}, "worker-slow")
+    slow = spawn(worker_argv(), {**env, "XIL_EPOCHS": "100000", "XIL_PATIENCE": "100000"}, "worker-slow")
     post(backend.url, webhook(2, 2, image_config))
     job = wait_for(lambda: next((j for j in train_jobs(app_settings) if j["status"] == "started"), None), 60,
                    message="the job to start")
