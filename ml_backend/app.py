@@ -108,9 +108,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         body = _json_body()
         try:
             version = predictor.setup(body.get("project"), body.get("schema") or "", body.get("extra_params"))
-        except (SchemaError, ConfigError) as exc:
-            raise ApiError(422, str(exc)) from None
-        except RegistryError as exc:
+        except (SchemaError, ConfigError, RegistryError) as exc:
             raise ApiError(422, str(exc)) from None
         webhooks.on_setup(project_key(body.get("project")))
         return jsonify(model_version=version)
@@ -131,7 +129,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
             raise ApiError(422, str(exc)) from None
         try:
             results = predictor.predict(ctx, tasks)
-        except RegistryError as exc:
+        except (RegistryError, ConfigError) as exc:
             raise ApiError(422, str(exc)) from None
         served = sum(1 for r in results if r["result"])
         metrics.PREDICTIONS.labels(ctx.key, "served").inc(served)

@@ -71,11 +71,11 @@ class WebhookIntake:
         if action in ANNOTATION_EVENTS:
             project = project_of(body)
             pairs = annotation_pairs(body)
-            self._remember_config(project, body)
+            state = self._remember_config(project, body)
             changed = sum(bool(self.store.upsert(project, annotation, task)) for annotation, task in pairs)
             log.info("project %s: %s for annotations %s (%d changed)", project, action,
                      [a["id"] for a, _ in pairs], changed)
-            return {"action": action, "changed": changed, **self._maybe_train(project, changed)}
+            return {"action": action, "changed": changed, **self._maybe_train(project, changed, state)}
         if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED"):
             project = project_of(body)
             items = body.get("annotations", body.get("annotation"))
@@ -101,27 +101,28 @@ class WebhookIntake:
             return {"action": action}
         return {"action": action, "ignored": True}
 
-    def _maybe_train(self, project: str, changed: int) -> dict[str, Any]:
+    def _maybe_train(self, project: str, changed: int, state: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         if not changed:
             return {}
-        minimum = self.settings.project.min_annotations
-        stored = ProjectRegistry(self.settings.model_dir, project).load_project() or {}
-        minimum = int((stored.get("extra_params") or {}).get("min_annotations", minimum))
+        if state is None:
+            state = ProjectRegistry(self.settings.model_dir, project).load_project() or {}
+        minimum = int((state.get("extra_params") or {}).get("min_annotations", self.settings.project.min_annotations))
         if self.store.count(project) < minimum:
             return {}
         job = self.queue.enqueue_train(project)
         return {"train_job": job["id"], "folded": bool(job.get("folded"))}
 
-    def _remember_config(self, project: str, body: dict[str, Any]) -> None:
-        """Keep the project's label config, so jobs can run for a project /setup never saw."""
-        project_obj = body.get("project")
-        config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
-        if not config:
-            return
+    def _remember_config(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Keep the project's label config, so jobs can run for a project /setup never saw;
+        returns the project's stored state."""
         registry = ProjectRegistry(self.settings.model_dir, project)
         state = registry.load_project() or {}
-        if state.get("label_config") != config:
-            registry.save_project({**state, "label_config": config})
+        project_obj = body.get("project")
+        config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
+        if config and state.get("label_config") != config:
+            state = {**state, "label_config": config}
+            registry.save_project(state)
+        return state
 
     def on_setup(self, project: str) -> None:
         """Put the webhook secret on the project's ML-backend webhook in Label Studio (in the
