@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import requests
 from label_studio_sdk.converter.brush import decode_rle
-from prometheus_client.parser import text_string_to_metric_families
 from skimage import data as skdata
 
 from ml_backend.app import create_app
@@ -16,7 +15,7 @@ from ml_backend.labelstudio.schema import parse_label_config
 from ml_backend.models.cnn import ImageCNN
 from ml_backend.models.text import TextCNN
 from ml_backend.training.registry import ProjectRegistry
-from tests.support.live import LiveServer, ls_task, png_data_uri, predict_body, setup_body
+from tests.support.live import LiveServer, ls_task, metric_sample, png_data_uri, predict_body, setup_body
 
 
 @pytest.fixture
@@ -178,28 +177,19 @@ def test_versions_lists_published_versions(backend, settings, image_config):
     assert requests.post(backend.url + "/setup", json=setup_body(image_config)).json()["model_version"] == "v1"
 
 
-def _sample(metrics_text: str, name: str, **labels) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def test_metrics_parse_and_move_with_traffic(backend, settings, image_config):
     publish(settings, image_config)
     before = requests.get(backend.url + "/metrics")
     assert before.headers["Content-Type"].startswith("text/plain")
-    served_before = _sample(before.text, "ml_backend_predictions_total", project="2", outcome="served")
+    served_before = metric_sample(before.text, "ml_backend_predictions_total", project="2", outcome="served")
     tasks = [ls_task(i, {"image": png_data_uri(images()[0])}) for i in range(3)]
     requests.post(backend.url + "/predict", json=predict_body(tasks, image_config))
     after = requests.get(backend.url + "/metrics").text
-    assert _sample(after, "ml_backend_predictions_total", project="2", outcome="served") == served_before + 3
-    assert _sample(after, "ml_backend_request_seconds_count", route="/predict", status="200") >= 1
-    assert _sample(after, "ml_backend_model_version", project="2") == 1
+    assert metric_sample(after, "ml_backend_predictions_total", project="2", outcome="served") == served_before + 3
+    assert metric_sample(after, "ml_backend_request_seconds_count", route="/predict", status="200") >= 1
+    assert metric_sample(after, "ml_backend_model_version", project="2") == 1
     publish(settings, image_config)
-    assert _sample(requests.get(backend.url + "/metrics").text, "ml_backend_model_version", project="2") == 2
+    assert metric_sample(requests.get(backend.url + "/metrics").text, "ml_backend_model_version", project="2") == 2
 
 
 def test_large_batches_are_served_in_chunks_in_task_order(backend, settings, image_config):

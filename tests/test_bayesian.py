@@ -11,6 +11,7 @@ from ml_backend.explain.quality import irrelevant_mass
 from ml_backend.models.bayesian import BayesConv2d, BayesianCNN, BayesLinear
 from ml_backend.training.xil_losses import (activation_evidence_loss, activation_evidence_scale, elbo_loss,
                                             pool_mask)
+from tests.support.data import bars
 
 S = 16
 
@@ -143,18 +144,7 @@ def test_predictive_entropy_higher_out_of_distribution():
 
 
 def confounded_bars(n: int, g: torch.Generator, confound: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class 0: a horizontal bar, class 1: a vertical bar; the top-left 4x4 corner lights up iff class 1."""
-    y = torch.randint(0, 2, (n,), generator=g)
-    x = torch.rand(n, 1, S, S, generator=g) * 0.2
-    pos = torch.randint(6, S - 1, (n,), generator=g)
-    for i in range(n):
-        if y[i] == 0:
-            x[i, 0, pos[i], 2:S - 1] = 1.0
-        else:
-            x[i, 0, 2:S - 1, pos[i]] = 1.0
-    if confound:
-        x[:, 0, :4, :4] = y.float().view(-1, 1, 1)
-    return x, y
+    return bars(n, g, S, confound)
 
 
 def test_activation_evidence_moves_gradcam_off_a_planted_confounder():

@@ -10,7 +10,7 @@ from ml_backend.app import create_app
 from ml_backend.labelstudio.schema import parse_label_config
 from ml_backend.models.cnn import ImageCNN
 from ml_backend.training.registry import ProjectRegistry
-from tests.support.live import LiveServer, ls_task, png_data_uri, predict_body, setup_body
+from tests.support.live import LiveServer, ls_task, metric_sample, png_data_uri, predict_body, setup_body
 
 PROJECT = {"id": 7, "title": "xil", "label_config": None, "model_version": "", "sampling": "Sequential sampling",
            "total_annotations_number": 1, "min_annotations_to_start_training": 0}
@@ -20,13 +20,7 @@ def families(text: str) -> dict:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
-def sample(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+sample = metric_sample
 
 
 @pytest.fixture

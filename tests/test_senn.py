@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ml_backend.data.text import PAD_ID
 from ml_backend.models.senn import SENN, TextSENN, most_activating_examples
 from ml_backend.training.xil_losses import cali_loss, cali_objective, senn_concept_losses, senn_robustness
+from tests.support.data import bars as shared_bars
 
 S = 16
 
@@ -24,19 +25,7 @@ def one_thread():
 
 
 def bars(n: int, seed: int, confound: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class 0: a horizontal bar, class 1: a vertical bar; the top-left 4x4 corner lights up iff class 1."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    x = torch.rand(n, 1, S, S, generator=g) * 0.2
-    pos = torch.randint(6, S - 1, (n,), generator=g)
-    for i in range(n):
-        if y[i] == 0:
-            x[i, 0, pos[i], 2:S - 1] = 1.0
-        else:
-            x[i, 0, 2:S - 1, pos[i]] = 1.0
-    if confound:
-        x[:, 0, :4, :4] = y.float().view(-1, 1, 1)
-    return x, y
+    return shared_bars(n, torch.Generator().manual_seed(seed), S, confound)
 
 
 def fit(model: SENN, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, steps: int,

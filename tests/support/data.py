@@ -29,3 +29,19 @@ def confounded_images(n: int, size: int = 24, seed: int = 0, confounded: bool = 
     mask[:patch, :patch] = True
     images = torch.from_numpy(x).unsqueeze(1).repeat(1, 3, 1, 1)
     return images, torch.from_numpy(y).long(), mask
+
+
+def bars(n: int, generator: torch.Generator, size: int = 16, confound: bool = True):
+    """Class 0: a horizontal bar, class 1: a vertical bar, on a (N, 1, S, S) noisy image; with
+    ``confound`` the top-left 4x4 corner lights up exactly for class 1. Returns (x, y)."""
+    y = torch.randint(0, 2, (n,), generator=generator)
+    x = torch.rand(n, 1, size, size, generator=generator) * 0.2
+    pos = torch.randint(6, size - 1, (n,), generator=generator)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, 0, pos[i], 2:size - 1] = 1.0
+        else:
+            x[i, 0, 2:size - 1, pos[i]] = 1.0
+    if confound:
+        x[:, 0, :4, :4] = y.float().view(-1, 1, 1)
+    return x, y

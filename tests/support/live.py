@@ -87,3 +87,11 @@ def brush(mask, label: str) -> dict:
     return {"id": f"r-{label}", "from_name": "evidence", "to_name": "image", "type": "brushlabels",
             "original_width": width, "original_height": height, "image_rotation": 0,
             "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]}}
+
+
+def metric_sample(metrics_text: str, name: str, **labels) -> float:
+    """Sum of a Prometheus sample's values over the series whose labels match."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(metrics_text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
