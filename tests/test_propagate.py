@@ -1,0 +1,80 @@
+import dataclasses
+
+import pytest
+import torch
+
+from ml_backend.config import ProjectSettings
+from ml_backend.feedback.propagate import propagate, recurring_pixels, recurring_tokens
+from ml_backend.labelstudio.schema import parse_label_config
+from ml_backend.serving import ProjectContext
+from ml_backend.training.pipeline import fit_set
+from ml_backend.training.trainer import TrainingSet
+
+
+def corner_masks(n: int, marked: list[int], size: int = 8) -> torch.Tensor:
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in marked:
+        masks[i, :2, :2] = True
+    return masks
+
+
+def test_a_pixel_recurs_when_enough_corrections_mark_it():
+    masks = corner_masks(3, [0, 1])
+    masks[2, 5, 5] = True  # marked once only
+    region = recurring_pixels(masks, min_support=2)
+    assert region[:2, :2].all() and int(region.sum()) == 4
+    assert int(recurring_pixels(masks, min_support=1).sum()) == 5
+
+
+def test_recurring_marks_reach_every_task_without_one():
+    x = torch.rand(5, 3, 8, 8)
+    irrelevant = corner_masks(5, [0, 1])
+    irrelevant[1, 6:, 6:] = True  # task 1's own extra mark stays its own
+    relevant = torch.zeros_like(irrelevant)
+    relevant[4, 0, 0] = True  # an annotator said this pixel matters on task 4
+    out = propagate(x, irrelevant, relevant, min_support=2)
+    assert out.added.tolist() == [False, False, True, True, True]
+    assert out.irrelevant[2:4, :2, :2].all() and int(out.irrelevant[2].sum()) == 4
+    assert not out.irrelevant[4, 0, 0] and int(out.irrelevant[4].sum()) == 3
+    assert out.irrelevant[1, 6:, 6:].all() and not out.irrelevant[2, 6:, 6:].any()
+    assert out.support == 2
+
+
+@pytest.mark.parametrize("min_support, marked", [(0, [0, 1, 2]), (2, [0]), (3, [0, 1])])
+def test_nothing_propagates_when_off_or_without_enough_corrections(min_support, marked):
+    irrelevant = corner_masks(4, marked)
+    out = propagate(torch.rand(4, 1, 8, 8), irrelevant, torch.zeros_like(irrelevant), min_support)
+    assert torch.equal(out.irrelevant, irrelevant) and not out.added.any()
+
+
+def test_text_propagates_tokens_not_positions():
+    ids = torch.tensor([[5, 7, 9, 0], [7, 5, 5, 0], [3, 5, 4, 0], [2, 3, 4, 6]])
+    irrelevant = torch.zeros_like(ids, dtype=torch.bool)
+    irrelevant[0, 0] = True  # token 5 in document 0
+    irrelevant[1, 1] = irrelevant[1, 2] = True  # token 5 twice in document 1
+    irrelevant[0, 3] = True  # padding is never a token
+    irrelevant[1, 0] = True  # token 7 once: not enough support
+    assert recurring_tokens(ids, irrelevant, 2).tolist() == [5]
+    out = propagate(ids, irrelevant, torch.zeros_like(irrelevant), min_support=2)
+    assert out.irrelevant[2].tolist() == [False, True, False, False]
+    assert out.added.tolist() == [False, False, True, False]
+    assert recurring_tokens(ids, irrelevant, 3).numel() == 0  # document 1 counts once
+
+
+def test_counterexamples_are_c_per_correction_and_one_per_propagated_task(image_config):
+    settings = dataclasses.replace(ProjectSettings(), strategies=("rrr", "counterexamples"), counterexamples=3,
+                                   image_size=16).validate()
+    ctx = ProjectContext("p", parse_label_config(image_config), settings, image_config)
+    n = 6
+    irrelevant = corner_masks(n, [0, 1], size=16)
+    data = TrainingSet(torch.rand(n, 3, 16, 16), torch.arange(n) % 2, irrelevant, torch.zeros_like(irrelevant))
+    out, info = fit_set(data, ctx, {}, seed=0)
+    assert info == {"propagated_to": 4, "propagated_region": 4, "counterexamples": 2 * 3 + 4}
+    assert len(out) == n + 10 and out.has_irrelevant[:n].all()
+    copies = out.x[n:]
+    # each copy keeps its task's pixels outside the corner and changes the corner
+    assert torch.equal(copies[6:, :, 2:, :], data.x[2:, :, 2:, :])
+    assert not torch.equal(copies[6:, :, :2, :2], data.x[2:, :, :2, :2])
+    off = dataclasses.replace(settings, propagate_min_support=0)
+    out, info = fit_set(data, ProjectContext("p", ctx.schema, off, image_config), {}, seed=0)
+    assert info["propagated_to"] == 0 and len(out) == n + 6
