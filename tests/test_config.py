@@ -20,7 +20,7 @@ def test_extra_params_override_per_project():
                                                      '"set_uncertainty_sampling": "false", "unknown": 1}'))
     assert changed.rrr_lambda == 3.0 and changed.strategies == ("counterexamples",)
     assert changed.set_uncertainty_sampling is False
-    assert base.rrr_lambda == 1.0  # the defaults are untouched
+    assert base.rrr_lambda == ProjectSettings().rrr_lambda != 3.0  # the defaults are untouched
 
 
 @pytest.mark.parametrize("params, message", [

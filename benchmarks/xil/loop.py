@@ -220,7 +220,7 @@ def run_curve(backend: Backend, base: torch.nn.Module, budgets: list[int], epoch
         kinds = [examples[i].feedback.kind for i in corrected]
         points.append({"n": budget, **backend.evaluate(model), "train_seconds": total_train,
                        "rank_seconds": total_rank, "epochs": info["epochs"],
-                       "counterexamples": info["counterexamples"],
+                       "counterexamples": info["counterexamples"], "propagated_to": info["propagated_to"],
                        "irrelevant_feedback": sum(k.startswith("irrelevant") for k in kinds),
                        "shown_on_confounder": float(np.mean(backend.annotator.shown_on_confounder))
                        if backend.annotator.shown_on_confounder else None,
