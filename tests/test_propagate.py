@@ -78,3 +78,18 @@ def test_counterexamples_are_c_per_correction_and_one_per_propagated_task(image_
     off = dataclasses.replace(settings, propagate_min_support=0)
     out, info = fit_set(data, ProjectContext("p", ctx.schema, off, image_config), {}, seed=0)
     assert info["propagated_to"] == 0 and len(out) == n + 6
+
+
+def test_substitute_donors_are_other_tasks_drawn_without_copying_the_set():
+    from ml_backend.training.pipeline import _donors
+
+    x = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1).expand(5, 1, 2, 2).contiguous()
+    g = torch.Generator().manual_seed(0)
+    for i in range(5):
+        drawn = set()
+        for _ in range(20):
+            donors = _donors(x, i, g, k=3)
+            assert len(donors) == 3 and float(i) not in donors[:, 0, 0, 0].tolist()
+            drawn |= set(donors[:, 0, 0, 0].tolist())
+        assert drawn == set(range(5)) - {i}  # every other task can be drawn
+    assert _donors(x[:1], 0, g) is None

@@ -151,13 +151,22 @@ def add_counterexamples(data: TrainingSet, ctx: ProjectContext, model_config: di
         if text:
             xs.append(text_counterexamples(data.x[i], data.irrelevant[i], k, model_config["n_buckets"], generator=generator))
         else:
-            donors = data.x[torch.arange(len(data)) != i]
+            donors = _donors(data.x, i, generator)
             xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=ctx.settings.counterexample_fill,
-                                            donors=donors if len(donors) else None, generator=generator))
+                                            donors=donors, generator=generator))
     x = torch.cat(xs)
     y = data.y[idx].repeat_interleave(copies[idx])
     empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
     return TrainingSet.concat([data, TrainingSet(x, y, empty, empty.clone())])
+
+
+def _donors(x: torch.Tensor, i: int, generator: torch.Generator, k: int = 16) -> Optional[torch.Tensor]:
+    """Up to k random other examples to substitute from (indexing, not a copy of the whole set
+    per example: with propagation every example gets a copy)."""
+    if len(x) < 2:
+        return None
+    picks = torch.randint(len(x) - 1, (min(k, len(x) - 1),), generator=generator)
+    return x[picks + (picks >= i).long()]
 
 
 def fit_set(data: TrainingSet, ctx: ProjectContext, model_config: dict[str, Any], seed: int
