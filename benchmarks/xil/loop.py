@@ -8,7 +8,8 @@ runs for a project:
   MC samples from ``ranking.mc``; ALEX's labelled explanations through ``ranking.job.pooled_explanations``),
   which also renders the Label Studio results shown to the annotator;
 - annotations -> feedback: ``feedback.parse.parse_annotation`` on Label Studio annotation JSON;
-- feedback -> training set: ``training.pipeline.to_training_set`` and ``add_counterexamples``;
+- feedback -> training set: ``training.pipeline.to_training_set`` and ``fit_set`` (propagation +
+  counterexamples);
 - training: ``training.trainer.fit`` with ``training.pipeline.loss_weights(settings)``, as
   ``training.pipeline.train_project`` does (warm start from the current model);
 - evaluation: ``training.trainer.accuracy`` and ``training.pipeline.attribution_on_irrelevant``

@@ -28,6 +28,11 @@ class Propagated:
     region: torch.Tensor  # images: (H, W) bool recurring pixels; text: (K,) long recurring token ids
     support: int  # corrected tasks the recurring marks were drawn from
 
+    @property
+    def region_size(self) -> int:
+        """Recurring pixels (images) or tokens (text)."""
+        return int(self.region.sum()) if self.region.dtype == torch.bool else self.region.numel()
+
 
 def recurring_pixels(irrelevant: torch.Tensor, min_support: int) -> torch.Tensor:
     """(H, W) bool: pixels marked Irrelevant on at least ``min_support`` of the (N, H, W) masks."""

@@ -78,7 +78,8 @@ class BayesConv2d(_BayesLayer):
 
 
 class BayesianCNN(nn.Module):
-    """ImageCNN's shape with Bayesian layers and no dropout (stochasticity is in the weights).
+    """Three conv blocks (the earlier ImageCNN's shape, without batch norm) with Bayesian layers and
+    no dropout (stochasticity is in the weights).
 
     - ``cam_layer``: the ReLU after the last conv (Grad-CAM target); ``last_conv`` is the conv
       itself, whose output is the pre-activation the activation-evidence loss acts on.

@@ -178,8 +178,8 @@ def fit_set(data: TrainingSet, ctx: ProjectContext, model_config: dict[str, Any]
     out = marked
     if "counterexamples" in ctx.settings.strategies:
         out = add_counterexamples(marked, ctx, model_config, seed, propagated=spread.added)
-    info = {"propagated_to": int(spread.added.sum()), "propagated_region": int(spread.region.numel()
-            if data.x.dtype == torch.long else spread.region.sum()), "counterexamples": len(out) - len(data)}
+    info = {"propagated_to": int(spread.added.sum()), "propagated_region": spread.region_size,
+            "counterexamples": len(out) - len(data)}
     return out, info
 
 
