@@ -16,15 +16,6 @@ from tests.support.data import bars
 S = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machines share two cores; intra-op threads only add contention for these tiny nets.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 

@@ -7,8 +7,6 @@ import torch
 
 from ml_backend.feedback.counterexamples import image_counterexamples, text_counterexamples
 
-torch.set_num_threads(1)
-
 
 def _image(seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

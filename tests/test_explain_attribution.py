@@ -9,14 +9,6 @@ from ml_backend.models.text import TextCNN
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # captum's DeepLift hook notice
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class QuadrantNet(nn.Module):
     """Logit 0 sees only the top-left quadrant, logit 1 only the bottom-right one."""
 

@@ -15,15 +15,6 @@ from tests.support.data import bars as shared_bars
 S = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machines share two cores; intra-op threads only add contention for these tiny nets.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def bars(n: int, seed: int, confound: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     return shared_bars(n, torch.Generator().manual_seed(seed), S, confound)
 
