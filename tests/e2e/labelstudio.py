@@ -89,6 +89,20 @@ class StepTimer:
         return "\n".join(lines)
 
 
+def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM a process started in its own session (and its children), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -258,14 +272,7 @@ class LabelStudio:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             with self.timer.step("label studio stop"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+                stop_group(proc, grace)
         self.session.close()
 
     def cleanup(self) -> None:

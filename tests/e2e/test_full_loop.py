@@ -24,7 +24,6 @@ import contextlib
 import io
 import os
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ import requests
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from labelstudio import REPO_ROOT, LabelStudio, _die_with_parent, free_port
+from labelstudio import REPO_ROOT, LabelStudio, _die_with_parent, free_port, stop_group
 from ml_backend.data.text import tokenize
 from ml_backend.feedback.parse import parse_annotation
 from ml_backend.feedback.store import AnnotationStore
@@ -121,16 +120,8 @@ class Backend:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            stop_group(proc, 20)
         self.session.close()
 
     def log(self) -> str:
