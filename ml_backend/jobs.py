@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TRAIN, RANK = "train", "rank"
 JOB_TIMEOUT = 3600
+ENQUEUE_GRACE = 30  # seconds a fresh queued-marker may point at a job not yet in Redis
 LOCK_TTL = 20  # seconds; refreshed while a training job runs, so a killed worker frees it soon
 
 _local = threading.local()
@@ -248,7 +249,10 @@ class RedisQueue(JobQueue):
                         self.redis.set(f"{key}:resync", 1, ex=JOB_TIMEOUT)
                     return {**self._record(job), "folded": True}
             except NoSuchJobError:
-                pass
+                if self.redis.ttl(key) > JOB_TIMEOUT - ENQUEUE_GRACE:
+                    # claimed a moment ago by a concurrent webhook that is still enqueueing its job
+                    return {"id": existing, "kind": kind, "project": project, "reason": reason,
+                            "status": "scheduled", "folded": True}
             self.redis.delete(key)  # stale marker: its job is gone or already started
         options = dict(job_id=job_id, job_timeout=JOB_TIMEOUT, result_ttl=7 * 86400, failure_ttl=7 * 86400,
                        # retried at once: an interval would need RQ's scheduler, whose lock a dead

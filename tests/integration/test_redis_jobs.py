@@ -81,6 +81,22 @@ def test_a_webhook_burst_gives_one_or_two_jobs_and_a_served_version(backend, app
     assert worker.alive()
 
 
+def test_a_marker_claimed_by_a_webhook_still_enqueueing_folds_and_an_old_one_does_not(app_settings):
+    from ml_backend.jobs import ENQUEUE_GRACE, JOB_TIMEOUT
+
+    queue = make_queue(app_settings)
+    key = queue._queued_key("train", "2")
+    # a concurrent webhook has claimed the marker but its job is not in Redis yet
+    queue.redis.set(key, "train-2-inflight", ex=JOB_TIMEOUT)
+    folded = queue.enqueue_train("2")
+    assert folded["folded"] is True and folded["id"] == "train-2-inflight"
+    assert train_jobs(app_settings) == []
+    # a marker whose job never appeared within the grace period is stale
+    queue.redis.set(key, "train-2-lost", ex=JOB_TIMEOUT - ENQUEUE_GRACE - 5)
+    fresh = queue.enqueue_train("2")
+    assert not fresh.get("folded") and [j["id"] for j in train_jobs(app_settings)] == [fresh["id"]]
+
+
 def test_duplicate_delivery_changes_nothing_and_deletion_removes(backend, app_settings, image_config):
     body = webhook(7, 7, image_config)
     first = post(backend.url, body).json()
