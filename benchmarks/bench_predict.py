@@ -3,9 +3,10 @@
 Three parts, all with the project's real code:
 
 1. **Stage breakdown, in process** (one task at a time): decode + resize (data: URI -> tensor),
-   forward (the bare ``model(x)`` + softmax the serving code runs), attribution
-   (``serving.relevance_maps``), evidence (``evidence_mask`` + ``mask_regions``), RLE encode
-   (``brush_result``), and the whole ``render_predictions`` as a cross-check. The overhead ratio
+   forward (the model kind's ``probs``, what serving runs without evidence), attribution
+   (the kind's ``relevance``, a pass of its own), evidence (``evidence_mask`` + ``mask_regions``), RLE encode
+   (``brush_result``), and the whole ``rendering.render_predictions``, what /predict runs (Grad-CAM fused
+   with the forward pass). The overhead ratio
    is (attribution + evidence + RLE) / forward, all p50 of the same model in the same run.
 2. **End to end over HTTP**: ``ml-backend serve`` (gunicorn, the production command) with a
    published model, one task per POST /predict (data: URI PNG), client-side p50/p95 latency,
@@ -84,25 +85,31 @@ def _with_cpu(walls: dict[str, float]) -> dict[str, float]:
 def _image_model(model_side: int, device: torch.device):
     from ml_backend.models.cnn import ImageCNN
 
+    from ml_backend.models import adapt
+
     torch.manual_seed(0)
-    return ImageCNN(n_classes=2, image_size=model_side).to(device).eval()
+    model = adapt(ImageCNN(n_classes=2, image_size=model_side)).to(device)
+    model.network.eval()
+    return model
 
 
 def _text_model(device: torch.device):
     from ml_backend.models.text import TextCNN
 
+    from ml_backend.models import adapt
+
     torch.manual_seed(0)
-    return TextCNN(n_classes=2).to(device).eval()
+    model = adapt(TextCNN(n_classes=2)).to(device)
+    model.network.eval()
+    return model
 
 
 def _context(config_path: Path, method: str):
     from ml_backend.config import Settings
-    from ml_backend.labelstudio.schema import parse_label_config
-    from ml_backend.serving import ProjectContext
+    from ml_backend.project import make_context
 
-    label_config = config_path.read_text()
     settings = Settings().project.with_overrides({"attribution": method})
-    return ProjectContext("bench", parse_label_config(label_config), settings, label_config)
+    return make_context("bench", config_path.read_text(), settings)
 
 
 def image_stages(orig: int, model_side: int, method: str, device: torch.device) -> Callable[[], dict[str, float]]:
@@ -110,8 +117,9 @@ def image_stages(orig: int, model_side: int, method: str, device: torch.device) 
     from ml_backend.data.fetch import Fetcher
     from ml_backend.explain.regions import evidence_mask, mask_regions
     from ml_backend.labelstudio.results import brush_result, choices_result
-    from ml_backend.serving import prepare_task, relevance_maps, render_predictions
-    from ml_backend.training.registry import LoadedModel
+    from ml_backend.data.prepare import prepare_task
+    from ml_backend.rendering import render_predictions
+    from ml_backend.store import LoadedModel
 
     ctx = _context(C.LABEL_CONFIGS / "image_classification_evidence.xml", method)
     model = _image_model(model_side, device)
@@ -121,16 +129,11 @@ def image_stages(orig: int, model_side: int, method: str, device: torch.device) 
     s = ctx.settings
 
     def step() -> dict[str, float]:
-        item, t_decode = _timed(lambda: prepare_task(ctx, model.config, task, fetcher), device, "decode_resize")
-        x = torch.stack([item.tensor]).to(device)
-
-        def forward():
-            with torch.no_grad():
-                probs = torch.softmax(model(x), dim=1)
-            return probs.max(dim=1)
-
-        (confidence, targets), t_forward = _timed(forward, device, "forward")
-        relevance, t_attr = _timed(lambda: relevance_maps(model, x, targets, s.attribution).detach().cpu().numpy(),
+        item, t_decode = _timed(lambda: prepare_task(ctx.schema, model.input_spec(), task, fetcher), device,
+                                "decode_resize")
+        x = torch.stack([item.tensor]).to(device).contiguous(memory_format=torch.channels_last)
+        (confidence, targets), t_forward = _timed(lambda: model.probs(x).max(dim=1), device, "forward")
+        relevance, t_attr = _timed(lambda: model.relevance(x, targets, s.attribution).detach().cpu().numpy(),
                                    device, "attribution")
 
         def regions():
@@ -146,7 +149,7 @@ def image_stages(orig: int, model_side: int, method: str, device: torch.device) 
         t0 = time.perf_counter()
         json.dumps({"results": [{"model_version": "v1", "score": float(confidence[0]), "result": result}]})
         t_json = time.perf_counter() - t0
-        _, t_render = _timed(lambda: render_predictions(ctx, loaded, [item], device), device, "render_predictions")
+        _, t_render = _timed(lambda: render_predictions(ctx, loaded, [item]), device, "render_predictions")
         return _with_cpu({"decode_resize": t_decode, "forward": t_forward, "attribution": t_attr,
                           "regions": t_regions, "rle": t_rle, "json": t_json, "render_predictions": t_render})
 
@@ -158,8 +161,9 @@ def text_stages(method: str, device: torch.device) -> Callable[[], dict[str, flo
     from ml_backend.config import Settings
     from ml_backend.explain.regions import token_spans
     from ml_backend.labelstudio.results import choices_result, span_result
-    from ml_backend.serving import prepare_task, relevance_maps, render_predictions
-    from ml_backend.training.registry import LoadedModel
+    from ml_backend.data.prepare import prepare_task
+    from ml_backend.rendering import render_predictions
+    from ml_backend.store import LoadedModel
 
     ctx = _context(C.LABEL_CONFIGS / "text_classification_evidence.xml", method)
     model = _text_model(device)
@@ -169,16 +173,11 @@ def text_stages(method: str, device: torch.device) -> Callable[[], dict[str, flo
     s = ctx.settings
 
     def step() -> dict[str, float]:
-        item, t_decode = _timed(lambda: prepare_task(ctx, model.config, task, fetcher), device, "decode_resize")
+        item, t_decode = _timed(lambda: prepare_task(ctx.schema, model.input_spec(), task, fetcher), device,
+                                "decode_resize")
         x = torch.stack([item.tensor]).to(device)
-
-        def forward():
-            with torch.no_grad():
-                probs = torch.softmax(model(x), dim=1)
-            return probs.max(dim=1)
-
-        (confidence, targets), t_forward = _timed(forward, device, "forward")
-        relevance, t_attr = _timed(lambda: relevance_maps(model, x, targets, s.attribution).detach().cpu().numpy(),
+        (confidence, targets), t_forward = _timed(lambda: model.probs(x).max(dim=1), device, "forward")
+        relevance, t_attr = _timed(lambda: model.relevance(x, targets, s.attribution).detach().cpu().numpy(),
                                    device, "attribution")
         n = min(len(item.tokens), relevance.shape[1])
         spans, t_regions = _timed(lambda: token_spans(relevance[0, :n], item.tokens[:n], s.evidence_mass,
@@ -190,7 +189,7 @@ def text_stages(method: str, device: torch.device) -> Callable[[], dict[str, flo
         t0 = time.perf_counter()
         json.dumps({"results": [{"model_version": "v1", "score": float(confidence[0]), "result": result}]})
         t_json = time.perf_counter() - t0
-        _, t_render = _timed(lambda: render_predictions(ctx, loaded, [item], device), device, "render_predictions")
+        _, t_render = _timed(lambda: render_predictions(ctx, loaded, [item]), device, "render_predictions")
         return _with_cpu({"decode_resize": t_decode, "forward": t_forward, "attribution": t_attr,
                           "regions": t_regions, "rle": t_results, "json": t_json, "render_predictions": t_render})
 
@@ -259,15 +258,15 @@ def stage_rows(stages: dict[tuple[str, str], dict[str, list[float]]]) -> tuple[s
 
 def publish_models(model_dir: Path) -> None:
     from ml_backend.labelstudio.schema import parse_label_config
-    from ml_backend.training.registry import ProjectRegistry
+    from ml_backend.store import ProjectStore
 
     image_schema = parse_label_config((C.LABEL_CONFIGS / "image_classification_evidence.xml").read_text())
     text_schema = parse_label_config((C.LABEL_CONFIGS / "text_classification_evidence.xml").read_text())
     for side, key in PROJECT_FOR_INPUT.items():
-        ProjectRegistry(model_dir, key).publish(_image_model(side, torch.device("cpu")), image_schema.classes,
-                                                {"source": "benchmark"})
-    ProjectRegistry(model_dir, TEXT_PROJECT).publish(_text_model(torch.device("cpu")), text_schema.classes,
-                                                     {"source": "benchmark"})
+        ProjectStore(model_dir, key).publish(_image_model(side, torch.device("cpu")), image_schema.classes,
+                                             {"source": "benchmark"})
+    ProjectStore(model_dir, TEXT_PROJECT).publish(_text_model(torch.device("cpu")), text_schema.classes,
+                                                  {"source": "benchmark"})
 
 
 def predict_body(tasks: list[dict], project: str, label_config: str, method: str) -> bytes:

@@ -37,7 +37,7 @@ def _child(method: str, n: int, T: int, device: str, batch_size: int, image_size
 
     from ml_backend.models.cnn import ImageCNN
     from ml_backend.ranking.acquisition import BALD, Entropy, ls_scores
-    from ml_backend.ranking.mc import _modes, mc_dropout_probs
+    from ml_backend.models.sampling import _modes, mc_dropout_probs
 
     torch.manual_seed(0)
     dev = torch.device(device)

@@ -156,9 +156,13 @@ def _post(url: str, body: bytes) -> tuple[int, Any]:
 
 def step_costs(kind: str, side: int, batch: int, device: torch.device, reps: int, budget_s: float,
                rrr_lambda: float = 10.0, min_pairs: int = 3) -> dict[str, Any]:
+    from ml_backend.config import ProjectSettings
+    from ml_backend.models import adapt
     from ml_backend.models.cnn import ImageCNN
     from ml_backend.models.text import TextCNN
-    from ml_backend.training.losses import xil_loss
+    from ml_backend.training.sets import Batch
+    from ml_backend.training.strategies.rrr import RRR
+    from ml_backend.training.trainer import batch_loss
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -186,11 +190,13 @@ def step_costs(kind: str, side: int, batch: int, device: torch.device, reps: int
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    adapter, batch_of = adapt(model), Batch(x, y, irrelevant, has_irrelevant, relevant, has_relevant)
+
     def step(lam: float) -> tuple[float, float, dict]:
         sync()
         c0, t0 = time.process_time(), time.perf_counter()
-        loss, parts = xil_loss(model, x, y, irrelevant=irrelevant, has_irrelevant=has_irrelevant, relevant=relevant,
-                               has_relevant=has_relevant, rrr_lambda=lam, relevant_lambda=0.0)
+        # the training loop's own loss (trainer.batch_loss) with RRR as the strategy
+        loss, parts = batch_loss(adapter, batch_of, [RRR(lam)], ProjectSettings(), len(y))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

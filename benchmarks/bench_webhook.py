@@ -194,7 +194,7 @@ def main() -> None:
         fs = fs_type(tmp)
         plans: list[tuple[str, dict[str, str], Optional[bool]]] = [
             ("embedded queue, training on (defaults)", {}, None),
-            ("embedded queue, no training (persist only)", {"XIL_MIN_ANNOTATIONS": str(10**9)}, None),
+            ("embedded queue, no training (persist only)", {"XIL_MIN_ANNOTATIONS": str(10**6)}, None),
         ]
         if not args.no_redis:
             plans.append(("Redis (RQ), no worker: enqueue only", {}, True))

@@ -12,18 +12,13 @@ from werkzeug.exceptions import HTTPException
 from ml_backend import __version__, metrics
 from ml_backend.auth import basic_auth_ok, webhook_ok
 from ml_backend.config import ConfigError, Settings
+from ml_backend.errors import ApiError
 from ml_backend.labelstudio.schema import SchemaError
-from ml_backend.serving import Predictor, project_key
-from ml_backend.training.registry import ProjectRegistry, RegistryError, all_versions
+from ml_backend.project import check_names, project_key
+from ml_backend.serving import Predictor
+from ml_backend.store import ProjectStore, StoreError, all_versions, project_ids
 
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _json_body() -> dict[str, Any]:
@@ -39,22 +34,17 @@ def _json_body() -> dict[str, Any]:
 
 def observe_versions(settings: Settings) -> None:
     """The serving version number of every project (one small file read each)."""
-    root = settings.model_dir / "projects"
-    if not root.is_dir():
-        return
-    for path in root.iterdir():
-        try:
-            current = ProjectRegistry(settings.model_dir, path.name).current() if path.is_dir() else None
-        except RegistryError:
-            continue
+    for project in project_ids(settings.model_dir):
+        current = ProjectStore(settings.model_dir, project).current()
         if current and current[1:].isdigit():
-            metrics.MODEL_VERSION.labels(path.name).set(int(current[1:]))
+            metrics.MODEL_VERSION.labels(project).set(int(current[1:]))
 
 
 def create_app(settings: Optional[Settings] = None, predictor: Optional[Predictor] = None,
                webhooks: Any = None) -> Flask:
     """The backend's WSGI app. ``webhooks`` handles /webhook (feedback.intake.WebhookIntake)."""
     settings = settings or Settings.from_env()
+    check_names(settings.project)  # a default naming no registered extension refuses to start
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
@@ -108,7 +98,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         body = _json_body()
         try:
             version = predictor.setup(body.get("project"), body.get("schema") or "", body.get("extra_params"))
-        except (SchemaError, ConfigError, RegistryError) as exc:
+        except (SchemaError, ConfigError, StoreError) as exc:
             raise ApiError(422, str(exc)) from None
         webhooks.on_setup(project_key(body.get("project")))
         return jsonify(model_version=version)
@@ -129,7 +119,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
             raise ApiError(422, str(exc)) from None
         try:
             results = predictor.predict(ctx, tasks)
-        except (RegistryError, ConfigError) as exc:
+        except (StoreError, ConfigError) as exc:
             raise ApiError(422, str(exc)) from None
         served = sum(1 for r in results if r["result"])
         metrics.PREDICTIONS.labels(ctx.key, "served").inc(served)
@@ -157,8 +147,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         project = request.args.get("project")
         if project:
             try:
-                listed = {project_key(project): ProjectRegistry(settings.model_dir, project_key(project)).list()}
-            except RegistryError as exc:
+                listed = {project_key(project): ProjectStore(settings.model_dir, project_key(project)).list()}
+            except StoreError as exc:
                 raise ApiError(400, str(exc)) from None
         else:
             listed = all_versions(settings.model_dir)
@@ -171,8 +161,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         if "project" not in body:
             raise ApiError(400, "send {'project': N, 'version': 'vK'} (version optional: the previous one)")
         try:
-            version = ProjectRegistry(settings.model_dir, project_key(body["project"])).rollback(body.get("version"))
-        except RegistryError as exc:
+            version = ProjectStore(settings.model_dir, project_key(body["project"])).rollback(body.get("version"))
+        except StoreError as exc:
             raise ApiError(404, str(exc)) from None
         return jsonify(project=project_key(body["project"]), model_version=version)
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional
 
-from ml_backend.config import Settings
+from ml_backend.config import ConfigError, Settings
 
 
 def _configure_logging(level: str) -> None:
@@ -16,7 +15,7 @@ def _configure_logging(level: str) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """gunicorn with the project's config (the same command the container runs)."""
-    os.environ.setdefault("ML_BACKEND_BIND", f"{args.host}:{args.port}")
+    # --bind on gunicorn's command line overrides the config file's bind (HOST, PORT, ML_BACKEND_BIND).
     argv = ["gunicorn", "--config", "python:ml_backend.gunicorn_conf",
             "--bind", f"{args.host}:{args.port}", "ml_backend.wsgi:app"]
     if args.workers:
@@ -35,7 +34,11 @@ def worker(args: argparse.Namespace) -> int:
         return 2
     from rq.cli import main as rq_main
 
-    warm_up(settings)
+    try:
+        warm_up(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     argv = ["rq", "worker", "--url", settings.redis_url, "--with-scheduler", settings.queue_name]
     if args.burst:
         argv.insert(2, "--burst")
@@ -48,20 +51,22 @@ def warm_up(settings: Settings) -> None:
     child per job, which then starts with all of it loaded (torch, captum, torch._dynamo: seconds)."""
     import torch
 
-    import ml_backend.ranking.job  # noqa: F401
-    import ml_backend.training.pipeline  # noqa: F401
+    import ml_backend.jobs.rank  # noqa: F401
+    import ml_backend.jobs.train  # noqa: F401
+    from ml_backend.project import check_names
     from ml_backend.serving import configure_torch
 
+    check_names(settings.project)  # refuses a bad default; imports every registered extension once
     configure_torch(settings)
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
 
 def rollback(args: argparse.Namespace) -> int:
-    from ml_backend.training.registry import ProjectRegistry, RegistryError
+    from ml_backend.store import ProjectStore, StoreError
 
     try:
-        version = ProjectRegistry(Settings.from_env().model_dir, args.project).rollback(args.version)
-    except RegistryError as exc:
+        version = ProjectStore(Settings.from_env().model_dir, args.project).rollback(args.version)
+    except StoreError as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"project {args.project} now serves {version}")
@@ -69,7 +74,7 @@ def rollback(args: argparse.Namespace) -> int:
 
 
 def versions(args: argparse.Namespace) -> int:
-    from ml_backend.training.registry import all_versions
+    from ml_backend.store import all_versions
 
     for project, listed in all_versions(Settings.from_env().model_dir).items():
         for v in listed:
@@ -80,11 +85,16 @@ def versions(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="ml-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="start the backend (gunicorn)")
-    p.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)))
+    p.add_argument("--host", default=settings.host, help="default: HOST or 0.0.0.0")
+    p.add_argument("--port", type=int, default=settings.port, help="default: PORT or 9090")
     p.add_argument("--workers", type=int, default=0, help="gunicorn workers (default: WORKERS or 1)")
     p.set_defaults(func=serve)
     p = sub.add_parser("worker", help="run an RQ worker for training and ranking jobs")
@@ -97,5 +107,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = sub.add_parser("versions", help="list model versions")
     p.set_defaults(func=versions)
     args = parser.parse_args(argv)
-    _configure_logging(Settings.from_env().log_level)
+    _configure_logging(settings.log_level)
     return args.func(args)

@@ -1,34 +1,168 @@
 """Settings from the environment, in one place.
 
-Every setting is an environment variable (documented in README's configuration table).
-A project can override the per-project settings through the ML backend's
-``extra_params`` in Label Studio (a JSON object sent with ``/setup``).
+Every setting is an environment variable (documented in README's configuration table), and this
+module is the only one that reads the environment. A project can override the per-project
+settings through the ML backend's ``extra_params`` in Label Studio (a JSON object sent with
+``/setup``). Each setting has a type and an allowed range, checked by ``validate()``.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-ATTRIBUTION_METHODS = ("gradcam", "saliency", "input_x_gradient", "integrated_gradients", "deeplift")
-STRATEGIES = ("rrr", "counterexamples", "relevant", "cali", "activation_evidence")
-ACQUISITIONS = ("random", "least_confidence", "margin", "entropy", "bald", "alex")
-MODEL_KINDS = ("cnn", "text_cnn", "senn", "bayesian_cnn")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 class ConfigError(ValueError):
     """A setting has a value the backend cannot use."""
 
 
-def _bool(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting allows, from ``low`` to ``high``; an open end excludes its bound."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, "
+                f"{_number(self.high)}{')' if self.high_open else ']'}")
+
+
+@dataclass(frozen=True)
+class Matching:
+    """The strings a setting allows: a full match of ``pattern`` (case-insensitive)."""
+
+    pattern: str
+    description: str
+
+    def __contains__(self, value: str) -> bool:
+        return re.fullmatch(self.pattern, value, re.IGNORECASE) is not None
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def _setting(default: Any, low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False,
+             high_open: bool = False, allowed: Optional[Matching] = None, env: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with its allowed values and (process settings) its environment variables."""
+    if low is not None:
+        allowed = Range(low, high, low_open, high_open)
+    return field(default=default, metadata={"allowed": allowed, "env": env})
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+               tuple: "a list of names", Path: "a path"}
+
+
+def _coerce(label: str, value: Any, kind: type) -> Any:
+    """``value`` as a ``kind``. Numbers and booleans may come as strings: environment variables
+    always do, and Label Studio's extra params often do. A bool is never taken for a number."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+        elif kind is int and not isinstance(value, bool):
+            number = value
+            if isinstance(value, str):
+                try:
+                    return int(value.strip())
+                except ValueError:
+                    number = float(value)  # "1e3"
+            if isinstance(number, int):
+                return number
+            if isinstance(number, float) and number.is_integer():
+                return int(number)
+        elif kind is float and not isinstance(value, bool):
+            if isinstance(value, (str, int, float)):
+                return float(value)
+        elif kind is tuple:
+            if isinstance(value, str):
+                return _csv(value)
+            if isinstance(value, (list, tuple)):
+                return tuple(value)
+        elif kind is Path:
+            if isinstance(value, (str, os.PathLike)):
+                return Path(value)
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+    except (ValueError, OverflowError):
+        pass
+    raise ConfigError(f"{label} must be {_KIND_NAMES[kind]}, not {value!r}")
+
+
+def _check(label: str, value: Any, kind: type, allowed: Any) -> None:
+    """ConfigError naming ``label`` unless ``value`` is a ``kind`` within ``allowed``."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ConfigError(f"{label} must be {_KIND_NAMES[kind]}, not {value!r}")
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{label} must be {allowed}, not {value!r}")
+
+
+def _kind(f: dataclasses.Field) -> type:
+    """The type of field ``f``'s values: its default's (PosixPath is a Path)."""
+    return Path if isinstance(f.default, Path) else type(f.default)
+
+
+def _parse(label: str, value: Any, f: dataclasses.Field) -> Any:
+    """``value`` for field ``f``, coerced and checked; errors name ``label``."""
+    kind = _kind(f)
+    value = _coerce(label, value, kind)
+    _check(label, value, kind, f.metadata.get("allowed"))
+    return value
+
+
+def _check_fields(settings: Any) -> None:
+    for f in dataclasses.fields(settings):
+        if f.default is not dataclasses.MISSING:
+            _check(f.name, getattr(settings, f.name), _kind(f), f.metadata.get("allowed"))
+
+
+def _unknown(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key).lower().removeprefix("xil_"), known, n=3)
+    if close:
+        return f"unknown setting {key!r} (did you mean {' or '.join(repr(c) for c in close)}?)"
+    return f"unknown setting {key!r}; the settings are {', '.join(sorted(known))}"
 
 
 @dataclass(frozen=True)
@@ -36,84 +170,67 @@ class ProjectSettings:
     """What may differ between projects (env defaults, overridden by extra_params)."""
 
     model_kind: str = ""  # "" = cnn for images, text_cnn for text
-    image_size: int = 64
+    image_size: int = _setting(64, 16, 1024)  # the CNN pools three times; batch norm needs 2x2 left
     attribution: str = "gradcam"
-    evidence_mass: float = 0.2  # share of attribution mass kept as evidence (the thesis' lambda_1)
+    # share of attribution mass kept as evidence (the thesis' lambda_1)
+    evidence_mass: float = _setting(0.2, 0, 1, low_open=True)
     evidence_regions: str = "merged"  # "merged" (one mask) or "components" (one region per component)
-    slic_segments: int = 0  # >0 snaps evidence to SLIC superpixels
+    slic_segments: int = _setting(0, 0, 10_000)  # >0 snaps evidence to SLIC superpixels
     strategies: tuple[str, ...] = ("rrr", "counterexamples")
-    rrr_lambda: float = 10.0
-    counterexamples: int = 3
+    rrr_lambda: float = _setting(10.0, 0)
+    counterexamples: int = _setting(3, 0, 100)
     counterexample_fill: str = "substitute"  # substitute (from another task) | randomize | blur
-    propagate_min_support: int = 2  # pixels / tokens marked Irrelevant on this many tasks count on all (0 = off)
-    relevant_lambda: float = 1.0
-    cali_lambda: float = 0.5
-    senn_robustness: float = 0.0  # weight of SENN's robustness penalty (a double backward pass per step)
+    # pixels / tokens marked Irrelevant on this many tasks count on all (0 = off)
+    propagate_min_support: int = _setting(2, 0, 10_000)
+    relevant_lambda: float = _setting(1.0, 0)
+    cali_lambda: float = _setting(0.5, 0, 1, low_open=True)
+    # weight of SENN's robustness penalty (a double backward pass per step)
+    senn_robustness: float = _setting(0.0, 0)
     senn_concepts: str = "patches"  # pixels | patches | learned
-    senn_patch: int = 8
-    kl_weight: float = 0.01  # Bayesian CNN: tempered KL (the exact ELBO's 1.0 collapses on small projects)
-    evidence_sigma: float = 0.5  # Bayesian CNN: activation evidence scale (smaller = stronger)
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    patience: int = 8  # epochs without improvement of the training loss before stopping early
-    holdout: float = 0.2
-    min_annotations: int = 1
+    senn_patch: int = _setting(8, 1, 256)
+    # Bayesian CNN: tempered KL (the exact ELBO's 1.0 collapses on small projects)
+    kl_weight: float = _setting(0.01, 0)
+    # Bayesian CNN: activation evidence scale (smaller = stronger)
+    evidence_sigma: float = _setting(0.5, 0, low_open=True)
+    epochs: int = _setting(30, 1, 1000)
+    batch_size: int = _setting(32, 1, 4096)
+    learning_rate: float = _setting(1e-3, 0, 10, low_open=True)
+    # epochs without improvement of the training loss before stopping early (0 stops at the first, like 1)
+    patience: int = _setting(8, 0, 1000)
+    holdout: float = _setting(0.2, 0, 1, high_open=True)
+    min_annotations: int = _setting(1, 1, 1_000_000)
     acquisition: str = "entropy"
-    mc_samples: int = 10
-    alex_batch: int = 10
+    mc_samples: int = _setting(10, 1, 1000)
+    alex_batch: int = _setting(10, 1, 10_000)
     set_uncertainty_sampling: bool = True
     checkpoint: str = ""  # user-supplied weights to start from
 
     def validate(self) -> "ProjectSettings":
-        if self.model_kind and self.model_kind not in MODEL_KINDS:
-            raise ConfigError(f"model_kind must be one of {', '.join(MODEL_KINDS)}, not {self.model_kind!r}")
-        if self.attribution not in ATTRIBUTION_METHODS:
-            raise ConfigError(f"attribution must be one of {', '.join(ATTRIBUTION_METHODS)}, not {self.attribution!r}")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown:
-            raise ConfigError(f"unknown feedback strategies {unknown}; choose from {', '.join(STRATEGIES)}")
-        if "cali" in self.strategies and self.model_kind != "senn":
-            raise ConfigError("strategy 'cali' corrects a SENN's relevances: set model_kind to 'senn'")
-        if "activation_evidence" in self.strategies and self.model_kind != "bayesian_cnn":
-            raise ConfigError("strategy 'activation_evidence' needs model_kind 'bayesian_cnn'")
+        """Types and ranges. The names of extension points (model_kind, strategies, attribution,
+        acquisition) are checked against their registries by ``project.check_names``."""
+        _check_fields(self)
         if self.senn_concepts not in ("pixels", "patches", "learned"):
             raise ConfigError("senn_concepts must be pixels, patches or learned")
-        if self.acquisition not in ACQUISITIONS:
-            raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {self.acquisition!r}")
         if self.evidence_regions not in ("merged", "components"):
             raise ConfigError("evidence_regions must be 'merged' or 'components'")
         if self.counterexample_fill not in ("randomize", "substitute", "blur"):
             raise ConfigError("counterexample_fill must be randomize, substitute or blur")
-        if not 0.0 < self.evidence_mass <= 1.0:
-            raise ConfigError("evidence_mass must be in (0, 1]")
-        if not 16 <= self.image_size <= 1024:  # the CNN pools three times; batch norm needs 2x2 left
-            raise ConfigError("image_size must be between 16 and 1024")
-        if self.propagate_min_support < 0:
-            raise ConfigError("propagate_min_support must be >= 0 (0 turns propagation off)")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ConfigError("holdout must be in [0, 1)")
         return self
 
     def with_overrides(self, params: Mapping[str, Any] | None) -> "ProjectSettings":
-        """A copy with the known keys of ``params`` applied (unknown keys are ignored)."""
+        """A copy with ``params`` applied; a key that is not a setting, or a value that does not
+        fit its setting, is a ConfigError naming it."""
         if not params:
             return self
+        return self._with(params, {key: key for key in params})
+
+    def _with(self, params: Mapping[str, Any], labels: Mapping[str, str]) -> "ProjectSettings":
+        """A checked copy with ``params`` applied; ``labels`` names each key in messages."""
         known = {f.name: f for f in dataclasses.fields(self)}
-        changes: dict[str, Any] = {}
-        for key, value in params.items():
-            if key not in known:
-                continue
-            current = getattr(self, key)
-            try:
-                if isinstance(current, bool):
-                    changes[key] = value if isinstance(value, bool) else _bool(str(value))
-                elif isinstance(current, tuple):
-                    changes[key] = tuple(value) if isinstance(value, (list, tuple)) else _csv(str(value))
-                else:
-                    changes[key] = type(current)(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{key}: cannot use {value!r} ({exc})") from None
+        unknown = [key for key in params if key not in known]
+        if unknown:
+            raise ConfigError("; ".join(_unknown(key, list(known)) for key in unknown))
+        changes = {key: _parse(labels[key], value, known[key]) for key, value in params.items()}
         return dataclasses.replace(self, **changes).validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,53 +239,76 @@ class ProjectSettings:
 
 _PROJECT_ENV = {f.name: "XIL_" + f.name.upper() for f in dataclasses.fields(ProjectSettings)}
 
+_LOG_LEVELS = Matching("debug|info|warning|error|critical", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+_DEVICES = Matching(r"auto|cpu|cuda|cuda:\d+|mps", "auto, cpu, cuda, cuda:N or mps")
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Process-wide settings."""
+    """Process-wide settings; ``env`` lists each one's environment variables, the first non-empty one wins."""
 
-    model_dir: Path = Path("./models")
-    redis_url: str = ""
-    queue_name: str = "ml_backend"
-    label_studio_url: str = ""
-    label_studio_api_key: str = ""
-    basic_auth_user: str = ""
-    basic_auth_pass: str = ""
-    webhook_secret: str = ""
-    webhook_header: str = "X-Webhook-Secret"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_body_bytes: int = 64 * 1024 * 1024
-    fetch_timeout: float = 10.0
-    torch_threads: int = 0  # 0 = torch's default (one per core)
-    train_debounce: float = 2.0  # seconds a training job waits, so a burst of webhooks folds into it
-    log_level: str = "INFO"
+    model_dir: Path = _setting(Path("./models"), env=("MODEL_DIR",))
+    redis_url: str = _setting("", env=("REDIS_URL",))
+    queue_name: str = _setting("ml_backend", env=("RQ_QUEUE_NAME",))
+    label_studio_url: str = _setting("", env=("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"))
+    label_studio_api_key: str = _setting("", env=("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"))
+    basic_auth_user: str = _setting("", env=("BASIC_AUTH_USER",))
+    basic_auth_pass: str = _setting("", env=("BASIC_AUTH_PASS",))
+    webhook_secret: str = _setting("", env=("WEBHOOK_SECRET",))
+    webhook_header: str = _setting("X-Webhook-Secret", env=("WEBHOOK_SECRET_HEADER",))
+    device: str = _setting("auto", allowed=_DEVICES, env=("DEVICE",))
+    max_body_bytes: int = _setting(64 * 1024 * 1024, 1, env=("MAX_BODY_BYTES",))
+    fetch_timeout: float = _setting(10.0, 0, low_open=True, env=("FETCH_TIMEOUT",))
+    torch_threads: int = _setting(0, 0, env=("TORCH_THREADS",))  # 0 = torch's default (one per core)
+    # seconds a training job waits, so a burst of webhooks folds into it
+    train_debounce: float = _setting(2.0, 0, env=("TRAIN_DEBOUNCE_SECONDS",))
+    log_level: str = _setting("INFO", allowed=_LOG_LEVELS, env=("LOG_LEVEL",))
+    # Label Studio's Local Storage root: /data/local-files/ paths are read from there when present
+    local_files_root: str = _setting("", env=("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"))
+    # gunicorn (gunicorn_conf.py and `ml-backend serve`)
+    host: str = _setting("0.0.0.0", env=("HOST",))
+    port: int = _setting(9090, 1, 65535, env=("PORT",))
+    bind: str = _setting("", env=("ML_BACKEND_BIND",))  # "" = host:port
+    workers: int = _setting(1, 1, 64, env=("WORKERS",))
+    threads: int = _setting(8, 1, 256, env=("THREADS",))
+    gunicorn_timeout: int = _setting(120, 0, 86_400, env=("GUNICORN_TIMEOUT",))  # 0 = none
     project: ProjectSettings = field(default_factory=ProjectSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from ``env`` (default: the process environment); a bad value is a ConfigError
+        naming its variable."""
         env = os.environ if env is None else env
-        project_overrides = {name: env[var] for name, var in _PROJECT_ENV.items() if var in env}
-        return cls(
-            model_dir=Path(env.get("MODEL_DIR", "./models")),
-            redis_url=env.get("REDIS_URL", ""),
-            queue_name=env.get("RQ_QUEUE_NAME", "ml_backend"),
-            label_studio_url=env.get("LABEL_STUDIO_URL", env.get("LABEL_STUDIO_HOST", "")).rstrip("/"),
-            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", env.get("LABEL_STUDIO_ACCESS_TOKEN", "")),
-            basic_auth_user=env.get("BASIC_AUTH_USER", ""),
-            basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
-            webhook_secret=env.get("WEBHOOK_SECRET", ""),
-            webhook_header=env.get("WEBHOOK_SECRET_HEADER", "X-Webhook-Secret"),
-            device=env.get("DEVICE", "auto"),
-            max_body_bytes=int(env.get("MAX_BODY_BYTES", 64 * 1024 * 1024)),
-            fetch_timeout=float(env.get("FETCH_TIMEOUT", 10.0)),
-            train_debounce=float(env.get("TRAIN_DEBOUNCE_SECONDS", 2.0)),
-            torch_threads=int(env.get("TORCH_THREADS", 0)),
-            log_level=env.get("LOG_LEVEL", "INFO"),
-            project=ProjectSettings().with_overrides(project_overrides).validate(),
-        )
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            # An empty variable counts as unset: compose's ${VAR:-} passes one.
+            var = next((name for name in f.metadata.get("env", ()) if env.get(name)), None)
+            if var is not None:
+                values[f.name] = _parse(var, env[var], f)
+        if "label_studio_url" in values:
+            values["label_studio_url"] = values["label_studio_url"].rstrip("/")
+        # Unlike process settings, an empty XIL_ variable is a value: XIL_STRATEGIES= means none.
+        project_vars = {name: var for name, var in _PROJECT_ENV.items() if var in env}
+        try:
+            project = ProjectSettings()._with({name: env[var] for name, var in project_vars.items()}, project_vars)
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(message if message.startswith("XIL_") else f"XIL_ variables: {message}") from None
+        return cls(**values, project=project).validate()
+
+    def validate(self) -> "Settings":
+        _check_fields(self)
+        self.project.validate()
+        return self
 
     def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
+        """A checked copy with ``changes``."""
+        return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def gunicorn_bind(self) -> str:
+        """The address gunicorn listens on."""
+        return self.bind or f"{self.host}:{self.port}"
 
 
 def parse_extra_params(raw: Any) -> dict[str, Any]:

@@ -20,8 +20,10 @@ from markupsafe import Markup, escape
 
 from ml_backend import __version__
 from ml_backend.config import Settings
+from ml_backend.errors import ApiError
 from ml_backend.jobs import JobQueue, RedisQueue, make_queue
-from ml_backend.training.registry import ProjectRegistry, RegistryError
+from ml_backend.project import project_key
+from ml_backend.store import ProjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,7 @@ def _job_view(record: dict[str, Any]) -> dict[str, Any]:
 
 def ranking_view(settings: Settings, project: str, limit: int = TOP_TASKS) -> Optional[dict[str, Any]]:
     """The head of the project's uncertainty queue, or None before the first ranking."""
-    from ml_backend.ranking.job import load_queue
-
-    queue = load_queue(settings, project)
+    queue = ProjectStore(settings.model_dir, project).ranking()
     if queue is None:
         return None
     tasks = queue.get("tasks") or []
@@ -88,8 +88,7 @@ def ranking_view(settings: Settings, project: str, limit: int = TOP_TASKS) -> Op
 
 def project_status(settings: Settings, project: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """Serving version, learning curve, feedback, jobs and queue head of one project."""
-    registry = ProjectRegistry(settings.model_dir, project)
-    versions = registry.list()
+    versions = ProjectStore(settings.model_dir, project).list()
     current = next((v for v in versions if v.get("current")), None)
     serving = None
     if current is not None:
@@ -131,7 +130,7 @@ def collect_status(settings: Settings, queue: JobQueue) -> dict[str, Any]:
     for name in known_projects(settings, list(by_project)):
         try:
             projects.append(project_status(settings, name, by_project.get(name, [])[:JOBS_PER_PROJECT]))
-        except RegistryError:
+        except StoreError:
             continue  # a folder that is no project id
     return {"generated_at": time.time(), "version": __version__,
             "queue_backend": "redis" if isinstance(queue, RedisQueue) else "embedded",
@@ -258,7 +257,6 @@ def _number(value: Any, digits: int = 3) -> str:
 
 # --- routes -----------------------------------------------------------------------------
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    from ml_backend.app import ApiError
 
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -292,10 +290,6 @@ def dashboard_blueprint(settings: Settings, webhooks: Any = None) -> Blueprint:
 
     @bp.get("/queue")
     def ranking():
-        from ml_backend.app import ApiError
-        from ml_backend.ranking.job import load_queue
-        from ml_backend.serving import project_key
-
         raw = request.args.get("project", "")
         if not raw.strip():
             raise ApiError(400, "send ?project=N (the Label Studio project id)")
@@ -304,7 +298,10 @@ def dashboard_blueprint(settings: Settings, webhooks: Any = None) -> Blueprint:
         project = project_key(raw.strip())
         page = _int_arg("page", 1, 1, 10**9)
         page_size = _int_arg("page_size", 50, 1, MAX_PAGE_SIZE)
-        ranked = load_queue(settings, project)
+        try:
+            ranked = ProjectStore(settings.model_dir, project).ranking()
+        except StoreError as exc:
+            raise ApiError(400, str(exc)) from None
         if ranked is None:
             raise ApiError(404, f"project {project} has no ranking yet (it comes after the first trained version)")
         tasks = ranked.get("tasks") or []

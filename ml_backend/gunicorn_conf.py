@@ -1,15 +1,17 @@
-"""gunicorn settings (the container and `ml-backend serve` use this file). Environment overrides:
-WORKERS, THREADS, PORT, GUNICORN_TIMEOUT."""
-import os
+"""gunicorn settings (the container and `ml-backend serve` use this file), from ml_backend.config:
+WORKERS, THREADS, PORT, HOST, GUNICORN_TIMEOUT, ML_BACKEND_BIND, LOG_LEVEL."""
+from ml_backend.config import Settings
 
-bind = os.environ.get("ML_BACKEND_BIND", f"0.0.0.0:{os.environ.get('PORT', '9090')}")
+_settings = Settings.from_env()
+
+bind = _settings.gunicorn_bind
 # One worker by default: models live in process memory, and the embedded job thread
 # (no REDIS_URL) must be unique. Scale with threads, or with Redis and more workers.
-workers = int(os.environ.get("WORKERS", "1"))
-threads = int(os.environ.get("THREADS", "8"))
+workers = _settings.workers
+threads = _settings.threads
 worker_class = "gthread"
 # Label Studio waits up to 100 s for /predict on large batches.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+timeout = _settings.gunicorn_timeout
 graceful_timeout = 30
 # No --preload: CUDA cannot be re-initialised in a forked worker.
 preload_app = False
@@ -17,4 +19,4 @@ preload_app = False
 control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = _settings.log_level.lower()

@@ -14,7 +14,8 @@ from ml_backend.config import Settings
 from ml_backend.labelstudio.schema import parse_label_config
 from ml_backend.models.cnn import ImageCNN
 from ml_backend.models.text import TextCNN
-from ml_backend.training.registry import ProjectRegistry
+from ml_backend.models import adapt
+from ml_backend.store import ProjectStore
 from tests.support.live import LiveServer, ls_task, metric_sample, png_data_uri, predict_body, setup_body
 
 
@@ -27,7 +28,7 @@ def backend(settings):
 def publish(settings, config: str, project: str = "2") -> str:
     schema = parse_label_config(config)
     torch_model = ImageCNN(schema.n_classes, image_size=32) if schema.object_type == "image" else TextCNN(schema.n_classes)
-    return ProjectRegistry(settings.model_dir, project).publish(torch_model, schema.classes, {"source": "test"})
+    return ProjectStore(settings.model_dir, project).publish(adapt(torch_model), schema.classes, {"source": "test"})
 
 
 def images():

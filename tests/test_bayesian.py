@@ -1,4 +1,7 @@
-"""Bayes-by-backprop layers, the Bayesian CNN, ELBO and the thesis' activation evidence."""
+"""Bayes-by-backprop layers, the Bayesian CNN, its tempered ELBO and the thesis' activation evidence.
+
+Training here runs through ``trainer.batch_loss``: the kind's own KL term and the ActivationEvidence
+strategy, exactly what a project's fit runs."""
 from __future__ import annotations
 
 import pytest
@@ -7,13 +10,24 @@ import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam
 from sklearn.datasets import load_digits
 
+from ml_backend.config import ProjectSettings
 from ml_backend.explain.quality import irrelevant_mass
-from ml_backend.models.bayesian import BayesConv2d, BayesianCNN, BayesLinear
-from ml_backend.training.xil_losses import (activation_evidence_loss, activation_evidence_scale, elbo_loss,
-                                            pool_mask)
+from ml_backend.models import adapt
+from ml_backend.models.bayesian import BayesConv2d, BayesianCNN, BayesianCNNKind, BayesLinear
+from ml_backend.training.losses import activation_evidence_loss, activation_evidence_scale, pool_mask
+from ml_backend.training.sets import Batch
+from ml_backend.training.strategies.activation_evidence import ActivationEvidence
+from ml_backend.training.trainer import batch_loss
 from tests.support.data import bars
 
 S = 16
+TEMPERED = ProjectSettings(kl_weight=0.01)  # 360 examples cannot outweigh the full KL of a useful posterior
+
+
+def batch(x: torch.Tensor, y: torch.Tensor, irrelevant: torch.Tensor | None = None) -> Batch:
+    irrelevant = torch.zeros(len(y), *x.shape[2:], dtype=torch.bool) if irrelevant is None else irrelevant
+    relevant = torch.zeros_like(irrelevant)
+    return Batch(x, y, irrelevant, irrelevant.flatten(1).any(1), relevant, relevant.flatten(1).any(1))
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -36,6 +50,25 @@ def test_kl_is_positive_finite_and_matches_closed_form():
     assert torch.isfinite(kl) and kl > 0
     kl.backward()  # differentiable in mu and rho
     assert model.last_conv.weight_rho.grad.abs().sum() > 0
+
+
+def test_training_adds_the_tempered_kl_per_example():
+    """The negative ELBO per example (thesis Eq. 5.7): CE + kl_weight * KL / n_train, as fit runs it."""
+    torch.manual_seed(0)
+    model = adapt(BayesianCNN(3, image_size=S, in_channels=1, width=4).eval())  # mean weights: no sampling
+    assert isinstance(model, BayesianCNNKind)
+    x, y = torch.rand(4, 1, S, S), torch.tensor([0, 1, 2, 0])
+    kl = model.network.kl()
+    ce = F.cross_entropy(model.network(x), y)
+    for kl_weight, n_train in ((1.0, 360), (0.01, 360), (0.01, 7)):
+        settings = ProjectSettings(kl_weight=kl_weight)
+        loss, parts = batch_loss(model, batch(x, y), [], settings, n_train)
+        torch.testing.assert_close(loss, ce + kl_weight * kl / n_train)
+        assert parts["kl"] == pytest.approx(kl.item()) and parts["ce"] == pytest.approx(ce.item())
+    term = model.training_terms(batch(x, y), 360, TEMPERED, {})
+    torch.testing.assert_close(term, 0.01 * kl / 360)
+    term.backward()  # the KL term trains the posterior's spread
+    assert model.network.last_conv.weight_rho.grad.abs().sum() > 0
 
 
 def test_lrt_matches_weight_sampling_moments():
@@ -117,17 +150,19 @@ def test_predictive_entropy_higher_out_of_distribution():
     unseen_digits = images[labels >= 2][:400]
     noise = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = BayesianCNN(2, image_size=8, in_channels=1, width=16)
+    kind = adapt(BayesianCNN(2, image_size=8, in_channels=1, width=16))
+    model = kind.network
     opt = torch.optim.Adam(model.parameters(), 1e-2)
+    model.train()
     for _ in range(20):
         for b in torch.randperm(len(x)).split(64):
             # tempered KL: 360 examples cannot outweigh the full KL of a useful posterior
-            loss = elbo_loss(model(x[b]), y[b], model.kl(), len(x), kl_weight=0.01)
+            loss, _ = batch_loss(kind, batch(x[b], y[b]), [], TEMPERED, len(x))
             opt.zero_grad()
             loss.backward()
             opt.step()
     model.eval()
-    p_train = model.mc_probs(x, T=20).mean(0)
+    p_train = kind.probs(x, mc_samples=20)  # what serving predicts: the posterior's MC average
     assert (p_train.argmax(1) == y).float().mean() > 0.95
     h_train = entropy(p_train).mean()
     assert entropy(model.mc_probs(unseen_digits, T=20).mean(0)).mean() > 3 * h_train
@@ -147,14 +182,16 @@ def test_activation_evidence_moves_gradcam_off_a_planted_confounder():
 
     def train(with_evidence: bool) -> BayesianCNN:
         torch.manual_seed(0)
-        model = BayesianCNN(2, image_size=S, in_channels=1, width=8)
+        kind = adapt(BayesianCNN(2, image_size=S, in_channels=1, width=8))
+        model = kind.network
+        strategies = [ActivationEvidence(sigma=0.1)] if with_evidence else []
         opt = torch.optim.Adam(model.parameters(), 1e-2)
+        model.train()
         for _ in range(10):
             for b in torch.randperm(len(x)).split(64):
-                logits, preact = model.forward_with_preact(x[b])
-                loss = elbo_loss(logits, y[b], model.kl(), len(x), kl_weight=0.01)
-                if with_evidence:
-                    loss = loss + activation_evidence_loss(preact, corner.expand(len(b), S, S), sigma=0.1)
+                loss, parts = batch_loss(kind, batch(x[b], y[b], corner.expand(len(b), S, S)), strategies, TEMPERED,
+                                         len(x))
+                assert ("activation_evidence" in parts) is with_evidence
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

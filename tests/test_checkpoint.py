@@ -8,7 +8,8 @@ import torch
 
 from ml_backend.app import create_app
 from ml_backend.models.cnn import ImageCNN
-from ml_backend.training.registry import ProjectRegistry, checkpoint_dict
+from ml_backend.models import adapt
+from ml_backend.store import ProjectStore
 from tests.support.live import LiveServer, ls_task, png_data_uri, predict_body, setup_body
 
 
@@ -26,13 +27,13 @@ def test_project_starts_from_an_ml_backend_checkpoint(backend, tmp_path, image_c
     torch.manual_seed(3)
     model = ImageCNN(2, image_size=32)
     path = tmp_path / "weights.pt"
-    torch.save(checkpoint_dict(model, ("Class A", "Class B")), path)
+    torch.save(adapt(model).checkpoint(("Class A", "Class B")), path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
     assert response.json() == {"model_version": "v1"}
     prediction = requests.post(backend.url + "/predict", json=predict_body([_task()], image_config)).json()["results"][0]
     assert prediction["model_version"] == "v1"
     x = torch.rand(1, 3, 32, 32)
-    served = ProjectRegistry(tmp_path / "models", "2").load("v1").model
+    served = ProjectStore(tmp_path / "models", "2").load("v1").model.network
     assert torch.allclose(served(x), model.eval()(x))  # the very weights the user supplied
 
 
@@ -65,6 +66,6 @@ def test_a_state_dict_for_another_architecture_is_refused(backend, tmp_path, ima
 
 def test_a_checkpoint_for_other_classes_is_refused(backend, tmp_path, image_config):
     path = tmp_path / "cats.pt"
-    torch.save(checkpoint_dict(ImageCNN(3, image_size=32), ("cat", "dog", "bird")), path)
+    torch.save(adapt(ImageCNN(3, image_size=32)).checkpoint(("cat", "dog", "bird")), path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
     assert response.status_code == 422 and "'cat', 'dog', 'bird'" in response.json()["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml_backend.feedback.counterexamples import image_counterexamples, text_counterexamples
+from ml_backend.training.strategies.counterexamples import image_counterexamples, text_counterexamples
 
 
 def _image(seed: int = 0) -> torch.Tensor:

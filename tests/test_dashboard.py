@@ -1,7 +1,6 @@
 """/status, /queue and /dashboard over real HTTP, with versions, job records and a ranking on disk."""
 from __future__ import annotations
 
-import json
 import re
 import time
 from types import SimpleNamespace
@@ -15,8 +14,8 @@ from ml_backend.dashboard import line_chart
 from ml_backend.jobs import JobQueue
 from ml_backend.labelstudio.schema import parse_label_config
 from ml_backend.models.cnn import ImageCNN
-from ml_backend.ranking.job import queue_path
-from ml_backend.training.registry import ProjectRegistry
+from ml_backend.models import adapt
+from ml_backend.store import ProjectStore
 from tests.support.live import LiveServer
 from tests.test_containers import redis_url  # noqa: F401  (fixture)
 
@@ -31,8 +30,8 @@ CURVE = [  # (holdout, train, irrelevant mass, examples)
 def publish_versions(settings: Settings, image_config: str, project: str = "3", curve=CURVE) -> list[str]:
     """Versions with the metrics and feedback counts a training job writes."""
     schema = parse_label_config(image_config)
-    registry = ProjectRegistry(settings.model_dir, project)
-    registry.save_project({"label_config": image_config})
+    store = ProjectStore(settings.model_dir, project)
+    store.update_config(label_config=image_config)
     names = []
     for i, (holdout, train, mass, examples) in enumerate(curve):
         meta = {"metrics": {"holdout_accuracy": holdout, "train_accuracy": train, "irrelevant_attribution_mass": mass,
@@ -40,7 +39,7 @@ def publish_versions(settings: Settings, image_config: str, project: str = "3", 
                 "feedback": {"accepted": examples - 3 - i, "label_only": 2, "irrelevant": 1 + i, "relevant": 0,
                              "irrelevant+relevant": 0},
                 "examples": examples, "holdout": examples // 5, "strategies": ["rrr"], "device": "cpu"}
-        names.append(registry.publish(ImageCNN(schema.n_classes, image_size=16, width=4), schema.classes, meta))
+        names.append(store.publish(adapt(ImageCNN(schema.n_classes, image_size=16, width=4)), schema.classes, meta))
     return names
 
 
@@ -49,9 +48,7 @@ def write_ranking(settings: Settings, project: str = "3", n: int = 120, version:
              for i in range(n)]
     ranking = {"project": project, "model_version": version, "acquisition": "entropy", "computed_at": time.time(),
                "seconds": 0.5, "tasks": tasks}
-    path = queue_path(settings, project)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(ranking))
+    ProjectStore(settings.model_dir, project).save_ranking(ranking)
     return ranking
 
 

@@ -4,7 +4,6 @@ Writes a screenshot; with UPDATE_DOCS=1 into docs/dashboard.png (README shows it
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,7 +17,7 @@ import requests
 
 from ml_backend.app import create_app
 from ml_backend.labelstudio import rle
-from ml_backend.ranking.job import queue_path
+from ml_backend.store import ProjectStore
 from tests.support.live import LiveServer, ls_task, png_data_uri, setup_body
 
 pytestmark = pytest.mark.integration
@@ -92,9 +91,9 @@ def trained_backend(settings, image_config):
         version = requests.post(server.url + "/setup", json=setup_body(image_config, project="5")).json()
         tasks = [{"task": 100 + i, "score": round(0.05 * i, 4), "acquisition_value": round(0.69 - 0.05 * i, 4)}
                  for i in range(14)]
-        path = queue_path(settings, "5")
-        path.write_text(json.dumps({"project": "5", "model_version": version["model_version"],
-                                    "acquisition": "entropy", "computed_at": time.time(), "tasks": tasks}))
+        ProjectStore(settings.model_dir, "5").save_ranking({"project": "5", "model_version": version["model_version"],
+                                                            "acquisition": "entropy", "computed_at": time.time(),
+                                                            "tasks": tasks})
         yield server
 
 

@@ -137,7 +137,7 @@ def test_text_gradcam_falls_back_to_input_x_gradient(text_model_and_ids):
 
 def test_predict_with_gradcam_equals_captum_in_one_pass():
     from ml_backend.explain.attribution import predict_with_gradcam
-    from ml_backend.models.cnn import ImageCNN
+    from ml_backend.models.cnn import CNNKind, ImageCNN
 
     torch.manual_seed(0)
     model = ImageCNN(3, image_size=32).eval()
@@ -151,3 +151,13 @@ def test_predict_with_gradcam_equals_captum_in_one_pass():
     reference = explain_images(model, x, probs.argmax(1), "gradcam")
     assert torch.allclose(cam, reference, atol=1e-6)
     assert not model.training
+    # what serving runs: the CNN kind fuses the same pass (no map is empty here, so no saliency fill)
+    assert (cam.flatten(1).sum(1) > 0).all()
+    kind = CNNKind(model)
+    calls.clear()
+    handle = model.body[0].register_forward_hook(lambda *a: calls.append(1))
+    served_probs, served = kind.predict_and_explain(x, "gradcam")
+    handle.remove()
+    assert len(calls) == 1
+    assert torch.allclose(served_probs, probs, atol=1e-6) and torch.allclose(served, reference, atol=1e-6)
+    assert torch.allclose(kind.relevance(x, probs.argmax(1), "gradcam"), reference, atol=1e-6)

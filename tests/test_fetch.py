@@ -212,14 +212,12 @@ def test_relative_path_without_label_studio_url():
         fetcher("http://127.0.0.1:9", key="").fetch("/data/local-files/?d=a.png")
 
 
-def test_local_files_from_disk_and_traversal(ls, tmp_path, monkeypatch):
+def test_local_files_from_disk_and_traversal(ls, tmp_path):
     root = tmp_path / "root"
     (root / "imgs").mkdir(parents=True)
     (root / "imgs" / "a b.png").write_bytes(PNG)
     (tmp_path / "secret.txt").write_text("secret")
-    monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", raising=False)
-    monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", str(root))
-    f = fetcher(ls.url)
+    f = fetcher(ls.url, local_files_root=str(root))  # LOCAL_FILES_DOCUMENT_ROOT
     assert f.fetch("/data/local-files/?d=imgs/a%20b.png") == PNG
     assert f.fetch("/data/local-files/?d=/imgs/a%20b.png") == PNG
     assert ls.requests == []  # read from disk
@@ -232,9 +230,7 @@ def test_local_files_from_disk_and_traversal(ls, tmp_path, monkeypatch):
     assert ls.auth_headers() == [f"Token {KEY}"]
 
 
-def test_local_files_without_root_download(ls, monkeypatch):
-    monkeypatch.delenv("LOCAL_FILES_DOCUMENT_ROOT", raising=False)
-    monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", raising=False)
+def test_local_files_without_root_download(ls):
     ls.routes["/data/local-files/?d=../x.png"] = (200, PNG)  # Label Studio itself guards its root
     assert fetcher(ls.url).fetch("/data/local-files/?d=../x.png") == PNG
 

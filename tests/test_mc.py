@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from ml_backend.models import adapt
 from ml_backend.models.cnn import ImageCNN
 from ml_backend.models.text import TextCNN
-from ml_backend.ranking.mc import mc_dropout_probs, predictive_probs
+from ml_backend.models.sampling import mc_dropout_probs, predictive_probs
 
 
 def _cnn(dropout: float) -> ImageCNN:
@@ -89,10 +90,11 @@ def test_text_model_and_fallback_without_split():
     text = TextCNN(n_classes=2, n_buckets=50, max_len=8, embed_dim=8, channels=8, dropout=0.5)
     ids = torch.randint(1, 50, (6, 8))
     assert mc_dropout_probs(text, ids, T=3).shape == (3, 6, 2)
+    assert adapt(text).mc_probs(ids, T=3).shape == (3, 6, 2)  # what ranking calls
 
     plain = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
     plain.eval()
-    mc = mc_dropout_probs(plain, torch.randn(5, 4), T=3)
+    mc = mc_dropout_probs(plain, torch.randn(5, 4), T=3, split=False)  # no features/head: T full passes
     assert mc.shape == (3, 5, 2) and not np.allclose(mc[0], mc[1])
     assert not plain.training
 

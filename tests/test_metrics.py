@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ml_backend.app import create_app
 from ml_backend.labelstudio.schema import parse_label_config
 from ml_backend.models.cnn import ImageCNN
-from ml_backend.training.registry import ProjectRegistry
+from ml_backend.models import adapt
+from ml_backend.store import ProjectStore
 from tests.support.live import LiveServer, ls_task, metric_sample, png_data_uri, predict_body, setup_body
 
 PROJECT = {"id": 7, "title": "xil", "label_config": None, "model_version": "", "sampling": "Sequential sampling",
@@ -66,8 +67,8 @@ def test_metrics_is_prometheus_text_with_the_expected_families(backend):
 
 def test_predictions_served_count_each_task(backend):
     schema = parse_label_config(backend.config)
-    ProjectRegistry(backend.settings.model_dir, "2").publish(ImageCNN(schema.n_classes, image_size=16, width=4),
-                                                             schema.classes, {})
+    ProjectStore(backend.settings.model_dir, "2").publish(adapt(ImageCNN(schema.n_classes, image_size=16, width=4)),
+                                                          schema.classes, {})
     before = requests.get(backend.url + "/metrics").text
     tasks = [ls_task(i, {"image": png_data_uri(np.full((20, 24, 3), 40 * i))}) for i in range(1, 4)]
     tasks.append(ls_task(9, {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}))  # unreadable: an empty prediction

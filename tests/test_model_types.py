@@ -9,7 +9,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from ml_backend.app import create_app
 from ml_backend.config import ConfigError, ProjectSettings, Settings
 from ml_backend.jobs import make_queue
-from ml_backend.training.registry import ProjectRegistry
+from ml_backend.store import ProjectStore
 from tests.support.data import confounded_images
 from tests.support.live import (LiveServer, annotation_webhook, brush, choice, ls_task, png_data_uri, predict_body,
                                 setup_body)
@@ -41,7 +41,7 @@ def train_on_corrections(server, settings, config: str, n: int = 6) -> dict:
     assert make_queue(settings).wait_idle(180)
     failed = [j for j in make_queue(settings).jobs("2") if j["status"] == "failed"]
     assert not failed, failed[0]["traceback"]
-    return ProjectRegistry(settings.model_dir, "2").list()[-1]
+    return ProjectStore(settings.model_dir, "2").list()[-1]
 
 
 @pytest.mark.parametrize("params, kind, metric", [
@@ -86,7 +86,7 @@ def test_text_senn_is_served_and_retrained(backend, text_config):
         requests.post(server.url + "/webhook", json=annotation_webhook(
             "ANNOTATION_CREATED", i, ls_task(i, {"text": text}), result, text_config))
     assert make_queue(settings).wait_idle(180)
-    meta = ProjectRegistry(settings.model_dir, "2").list()[-1]
+    meta = ProjectStore(settings.model_dir, "2").list()[-1]
     assert meta["kind"] == "text_senn" and meta["feedback"]["irrelevant"] == 2
     assert "senn_faithfulness" in meta["metrics"]
     prediction = requests.post(server.url + "/predict",
@@ -102,9 +102,12 @@ def test_text_senn_is_served_and_retrained(backend, text_config):
     ({"model_kind": "cnn", "strategies": ["activation_evidence"]}, "bayesian_cnn"),
     ({"model_kind": "resnet"}, "model_kind"),
 ])
-def test_strategies_must_fit_the_model(params, message):
+def test_strategies_must_fit_the_model(params, message, image_config):
+    from ml_backend.project import make_context
+
+    settings = ProjectSettings().with_overrides(params)  # types and ranges are fine
     with pytest.raises(ConfigError, match=message):
-        ProjectSettings().with_overrides(params)
+        make_context("2", image_config, settings)
 
 
 def test_bayesian_model_is_refused_for_text(backend, text_config):

@@ -5,10 +5,11 @@ import torch
 
 from ml_backend.config import ProjectSettings
 from ml_backend.feedback.propagate import propagate, recurring_pixels, recurring_tokens
-from ml_backend.labelstudio.schema import parse_label_config
-from ml_backend.serving import ProjectContext
-from ml_backend.training.pipeline import fit_set
-from ml_backend.training.trainer import TrainingSet
+from ml_backend.project import make_context, new_model
+from ml_backend.training.fit import fit_set
+from ml_backend.training.sets import TrainingSet
+from ml_backend.training.strategies import strategies_for
+from ml_backend.training.strategies.counterexamples import donors
 
 
 def corner_masks(n: int, marked: list[int], size: int = 8) -> torch.Tensor:
@@ -64,32 +65,32 @@ def test_text_propagates_tokens_not_positions():
 def test_counterexamples_are_c_per_correction_and_one_per_propagated_task(image_config):
     settings = dataclasses.replace(ProjectSettings(), strategies=("rrr", "counterexamples"), counterexamples=3,
                                    image_size=16).validate()
-    ctx = ProjectContext("p", parse_label_config(image_config), settings, image_config)
+    ctx = make_context("p", image_config, settings)
+    model = new_model(ctx)
     n = 6
     irrelevant = corner_masks(n, [0, 1], size=16)
     data = TrainingSet(torch.rand(n, 3, 16, 16), torch.arange(n) % 2, irrelevant, torch.zeros_like(irrelevant))
-    out, info = fit_set(data, ctx, {}, seed=0)
+    out, info = fit_set(data, model, settings, strategies_for(settings), seed=0)
     assert info == {"propagated_to": 4, "propagated_region": 4, "counterexamples": 2 * 3 + 4}
     assert len(out) == n + 10 and out.has_irrelevant[:n].all()
+    assert out.propagated.tolist() == [False] * 2 + [True] * 4 + [False] * 10
     copies = out.x[n:]
     # each copy keeps its task's pixels outside the corner and changes the corner
     assert torch.equal(copies[6:, :, 2:, :], data.x[2:, :, 2:, :])
     assert not torch.equal(copies[6:, :, :2, :2], data.x[2:, :, :2, :2])
     off = dataclasses.replace(settings, propagate_min_support=0)
-    out, info = fit_set(data, ProjectContext("p", ctx.schema, off, image_config), {}, seed=0)
+    out, info = fit_set(data, model, off, strategies_for(off), seed=0)
     assert info["propagated_to"] == 0 and len(out) == n + 6
 
 
 def test_substitute_donors_are_other_tasks_drawn_without_copying_the_set():
-    from ml_backend.training.pipeline import _donors
-
     x = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1).expand(5, 1, 2, 2).contiguous()
     g = torch.Generator().manual_seed(0)
     for i in range(5):
         drawn = set()
         for _ in range(20):
-            donors = _donors(x, i, g, k=3)
-            assert len(donors) == 3 and float(i) not in donors[:, 0, 0, 0].tolist()
-            drawn |= set(donors[:, 0, 0, 0].tolist())
+            drawn_now = donors(x, i, g, k=3)
+            assert len(drawn_now) == 3 and float(i) not in drawn_now[:, 0, 0, 0].tolist()
+            drawn |= set(drawn_now[:, 0, 0, 0].tolist())
         assert drawn == set(range(5)) - {i}  # every other task can be drawn
-    assert _donors(x[:1], 0, g) is None
+    assert donors(x[:1], 0, g) is None

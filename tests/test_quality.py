@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from ml_backend.data.text import PAD_ID
 from ml_backend.explain.quality import faithfulness, irrelevant_mass, senn_stability
-from ml_backend.models.senn import SENN
+from ml_backend.models import adapt
+from ml_backend.models.cnn import ImageCNN
+from ml_backend.models.senn import SENN, TextSENN
 
 
 def test_irrelevant_mass_exact():
@@ -73,3 +76,26 @@ def test_senn_stability_finite_and_scales_with_sensitivity():
     sensitive = senn_stability(model, x, n_samples=10, eps=0.05)
     assert sensitive == pytest.approx(10 * base, rel=1e-3)
     assert senn_stability(model, x, n_samples=10, eps=0.05, target=1) <= sensitive
+
+
+def test_kinds_record_senn_quality_with_their_concept_removal():
+    torch.manual_seed(0)
+    image = adapt(SENN(2, "patches", image_size=8, in_channels=1, patch=4, width=4))
+    x = torch.rand(6, 1, 8, 8) + 0.5
+    remove = image._removal()
+    blanked = remove(x, 3)  # concept 3: the bottom-right 4x4 patch of a 2x2 grid
+    assert (blanked[:, :, 4:, 4:] == 0).all() and torch.equal(blanked[:, :, :4], x[:, :, :4])
+    quality = image.quality(x)
+    assert set(quality) == {"senn_stability", "senn_faithfulness"}
+    assert all(math.isfinite(v) for v in quality.values())
+    target = image.network(x).argmax(1)
+    assert quality["senn_stability"] == pytest.approx(senn_stability(image.network, x, n_samples=10, eps=0.05,
+                                                                     target=target), rel=1e-6)
+    text = adapt(TextSENN(2, n_buckets=50, max_len=10, embed_dim=8, channels=8))
+    ids = torch.randint(1, 50, (4, 10))
+    assert (text._removal()(ids, 2)[:, 2] == PAD_ID).all()
+    text_quality = text.quality(ids)
+    assert text_quality["senn_stability"] is None and math.isfinite(text_quality["senn_faithfulness"])
+    learned = adapt(SENN(2, "learned", image_size=8, in_channels=1, n_concepts=3, width=4))
+    assert learned._removal() is None and learned.quality(x)["senn_faithfulness"] is None
+    assert adapt(ImageCNN(2, image_size=8)).quality(x) == {}  # only self-explaining kinds have these metrics

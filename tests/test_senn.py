@@ -1,4 +1,7 @@
-"""SENN models, robustness penalty and CALI corrections."""
+"""SENN models, robustness penalty and CALI corrections.
+
+Training with a penalty runs through ``trainer.batch_loss`` (the kind's own terms, the CALI strategy):
+exactly the code a project's fit runs."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ml_backend.config import ProjectSettings
 from ml_backend.data.text import PAD_ID
-from ml_backend.models.senn import SENN, TextSENN, most_activating_examples
-from ml_backend.training.xil_losses import cali_loss, cali_objective, senn_concept_losses, senn_robustness
+from ml_backend.models import adapt
+from ml_backend.models.senn import (CONCEPT_LOSS_WEIGHT, SENN, SENNKind, TextSENN, TextSENNKind,
+                                    most_activating_examples, senn_concept_losses, senn_robustness)
+from ml_backend.training.losses import cali_loss, corrected_relevances
+from ml_backend.training.sets import Batch, Forward
+from ml_backend.training.strategies.cali import CALI
+from ml_backend.training.trainer import batch_loss
 from tests.support.data import bars as shared_bars
 
 S = 16
@@ -19,14 +28,24 @@ def bars(n: int, seed: int, confound: bool = True) -> tuple[torch.Tensor, torch.
     return shared_bars(n, torch.Generator().manual_seed(seed), S, confound)
 
 
+def batch(x: torch.Tensor, y: torch.Tensor, irrelevant: torch.Tensor | None = None,
+          relevant: torch.Tensor | None = None) -> Batch:
+    none = torch.zeros(len(y), *(x.shape[1:] if x.dtype == torch.long else x.shape[2:]), dtype=torch.bool)
+    irrelevant = none if irrelevant is None else irrelevant
+    relevant = none if relevant is None else relevant
+    return Batch(x, y, irrelevant, irrelevant.flatten(1).any(1), relevant, relevant.flatten(1).any(1))
+
+
 def fit(model: SENN, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, steps: int,
         alpha: float = 0.0) -> None:
+    """Plain cross-entropy, plus SENN's robustness penalty at weight ``alpha`` (the project setting
+    ``senn_robustness``), through the fit's batch loss."""
+    kind, settings = adapt(model), ProjectSettings(senn_robustness=alpha)
     model.train()
     for _ in range(steps):
         b = torch.randint(0, len(x), (32,))
-        loss = F.cross_entropy(model(x[b]), y[b])
-        if alpha:
-            loss = loss + alpha * senn_robustness(model, x[b])
+        loss, parts = batch_loss(kind, batch(x[b], y[b]), [], settings, len(x))
+        assert ("robustness" in parts) is bool(alpha)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -101,9 +120,10 @@ def test_robustness_penalty_falls_during_training():
     model = SENN(2, "patches", image_size=S, in_channels=1, patch=4, width=8)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     fit(model, x, y, opt, steps=40)  # plain CE: theta grows and becomes input-sensitive
-    before = senn_robustness(model, x[:32]).item()
+    # training penalises Omega on each example's label class (SENNKind.training_terms): measure that
+    before = senn_robustness(model, x[:32], target=y[:32]).item()
     fit(model, x, y, opt, steps=40, alpha=1.0)
-    after = senn_robustness(model, x[:32]).item()
+    after = senn_robustness(model, x[:32], target=y[:32]).item()
     accuracy = (model(x).argmax(1) == y).float().mean().item()
     assert after < 0.5 * before
     assert accuracy > 0.9
@@ -127,8 +147,42 @@ def test_cali_loss_gradient_points_toward_the_correction():
         cali_loss(theta, shown, corrected, "bogus")
 
 
-@pytest.mark.parametrize("mode", ["ranking", "anchored"])
-def test_cali_correction_lowers_irrelevant_concept_relevance(mode):
+def test_cali_strategy_term_is_the_weighted_anchored_loss():
+    """CALI's lambda * l_Y + (1 - lambda) * l_Z with l_Y at weight 1: (1 - lambda) / lambda * anchored l_Z,
+    on the rows with a correction, pulling the target class's relevances to the corrected ones."""
+    torch.manual_seed(0)
+    kind = adapt(SENN(2, "patches", image_size=S, in_channels=1, patch=4, width=8, dropout=0.0).eval())
+    assert isinstance(kind, SENNKind)
+    x, y = torch.rand(4, 1, S, S), torch.tensor([1, 0, 1, 0])
+    irrelevant = torch.zeros(4, S, S, dtype=torch.bool)
+    irrelevant[0, :4, :4] = True  # patch 0, most of it marked
+    irrelevant[1, :4, :2] = True  # half of patch 0: not a concept correction
+    relevant = torch.zeros_like(irrelevant)
+    relevant[2, 4:8, 4:8] = True  # patch 5
+    rows = torch.tensor([0, 1, 2])  # example 3 has no correction
+    concepts_irr, concepts_rel = kind.concept_mask(irrelevant), kind.concept_mask(relevant)
+    assert concepts_irr.shape == (4, kind.network.n_concepts)
+    assert concepts_irr[0].nonzero().flatten().tolist() == [0] and not concepts_irr[1:].any()
+    assert concepts_rel[2].nonzero().flatten().tolist() == [5]
+    _, _, theta = kind.explanation(x)
+    theta_t = theta[rows, :, y[rows]]
+    z = corrected_relevances(theta_t.detach(), concepts_irr[rows], concepts_rel[rows])
+    expected = cali_loss(theta_t, theta_t.detach(), z, mode="anchored")
+    assert expected > 0
+    for lam in (0.5, 0.2):
+        parts: dict[str, float] = {}
+        term = CALI(lam).loss(kind, batch(x, y, irrelevant, relevant), Forward(kind.network(x)), parts)
+        torch.testing.assert_close(term, (1 - lam) / lam * expected)
+        assert parts["cali"] == pytest.approx(expected.item())
+        loss, parts = batch_loss(kind, batch(x, y, irrelevant, relevant), [CALI(lam)], ProjectSettings(), 4)
+        torch.testing.assert_close(loss, F.cross_entropy(kind.network(x), y) + (1 - lam) / lam * expected)
+    assert CALI(0.5).loss(kind, batch(x, y), Forward(kind.network(x)), {}) is None  # nothing corrected, no term
+    learned = adapt(SENN(2, "learned", image_size=S, in_channels=1, n_concepts=5, width=8))
+    assert learned.concept_mask(irrelevant) is None  # pixel marks do not name learned concepts
+    assert CALI(0.5).loss(learned, batch(x, y, irrelevant), Forward(learned.network(x)), {}) is None
+
+
+def test_cali_correction_lowers_irrelevant_concept_relevance():
     torch.manual_seed(0)
     x, y = bars(128, seed=1)
     model = SENN(2, "patches", image_size=S, in_channels=1, patch=4, width=8)
@@ -141,21 +195,22 @@ def test_cali_correction_lowers_irrelevant_concept_relevance(mode):
         shown = model.relevances(xp)[:, :, 1]
     before = shown[:, corner].mean().item()
     assert before > 0.3  # precondition: the model uses the confounder
-    corrected = shown.clone()
-    corrected[:, corner] = 0.0
+    marked = torch.zeros(len(xp), S, S, dtype=torch.bool)
+    marked[:, :4, :4] = True  # the annotator marks the corner Irrelevant
+    kind = adapt(model)
+    assert torch.equal(kind.concept_mask(marked)[0].nonzero().flatten(), corner)
     model.train()
     for _ in range(20):
         b = torch.randint(0, len(xp), (32,))
-        logits, _, theta = model.forward_with_explanation(xp[b])
-        loss = cali_objective(logits, yp[b], theta[:, :, 1], shown[b], corrected[b], lam=0.5, mode=mode)
+        loss, parts = batch_loss(kind, batch(xp[b], yp[b], marked[b]), [CALI(0.5)], ProjectSettings(), len(xp))
+        assert "cali" in parts
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
         after = model.eval().relevances(xp)[:, corner, 1].mean().item()
     assert after < before - 0.3
-    if mode == "anchored":
-        assert abs(after) < 0.5 * before  # stops near the correction instead of overshooting
+    assert abs(after) < 0.5 * before  # anchored: stops near the correction instead of overshooting
 
 
 def test_learned_concepts_train_and_have_prototypes():
@@ -177,6 +232,32 @@ def test_learned_concepts_train_and_have_prototypes():
     for i, idx in protos.items():
         assert idx.shape == (3,)
         assert h[idx, i].min() >= h[:, i].sort(descending=True).values[2]
+
+
+@pytest.mark.parametrize("concepts", ["patches", "learned"])
+def test_kind_training_terms_are_robustness_and_concept_losses(concepts):
+    """What fit adds for a SENN: senn_robustness * Omega on the label's class, and for learned concepts
+    CONCEPT_LOSS_WEIGHT * (reconstruction + 0.1 * sparsity)."""
+    torch.manual_seed(0)
+    kind = adapt(SENN(2, concepts, image_size=S, in_channels=1, patch=4, n_concepts=5, width=8, dropout=0.0).eval())
+    x, y = torch.rand(4, 1, S, S), torch.tensor([0, 1, 1, 0])
+    concept_terms = 0.0
+    if concepts == "learned":
+        rec, sparsity = senn_concept_losses(kind.network, x)
+        concept_terms = CONCEPT_LOSS_WEIGHT * (rec + 0.1 * sparsity)
+    for alpha in (0.0, 0.5):
+        parts: dict[str, float] = {}
+        term = kind.training_terms(batch(x, y), 4, ProjectSettings(senn_robustness=alpha), parts)
+        expected = alpha * senn_robustness(kind.network, x, target=y) + concept_terms
+        if concepts == "patches" and alpha == 0:
+            assert term is None and parts == {}
+            continue
+        torch.testing.assert_close(term, torch.as_tensor(expected))
+        assert ("robustness" in parts) is bool(alpha) and ("reconstruction" in parts) is (concepts == "learned")
+    text = adapt(TextSENN(2, n_buckets=50, max_len=10, embed_dim=8, channels=8))
+    assert isinstance(text, TextSENNKind)
+    ids = torch.randint(1, 50, (3, 10))
+    assert text.training_terms(batch(ids, torch.tensor([0, 1, 0])), 3, ProjectSettings(senn_robustness=1.0), {}) is None
 
 
 def test_text_senn_token_evidence():

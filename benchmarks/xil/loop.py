@@ -3,16 +3,15 @@
 Nothing here re-implements a stage of the backend. Each step calls the code the live backend
 runs for a project:
 
-- tasks -> tensors: ``serving.prepare_task`` (PNG data URIs through ``data.fetch.Fetcher``);
-- ranking: ``ranking.job.Scorer`` (``serving.render_predictions`` + ``ranking.acquisition``; BALD's
-  MC samples from ``ranking.mc``; ALEX's labelled explanations through ``ranking.job.pooled_explanations``),
-  which also renders the Label Studio results shown to the annotator;
+- tasks -> tensors: ``data.prepare.prepare_task`` (PNG data URIs through ``data.fetch.Fetcher``);
+- ranking: ``ranking.score.Scorer`` (``rendering.render_predictions`` + the project's acquisition
+  function; BALD's MC samples from the model kind; ALEX's labelled explanations through
+  ``ranking.score.labeled_explanations``), which also renders the Label Studio results shown to
+  the annotator;
 - annotations -> feedback: ``feedback.parse.parse_annotation`` on Label Studio annotation JSON;
-- feedback -> training set: ``training.pipeline.to_training_set`` and ``fit_set`` (propagation +
-  counterexamples);
-- training: ``training.trainer.fit`` with ``training.pipeline.loss_weights(settings)``, as
-  ``training.pipeline.train_project`` does (warm start from the current model);
-- evaluation: ``training.trainer.accuracy`` and ``training.pipeline.attribution_on_irrelevant``
+- feedback -> fit: ``training.fit.fit_examples``, the call the training job makes (propagation,
+  each strategy's extra examples and loss terms, early stopping; warm start from the current model);
+- evaluation: ``training.trainer.accuracy`` and ``training.fit.attribution_on_irrelevant``
   (the share of the served explanation's mass on the confounder, the thesis' overlap metric).
 
 What the benchmark adds is only what Label Studio and a person would do: hold tasks, choose the
@@ -21,6 +20,7 @@ top-ranked ones, and answer them (``annotator.SimulatedAnnotator``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -31,13 +31,15 @@ import torch
 from ml_backend.config import ProjectSettings, Settings
 from ml_backend.data.fetch import Fetcher
 from ml_backend.feedback.parse import parse_annotation
-from ml_backend.labelstudio.schema import parse_label_config
+from ml_backend.data.prepare import PreparedTask, prepare_task
+from ml_backend.models.base import ModelKind
+from ml_backend.project import ProjectContext, make_context, new_model
 from ml_backend.ranking.acquisition import rank
-from ml_backend.ranking.job import Scorer, pooled_explanations
-from ml_backend.serving import PreparedTask, ProjectContext, new_model, prepare_task, render_predictions
-from ml_backend.training.pipeline import Example, attribution_on_irrelevant, fit_set, loss_weights, to_training_set
-from ml_backend.training.registry import LoadedModel
-from ml_backend.training.trainer import FitConfig, TrainingSet, accuracy, fit
+from ml_backend.ranking.score import Scorer, labeled_explanations
+from ml_backend.store import LoadedModel
+from ml_backend.training.fit import Example, attribution_on_irrelevant, fit_examples
+from ml_backend.training.sets import TrainingSet
+from ml_backend.training.trainer import accuracy
 
 from benchmarks.xil.annotator import SimulatedAnnotator
 from benchmarks.xil.data import Problem, Split
@@ -46,8 +48,7 @@ RANK_BATCH = 256
 
 
 def project_context(problem: Problem, settings: ProjectSettings) -> ProjectContext:
-    return ProjectContext("xil-benchmark", parse_label_config(problem.label_config), settings.validate(),
-                          problem.label_config)
+    return make_context("xil-benchmark", problem.label_config, settings.validate())
 
 
 @dataclass
@@ -64,7 +65,7 @@ class PreparedProblem:
     """A problem's tasks read once per model input configuration, and its label-only examples."""
 
     problem: Problem
-    model_config: dict[str, Any]
+    model: ModelKind  # a fresh model of the settings' kind: what input it reads
     train: PreparedSplit
     test: PreparedSplit
     clean_train: PreparedSplit
@@ -73,9 +74,10 @@ class PreparedProblem:
     clean_examples: list[Example] = field(default_factory=list)
 
 
-def _prepare_split(ctx: ProjectContext, split: Split, model_config: dict[str, Any], fetcher: Fetcher,
+def _prepare_split(ctx: ProjectContext, split: Split, model: ModelKind, fetcher: Fetcher,
                    annotator: SimulatedAnnotator, with_confounder: bool) -> PreparedSplit:
-    tasks = [prepare_task(ctx, model_config, t, fetcher, i) for i, t in enumerate(split.tasks)]
+    spec = model.input_spec()
+    tasks = [prepare_task(ctx.schema, spec, t, fetcher, i) for i, t in enumerate(split.tasks)]
     x = torch.stack([p.tensor for p in tasks])
     y = torch.as_tensor(split.labels, dtype=torch.long)
     conf = None
@@ -83,33 +85,34 @@ def _prepare_split(ctx: ProjectContext, split: Split, model_config: dict[str, An
         # the confounder at model resolution, read the way the backend reads an annotator's marks
         masks = []
         for task, prepared, label, c in zip(split.tasks, tasks, split.labels, split.confounders):
-            fb = _parse(ctx, annotator.correct(task, int(label), c, None), task, model_config, prepared)
+            fb = _parse(ctx, annotator.correct(task, int(label), c, None), task, model, prepared)
             masks.append(torch.as_tensor(fb.irrelevant if fb.irrelevant is not None
                                          else np.zeros(tuple(x.shape[2:] if x.dim() == 4 else x.shape[1:]), bool)))
         conf = torch.stack(masks).bool()
     return PreparedSplit(split, tasks, x, y, conf)
 
 
-def _parse(ctx: ProjectContext, annotation: dict[str, Any], task: dict[str, Any], model_config: dict[str, Any],
+def _parse(ctx: ProjectContext, annotation: dict[str, Any], task: dict[str, Any], model: ModelKind,
            prepared: PreparedTask):
-    return parse_annotation(annotation, task, ctx.schema, image_size=model_config.get("image_size"),
-                            max_len=model_config.get("max_len"), text=prepared.text)
+    spec = model.input_spec()
+    return parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size, max_len=spec.max_len,
+                            text=prepared.text)
 
 
 def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProblem:
     ctx = project_context(problem, settings)
-    model_config = new_model(ctx).config
+    model = new_model(ctx)
     fetcher = Fetcher(Settings())
     annotator = SimulatedAnnotator(ctx.schema)
-    train = _prepare_split(ctx, problem.train, model_config, fetcher, annotator, True)
-    test = _prepare_split(ctx, problem.test, model_config, fetcher, annotator, True)
-    clean_train = _prepare_split(ctx, problem.clean_train, model_config, fetcher, annotator, False)
-    clean_test = (_prepare_split(ctx, problem.clean_test, model_config, fetcher, annotator, False)
+    train = _prepare_split(ctx, problem.train, model, fetcher, annotator, True)
+    test = _prepare_split(ctx, problem.test, model, fetcher, annotator, True)
+    clean_train = _prepare_split(ctx, problem.clean_train, model, fetcher, annotator, False)
+    clean_test = (_prepare_split(ctx, problem.clean_test, model, fetcher, annotator, False)
                   if problem.clean_test else None)
-    out = PreparedProblem(problem, model_config, train, test, clean_train, clean_test)
+    out = PreparedProblem(problem, model, train, test, clean_train, clean_test)
     for split, target in ((train, out.label_only), (clean_train, out.clean_examples)):
         for task, prepared, label in zip(split.split.tasks, split.tasks, split.split.labels):
-            fb = _parse(ctx, annotator.label_only(task, int(label)), task, model_config, prepared)
+            fb = _parse(ctx, annotator.label_only(task, int(label)), task, model, prepared)
             target.append(Example(int(task["id"]), prepared.tensor, fb))
     return out
 
@@ -122,33 +125,27 @@ class Backend:
         self.ctx = project_context(data.problem, settings)
         self.device = device
         self.annotator = SimulatedAnnotator(self.ctx.schema)
-        self.text = self.ctx.schema.object_type == "text"
 
-    def new_model(self) -> torch.nn.Module:
-        return new_model(self.ctx)
+    def new_model(self) -> ModelKind:
+        return new_model(self.ctx).to(self.device)
 
     # ranking ---------------------------------------------------------------------------
-    def rank(self, model: torch.nn.Module, pool: list[int], labeled: list[int], version: str
+    def rank(self, model: ModelKind, pool: list[int], labeled: list[int], version: str
              ) -> tuple[list[int], dict[int, dict[str, Any]]]:
         """Pool indices, most informative first, and the prediction rendered for each."""
         loaded = LoadedModel(version, model, self.ctx.schema.classes)
-        model.eval()
-        scorer = Scorer(self.ctx, loaded, self.device)
+        model.network.eval()
+        scorer = Scorer(self.ctx, loaded)
         tasks = [self.data.train.tasks[i] for i in pool]
         predictions: dict[int, dict[str, Any]] = {}
         for start in range(0, len(tasks), RANK_BATCH):
             rendered = scorer.add(tasks[start:start + RANK_BATCH])
             for k, prediction in enumerate(rendered):
                 predictions[pool[start + k]] = prediction
-        labeled_explanations = None
+        labeled_pooled = None
         if scorer.acquisition.needs_explanations and labeled:
-            chunks = []
-            for start in range(0, len(labeled), RANK_BATCH):
-                batch = [self.data.train.tasks[i] for i in labeled[start:start + RANK_BATCH]]
-                chunks.append(pooled_explanations(
-                    render_predictions(self.ctx, loaded, batch, self.device, with_relevance=True).relevance))
-            labeled_explanations = np.concatenate(chunks)
-        values = scorer.scores(labeled_explanations)
+            labeled_pooled = labeled_explanations(self.ctx, loaded, [self.data.train.tasks[i] for i in labeled])
+        values = scorer.scores(labeled_pooled)
         order = [pool[i] for i in rank(values)]
         return order, predictions
 
@@ -157,22 +154,19 @@ class Backend:
         split = self.data.train.split
         task, prepared = split.tasks[index], self.data.train.tasks[index]
         annotation = self.annotator.correct(task, int(split.labels[index]), split.confounders[index], prediction)
-        fb = _parse(self.ctx, annotation, task, self.data.model_config, prepared)
+        fb = _parse(self.ctx, annotation, task, self.data.model, prepared)
         return Example(int(task["id"]), prepared.tensor, fb)
 
-    def train(self, model: torch.nn.Module, examples: list[Example], epochs: int, seed: int) -> dict[str, Any]:
-        """train_project's training step: training set, counterexamples, fit."""
-        data = to_training_set(examples, self.text)
-        augmented, added = fit_set(data, self.ctx, model.config, seed=seed)
-        s = self.ctx.settings
-        config = FitConfig(epochs=epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
-                           weights=loss_weights(s), seed=seed)
-        report = fit(model, augmented, config, device=self.device)
-        return {"epochs": report.epochs_run, "seconds": report.seconds, **added,
+    def train(self, model: ModelKind, examples: list[Example], epochs: int, seed: int) -> dict[str, Any]:
+        """The training job's fit (``training.fit.fit_examples``) with the benchmark's epoch budget."""
+        settings = dataclasses.replace(self.ctx.settings, epochs=epochs)
+        fitted = fit_examples(model, examples, settings, seed=seed, device=self.device)
+        report = fitted.report
+        return {"epochs": report.epochs_run, "seconds": report.seconds, **fitted.added,
                 "final_loss": report.history[-1] if report.history else None}
 
     # evaluation --------------------------------------------------------------------------
-    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
+    def evaluate(self, model: ModelKind) -> dict[str, Any]:
         test = self.data.test
         empty = torch.zeros_like(test.confounder)
         mass = attribution_on_irrelevant(model, TrainingSet(test.x, test.y, test.confounder, empty),
@@ -183,7 +177,7 @@ class Backend:
         return out
 
 
-def train_base(backend: Backend, clean: bool, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
+def train_base(backend: Backend, clean: bool, epochs: int, seed: int) -> tuple[ModelKind, float]:
     """A model trained on the whole labelled training set with no explanation feedback."""
     torch.manual_seed(seed)
     model = backend.new_model()
@@ -193,7 +187,7 @@ def train_base(backend: Backend, clean: bool, epochs: int, seed: int) -> tuple[t
     return model, time.perf_counter() - started
 
 
-def run_curve(backend: Backend, base: torch.nn.Module, budgets: list[int], epochs: int, seed: int
+def run_curve(backend: Backend, base: ModelKind, budgets: list[int], epochs: int, seed: int
               ) -> list[dict[str, Any]]:
     """Sequential rounds: rank with the current model, correct the top tasks up to each budget,
     fine-tune (warm start, all labelled data + the corrections), evaluate on the test set."""

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ml_backend.config import ProjectSettings
+from ml_backend.models.base import ModelKind
 
 from benchmarks.xil.data import PROBLEMS
 from benchmarks.xil.loop import Backend, prepare_problem, run_curve, train_base
@@ -144,7 +145,7 @@ def run_plan(plan: Plan, device: torch.device, save: Callable[[list[dict[str, An
         prepared = prepare_problem(data_problem, settings_for(size, METHODS["none"]))
         log(f"[{problem} seed {seed}] data ready in {time.perf_counter() - started:.1f}s "
             f"({len(prepared.train.tasks)} train / {len(prepared.test.tasks)} test)")
-        bases: dict[str, tuple[torch.nn.Module, float]] = {}
+        bases: dict[str, tuple[ModelKind, float]] = {}
         if not any(r["problem"] == problem and r["seed"] == seed and r["method"] == "clean" for r in records):
             backend = Backend(prepared, settings_for(size, METHODS["none"]), device)
             epochs = plan.base_epochs + plan.finetune_epochs

@@ -60,9 +60,9 @@ def _describe(ref: str) -> str:
     return ref if len(ref) <= 200 else ref[:200] + "..."
 
 
-def local_files_root() -> str | None:
-    """LOCAL_FILES_DOCUMENT_ROOT (or its LABEL_STUDIO_ form), absolute; None when unset or '/'."""
-    root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or os.environ.get("LOCAL_FILES_DOCUMENT_ROOT")
+def local_files_root(settings: Settings) -> str | None:
+    """``settings.local_files_root`` (LOCAL_FILES_DOCUMENT_ROOT), absolute; None when unset or '/'."""
+    root = settings.local_files_root
     if not root:
         return None
     root = os.path.abspath(root)
@@ -93,6 +93,7 @@ class Fetcher:
         self._key = settings.label_studio_api_key
         self.timeout = settings.fetch_timeout
         self.max_bytes = settings.max_body_bytes
+        self.local_root = local_files_root(settings)
         self._auth = TokenAuth(self.ls_url, self._key, self.timeout) if self.ls_url and self._key else None
         self._local = threading.local()  # one requests.Session per thread
 
@@ -167,7 +168,7 @@ class Fetcher:
         return self._get(f"{self.ls_url}/tasks/{int(task_id)}/presign/?fileuri={encoded}", uri)
 
     def _from_disk(self, ref: str) -> bytes | None:
-        root = local_files_root()
+        root = self.local_root
         if root is None:
             return None
         values = parse_qs(urlsplit(ref).query, keep_blank_values=True).get("d")

@@ -1,0 +1,1 @@
+"""Explanations as numbers: captum attribution methods, evidence masks and spans, explanation-quality metrics."""

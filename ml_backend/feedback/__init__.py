@@ -1,0 +1,1 @@
+"""Corrections in: the webhook intake, the annotation store, parsing Label Studio annotations into feedback, generalising marks."""

@@ -8,18 +8,14 @@ import time
 from typing import Any, Optional
 
 from ml_backend import metrics
-from ml_backend.config import Settings
+from ml_backend.config import ConfigError, Settings
 from ml_backend.feedback.store import AnnotationStore
 from ml_backend.jobs import JobQueue, make_queue
-from ml_backend.training.registry import ProjectRegistry
+from ml_backend.store import ProjectStore, annotation_store_path
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
-
-
-def store_path(settings: Settings):
-    return settings.model_dir / "feedback.sqlite3"
 
 
 def annotation_pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -65,7 +61,7 @@ class WebhookIntake:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "WebhookIntake":
-        return cls(settings, AnnotationStore(store_path(settings)), make_queue(settings))
+        return cls(settings, AnnotationStore(annotation_store_path(settings.model_dir)), make_queue(settings))
 
     def handle(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         if action in ANNOTATION_EVENTS:
@@ -92,7 +88,7 @@ class WebhookIntake:
             return {"action": action, "job": job["id"]}
         if action == "TASKS_CREATED":
             project = project_of(body)
-            if ProjectRegistry(self.settings.model_dir, project).current():
+            if ProjectStore(self.settings.model_dir, project).current():
                 job = self.queue.enqueue_rank(project)
                 return {"action": action, "rank_job": job["id"]}
             return {"action": action}
@@ -105,8 +101,13 @@ class WebhookIntake:
         if not changed:
             return {}
         if state is None:
-            state = ProjectRegistry(self.settings.model_dir, project).load_project() or {}
-        minimum = int((state.get("extra_params") or {}).get("min_annotations", self.settings.project.min_annotations))
+            state = ProjectStore(self.settings.model_dir, project).config()
+        try:
+            minimum = self.settings.project.with_overrides(state.get("extra_params") or {}).min_annotations
+        except ConfigError as exc:  # /setup refuses such params: a project.json from an older version
+            log.warning("project %s: stored extra params unusable (%s); using min_annotations %d", project, exc,
+                        self.settings.project.min_annotations)
+            minimum = self.settings.project.min_annotations
         if self.store.count(project) < minimum:
             return {}
         job = self.queue.enqueue_train(project)
@@ -115,14 +116,12 @@ class WebhookIntake:
     def _remember_config(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
         """Keep the project's label config, so jobs can run for a project /setup never saw;
         returns the project's stored state."""
-        registry = ProjectRegistry(self.settings.model_dir, project)
-        state = registry.load_project() or {}
+        store = ProjectStore(self.settings.model_dir, project)
         project_obj = body.get("project")
         config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
-        if config and state.get("label_config") != config:
-            state = {**state, "label_config": config}
-            registry.save_project(state)
-        return state
+        if isinstance(config, str) and config:
+            return store.update_config(label_config=config)
+        return store.config()
 
     def on_setup(self, project: str) -> None:
         """Put the webhook secret on the project's ML-backend webhook in Label Studio (in the

@@ -1,27 +1,77 @@
-"""Model classes by kind; every model has ``kind`` and a ``config`` dict of constructor kwargs."""
+"""The registry of model kinds: which kind serves a project, building one, and checkpoints.
+
+This package is the only place that knows kinds by name. Everything else holds a ``ModelKind``
+adapter (``models.base``) and asks it what it can do.
+"""
 from __future__ import annotations
 
-import importlib
+from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
-# kind -> "module:Class"; imported lazily so serving a CNN never imports the SENN code.
-MODEL_CLASSES = {
-    "cnn": "ml_backend.models.cnn:ImageCNN",
-    "text_cnn": "ml_backend.models.text:TextCNN",
-    "senn": "ml_backend.models.senn:SENN",
-    "text_senn": "ml_backend.models.senn:TextSENN",
-    "bayesian_cnn": "ml_backend.models.bayesian:BayesianCNN",
-}
+from ml_backend.config import ConfigError
+from ml_backend.models.base import KINDS, ModelKind
 
 
-def model_class(kind: str) -> type[nn.Module]:
+class CheckpointError(Exception):
+    """Weights that cannot be read or do not fit their model."""
+
+
+def kind_named(name: str) -> type[ModelKind]:
+    return KINDS.get(name)
+
+
+def kind_for(modality: str, model_kind: str) -> type[ModelKind]:
+    """The kind a ``model_kind`` setting ("" = the default) selects for a modality."""
+    for cls in KINDS.classes():
+        if cls.modality == modality and model_kind in cls.selected_by:
+            return cls
+    choices = sorted({name for cls in KINDS.classes() if cls.modality == modality for name in cls.selected_by if name})
+    raise ConfigError(f"model_kind {model_kind!r} does not serve {modality} projects; choose from {', '.join(choices)}")
+
+
+def model_kind_names() -> tuple[str, ...]:
+    """Every value the ``model_kind`` setting accepts."""
+    return tuple(sorted({name for cls in KINDS.classes() for name in cls.selected_by}))
+
+
+def adapt(network: nn.Module) -> ModelKind:
+    """The adapter of a bare network (its class names the kind)."""
+    for cls in KINDS.classes():
+        if type(network) is cls.network_class:
+            return cls(network)
+    raise ConfigError(f"no model kind wraps {type(network).__name__}")
+
+
+def is_checkpoint(value: Any) -> bool:
+    return isinstance(value, dict) and {"kind", "config", "state_dict"} <= set(value)
+
+
+def read_weights(path: Path) -> Any:
+    """torch.load with weights_only: a user's file can hold tensors, never code to run."""
     try:
-        module, name = MODEL_CLASSES[kind].split(":")
-    except KeyError:
-        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_CLASSES)}") from None
-    return getattr(importlib.import_module(module), name)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
 
 
-def build_model(kind: str, **config) -> nn.Module:
-    return model_class(kind)(**config)
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint written by this backend."""
+    checkpoint = read_weights(path)
+    if not is_checkpoint(checkpoint):
+        raise CheckpointError(f"{path} is not an ml_backend checkpoint (needs kind, config, classes, state_dict)")
+    return checkpoint
+
+
+def from_checkpoint(checkpoint: dict[str, Any]) -> ModelKind:
+    try:
+        model = kind_named(checkpoint["kind"]).create(checkpoint["config"])
+        model.network.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"checkpoint does not fit its model: {exc}") from None
+    model.network.eval()
+    return model

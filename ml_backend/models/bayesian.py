@@ -13,11 +13,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ml_backend.models.base import ActivationEvidenceModel
+from ml_backend.models.common import ImageKind
 
 
 class _BayesLayer(nn.Module, ABC):
@@ -163,3 +167,30 @@ class BayesianCNN(nn.Module):
         """(T, N, K) softmax probabilities from T weight samples (sampling forced on)."""
         with self.sampling(True):
             return torch.stack([F.softmax(self(x), dim=-1) for _ in range(T)])
+
+
+class BayesianCNNKind(ImageKind, ActivationEvidenceModel):
+    """``BayesianCNN``: predicts and samples with its weight posterior; trained on a tempered ELBO."""
+
+    name = "bayesian_cnn"
+    selected_by = ("bayesian_cnn",)
+    network_class = BayesianCNN
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor, mc_samples: int = 10) -> torch.Tensor:
+        """The posterior's MC average."""
+        self.network.eval()
+        return self.network.mc_probs(x, mc_samples).mean(0)
+
+    def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
+        """Weight samples: the whole pass is stochastic, so each sample redoes it."""
+        return self.network.mc_probs(x, T).cpu().numpy()
+
+    def evidence_preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.last_conv_preactivation(x)
+
+    def training_terms(self, batch: Any, n_train: int, settings: Any, parts: dict[str, float]) -> Optional[torch.Tensor]:
+        """The ELBO's KL, tempered by ``kl_weight`` (the exact 1.0 collapses on small projects)."""
+        kl = self.network.kl()
+        parts["kl"] = kl.item()
+        return settings.kl_weight * kl / max(n_train, 1)

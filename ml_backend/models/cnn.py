@@ -1,8 +1,11 @@
-"""A small CNN for image classification, with dropout in the head for MC sampling."""
+"""The default image kind: a small CNN trained from scratch, with dropout in the head for MC sampling."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ml_backend.explain.attribution import predict_with_gradcam
+from ml_backend.models.common import ImageKind, fill_empty_with_saliency
 
 
 class ImageCNN(nn.Module):
@@ -51,3 +54,18 @@ class ImageCNN(nn.Module):
 
 def _block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+class CNNKind(ImageKind):
+    """``ImageCNN``: Grad-CAM on its last block, fused with the prediction's forward pass."""
+
+    name = "cnn"
+    selected_by = ("", "cnn")
+    network_class = ImageCNN
+
+    def predict_and_explain(self, x: torch.Tensor, method: str, mc_samples: int = 10
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        if method != "gradcam":
+            return super().predict_and_explain(x, method, mc_samples)
+        probs, cam = predict_with_gradcam(self.network, x)  # one forward pass for both
+        return probs, fill_empty_with_saliency(self.network, x, probs.argmax(dim=1), cam)

@@ -14,13 +14,16 @@ Conventions shared with ``ImageCNN`` / ``TextCNN``:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ml_backend.data.text import PAD_ID
+from ml_backend.explain.quality import faithfulness, senn_stability
+from ml_backend.models.base import ConceptExplainer
+from ml_backend.models.common import ImageKind, TextKind
 
 CONCEPT_KINDS = ("pixels", "patches", "learned")
 Target = int | torch.Tensor
@@ -65,7 +68,7 @@ class SENN(nn.Module):
     - ``pixels``: h(x) = channel-mean intensity of every pixel, D = H*W.
     - ``patches``: h(x) = mean channel-mean intensity of each ``patch`` x ``patch`` cell, D = (H/p)*(W/p).
     - ``learned``: h(x) = a conv encoder's ``n_concepts`` outputs, trained with a decoder
-      (reconstruction) and an L1 sparsity penalty; see ``training.xil_losses.senn_concept_losses``.
+      (reconstruction) and an L1 sparsity penalty; see ``senn_concept_losses`` below.
 
     theta(x) is a small CNN. For pixel/patch concepts it is fully convolutional (local features plus a
     broadcast global summary, 1x1 conv to K maps, resized to the concept grid), which keeps the
@@ -297,3 +300,154 @@ def most_activating_examples(model: nn.Module, x: torch.Tensor, k: int = 5,
         model.train(was_training)
     top = h.topk(min(k, len(x)), dim=0).indices  # (k, D)
     return {i: top[:, i] for i in range(h.shape[1])}
+
+
+CONCEPT_LOSS_WEIGHT = 0.1  # reconstruction + sparsity of learned concepts, against cross-entropy
+QUALITY_EXAMPLES = 32
+
+
+def senn_concept_losses(model: SENN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction MSE of decode(h(x)) against x, L1 sparsity mean |h|) for learned concepts."""
+    h = model.concepts(x)
+    return F.mse_loss(model.decode(h), x), h.abs().mean()
+
+
+def senn_robustness(model: nn.Module, x: torch.Tensor, target: Optional[Target] = None) -> torch.Tensor:
+    """Omega = ||grad_x f(x) - theta(x)^T J_x^h(x)||, mean over examples (SENN Eq. 3).
+
+    With ``target`` None the norm runs over all classes (one double-backward pass per class), else
+    over the target class only. Both terms are built with create_graph=True, so the penalty trains
+    theta and h. For pixel concepts (J_h constant) it reduces to ||(d theta/dx)^T h||: theta must
+    vary slowly where the concepts are active.
+    """
+    x = x.detach().requires_grad_(True)
+    logits, h, theta = model.forward_with_explanation(x)
+    n, _, k = theta.shape
+    if target is None:
+        classes = [torch.full((n,), c, dtype=torch.long, device=x.device) for c in range(k)]
+    else:
+        classes = [_target_index(target, n, x.device)]
+    sq = torch.zeros(n, device=x.device, dtype=x.dtype)
+    for c in classes:
+        f_c = logits.gather(1, c[:, None]).sum()
+        (grad_f,) = torch.autograd.grad(f_c, x, create_graph=True)
+        theta_c = theta.gather(2, c.view(-1, 1, 1).expand(-1, theta.shape[1], 1)).squeeze(2)
+        # theta_c^T J_h as a vector-Jacobian product; differentiable in theta_c and h
+        (theta_j,) = torch.autograd.grad(h, x, grad_outputs=theta_c, create_graph=True)
+        sq = sq + (grad_f - theta_j).pow(2).flatten(1).sum(1)
+    return sq.clamp_min(1e-12).sqrt().mean()
+
+
+class _SENNAdapter(ConceptExplainer):
+    """What image and text SENNs share: exact relevances as evidence, CALI, quality metrics."""
+
+    network: Any
+
+    def explanation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.network.forward_with_explanation(x)
+
+    def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
+        """The network's own evidence, whatever attribution method the project names."""
+        self.network.eval()
+        with torch.no_grad():
+            return self.network.evidence_map(x, targets).clamp_min(0)
+
+    def _removal(self) -> Optional[Callable[[torch.Tensor, int], torch.Tensor]]:
+        return None
+
+    def quality(self, x: torch.Tensor) -> dict[str, Optional[float]]:
+        """Stability (images; local Lipschitz estimate) and faithfulness (relevance vs. probability drop)."""
+        if len(x) == 0:
+            return {}
+        x = x[:QUALITY_EXAMPLES].to(self.device())
+        model = self.network
+        model.eval()
+        with torch.no_grad():
+            target = model(x).argmax(1)
+            relevance = model.evidence(x, target)
+        out: dict[str, Optional[float]] = {"senn_stability": None, "senn_faithfulness": None}
+        if x.dtype != torch.long:
+            out["senn_stability"] = senn_stability(model, x, n_samples=10, eps=0.05, target=target)
+        removal = self._removal()
+        if removal is not None:
+            def probs(inp: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return torch.softmax(model(inp), dim=1)
+
+            out["senn_faithfulness"] = faithfulness(probs, x, relevance, removal, target=target)
+        return {k: (None if v is None or v != v else float(v)) for k, v in out.items()}
+
+
+class SENNKind(_SENNAdapter, ImageKind):
+    """Image ``SENN``: pixel, patch or learned concepts."""
+
+    name = "senn"
+    selected_by = ("senn",)
+    network_class = SENN
+
+    @classmethod
+    def default_config(cls, n_classes: int, settings: Any) -> dict[str, Any]:
+        patch = settings.senn_patch if settings.image_size % settings.senn_patch == 0 else 1
+        return {"n_classes": n_classes, "image_size": settings.image_size, "concepts": settings.senn_concepts,
+                "patch": patch}
+
+    def concept_mask(self, mask: torch.Tensor) -> Optional[torch.Tensor]:
+        kind = self.network.concept_kind
+        if kind == "pixels":
+            return mask.flatten(1)
+        if kind == "patches":  # a patch belongs to the correction when most of it is marked
+            return (F.avg_pool2d(mask[:, None].float(), self.network.patch) > 0.5).flatten(1)
+        return None
+
+    def training_terms(self, batch: Any, n_train: int, settings: Any, parts: dict[str, float]) -> Optional[torch.Tensor]:
+        extra = None
+        if settings.senn_robustness > 0:
+            omega = senn_robustness(self.network, batch.x, target=batch.y)
+            extra = settings.senn_robustness * omega
+            parts["robustness"] = omega.item()
+        if self.network.concept_kind == "learned":
+            reconstruction, sparsity = senn_concept_losses(self.network, batch.x)
+            term = CONCEPT_LOSS_WEIGHT * (reconstruction + 0.1 * sparsity)
+            extra = term if extra is None else extra + term
+            parts["reconstruction"] = reconstruction.item()
+        return extra
+
+    def _removal(self) -> Optional[Callable[[torch.Tensor, int], torch.Tensor]]:
+        """Blank concept d's pixel or patch."""
+        model = self.network
+        if model.concept_kind not in ("pixels", "patches"):
+            return None
+        p = 1 if model.concept_kind == "pixels" else model.patch
+        cols = model.grid[1]
+
+        def remove_cell(x: torch.Tensor, d: int) -> torch.Tensor:
+            out = x.clone()
+            r, c = divmod(d, cols)
+            out[:, :, r * p:(r + 1) * p, c * p:(c + 1) * p] = 0.0
+            return out
+        return remove_cell
+
+    def version_notes(self, x: torch.Tensor, task_ids: list[int]) -> dict[str, Any]:
+        """Each learned concept is shown through the training tasks that activate it most."""
+        if self.network.concept_kind != "learned" or len(x) == 0:
+            return {}
+        top = most_activating_examples(self.network, x.to(self.device()), k=min(5, len(x)))
+        return {"concept_examples": {str(c): [task_ids[int(i)] for i in idx] for c, idx in top.items()}}
+
+
+class TextSENNKind(_SENNAdapter, TextKind):
+    """``TextSENN``: one concept per token."""
+
+    name = "text_senn"
+    selected_by = ("senn", "text_senn")
+    network_class = TextSENN
+
+    def concept_mask(self, mask: torch.Tensor) -> Optional[torch.Tensor]:
+        return mask
+
+    def _removal(self) -> Optional[Callable[[torch.Tensor, int], torch.Tensor]]:
+        def remove_token(ids: torch.Tensor, d: int) -> torch.Tensor:
+            out = ids.clone()
+            out[:, d] = PAD_ID
+            return out
+        return remove_token

@@ -1,10 +1,11 @@
-"""A token-level text classifier: hashed embeddings -> convolution -> masked max pool."""
+"""The default text kind: hashed embeddings -> convolution -> masked max pool."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from ml_backend.data.text import PAD_ID
+from ml_backend.models.common import TextKind
 
 
 class TextCNN(nn.Module):
@@ -42,3 +43,11 @@ class TextCNN(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(ids))
+
+
+class TextCNNKind(TextKind):
+    """``TextCNN``: captum attributions on its embeddings."""
+
+    name = "text_cnn"
+    selected_by = ("", "text_cnn")
+    network_class = TextCNN

@@ -1,0 +1,1 @@
+"""Which task next: acquisition functions, the scoring core, and publishing scores to Label Studio."""

@@ -1,0 +1,1 @@
+"""Learning from corrections, pure: training sets, feedback strategies, their losses, the fit loop and the fit core."""

@@ -1,48 +1,25 @@
-"""The fit loop: device choice, mini-batches, explanation penalties, early stopping, progress."""
+"""The fit loop: device choice, mini-batches, the loss (cross-entropy + each strategy's term + the
+model kind's own terms), early stopping, progress."""
 from __future__ import annotations
 
 import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from ml_backend.training.objectives import Batch, Weights, batch_loss
+from ml_backend.config import ProjectSettings
+from ml_backend.inference import resolve_device
+from ml_backend.models.base import ModelKind
+from ml_backend.training.sets import Batch, Forward, TrainingSet
+from ml_backend.training.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
-
-
-@dataclass
-class TrainingSet:
-    """Tensors at model resolution. Masks are (N, H, W) for images, (N, L) for text."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    irrelevant: torch.Tensor
-    relevant: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def has_irrelevant(self) -> torch.Tensor:
-        return self.irrelevant.flatten(1).any(dim=1)
-
-    @property
-    def has_relevant(self) -> torch.Tensor:
-        return self.relevant.flatten(1).any(dim=1)
-
-    def subset(self, index: torch.Tensor) -> "TrainingSet":
-        return TrainingSet(self.x[index], self.y[index], self.irrelevant[index], self.relevant[index])
-
-    @staticmethod
-    def concat(parts: list["TrainingSet"]) -> "TrainingSet":
-        return TrainingSet(*(torch.cat([getattr(p, name) for p in parts]) for name in ("x", "y", "irrelevant", "relevant")))
 
 
 @dataclass
@@ -51,9 +28,14 @@ class FitConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    weights: Weights = field(default_factory=Weights)
     patience: int = 8
     seed: int = 0
+    project: ProjectSettings = field(default_factory=ProjectSettings)  # what the kind's own terms read
+
+    @classmethod
+    def from_settings(cls, settings: ProjectSettings, seed: int) -> "FitConfig":
+        return cls(epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                   patience=settings.patience, seed=seed, project=settings)
 
 
 @dataclass
@@ -64,20 +46,32 @@ class FitReport:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), CPU otherwise; decided at run time."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def batch_loss(model: ModelKind, batch: Batch, strategies: Sequence[Strategy], settings: ProjectSettings,
+               n_train: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy + each strategy's term + the kind's own terms; (loss, parts for logging).
+
+    Input gradients are kept (a double backward pass) only for batches a strategy needs them for."""
+    if any(s.needs_input_gradients(batch) for s in strategies):
+        forward = Forward(*model.input_gradients(batch.x))
+    else:
+        forward = Forward(model.logits(batch.x))
+    loss = F.cross_entropy(forward.logits, batch.y)
+    parts = {"ce": loss.item()}
+    for term in [s.loss(model, batch, forward, parts) for s in strategies] + \
+            [model.training_terms(batch, n_train, settings, parts)]:
+        if term is not None:
+            loss = loss + term
+    return loss, parts
 
 
-def fit(model: nn.Module, data: TrainingSet, config: FitConfig, *, device: Optional[torch.device] = None,
-        progress: Optional[Progress] = None) -> FitReport:
+def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequence[Strategy] = (), *,
+        device: Optional[torch.device] = None, progress: Optional[Progress] = None) -> FitReport:
     """Train ``model`` in place; returns the history. Early-stops on the training loss plateau."""
-    device = device or pick_device()
-    model.to(device).train()
+    device = device or resolve_device()
+    network = model.network
+    network.to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     report = FitReport(device=str(device))
     started = time.perf_counter()
     best, best_state, stale = float("inf"), None, 0
@@ -91,7 +85,7 @@ def fit(model: nn.Module, data: TrainingSet, config: FitConfig, *, device: Optio
             batch = Batch(data.x[idx].to(device), data.y[idx].to(device),
                           data.irrelevant[idx].to(device), has_irr[idx].to(device),
                           data.relevant[idx].to(device), has_rel[idx].to(device))
-            loss, parts = batch_loss(model, batch, config.weights, n)
+            loss, parts = batch_loss(model, batch, strategies, config.project, n)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -103,27 +97,28 @@ def fit(model: nn.Module, data: TrainingSet, config: FitConfig, *, device: Optio
         if progress:
             progress((epoch + 1) / config.epochs, f"epoch {epoch + 1}/{config.epochs} loss {epoch_stats['loss']:.4f}")
         if epoch_stats["loss"] < best - 1e-4:
-            best, best_state, stale = epoch_stats["loss"], copy.deepcopy(model.state_dict()), 0
+            best, best_state, stale = epoch_stats["loss"], copy.deepcopy(network.state_dict()), 0
         else:
             stale += 1
             if stale >= config.patience:
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+        network.load_state_dict(best_state)
+    network.eval()
     report.seconds = time.perf_counter() - started
     log.info("trained %d epochs on %d examples in %.1fs on %s", report.epochs_run, n, report.seconds, device)
     return report
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> Optional[float]:
+def accuracy(model: ModelKind, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+             mc_samples: int = 10) -> Optional[float]:
+    """Share of examples whose served class (the kind's ``probs``) is the label."""
     if len(y) == 0:
         return None
-    model.eval()
-    device = next(model.parameters()).device
+    device = model.device()
     correct = 0
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == y[start:start + batch_size]).sum())
+        probs = model.probs(x[start:start + batch_size].to(device), mc_samples)
+        correct += int((probs.argmax(1).cpu() == y[start:start + batch_size]).sum())
     return correct / len(y)

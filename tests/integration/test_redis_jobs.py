@@ -11,10 +11,10 @@ import requests
 
 from ml_backend.app import create_app
 from ml_backend.config import ProjectSettings, Settings
-from ml_backend.feedback.intake import store_path
 from ml_backend.feedback.store import AnnotationStore
+from ml_backend.store import annotation_store_path
 from ml_backend.jobs import make_queue
-from ml_backend.training.registry import ProjectRegistry
+from ml_backend.store import ProjectStore
 from tests.integration.conftest import backend_env, free_port, serve_argv, wait_for, worker_argv
 from tests.support.data import confounded_images
 from tests.support.live import (LiveServer, annotation_webhook, brush, choice, ls_task, png_data_uri, predict_body,
@@ -59,7 +59,7 @@ def train_jobs(settings: Settings) -> list[dict]:
 
 
 def current_version(settings: Settings):
-    return ProjectRegistry(settings.model_dir, "2").current()
+    return ProjectStore(settings.model_dir, "2").current()
 
 
 def test_a_webhook_burst_gives_one_or_two_jobs_and_a_served_version(backend, app_settings, spawn, image_config):
@@ -72,11 +72,11 @@ def test_a_webhook_burst_gives_one_or_two_jobs_and_a_served_version(backend, app
     wait_for(lambda: all(j["status"] == "finished" for j in train_jobs(app_settings)), 180, message="jobs to finish")
     jobs = train_jobs(app_settings)
     assert 1 <= len(jobs) <= 2, jobs
-    assert AnnotationStore(store_path(app_settings)).count("2") == 12
+    assert AnnotationStore(annotation_store_path(app_settings.model_dir)).count("2") == 12
     task, _ = image_task(99)
     served = requests.post(backend.url + "/predict", json=predict_body([task], image_config)).json()["results"][0]
     assert served["model_version"] == current_version(app_settings) and served["result"]
-    meta = ProjectRegistry(app_settings.model_dir, "2").list()[-1]
+    meta = ProjectStore(app_settings.model_dir, "2").list()[-1]
     assert meta["device"] in ("cpu", "cuda", "cuda:0") and meta["feedback"]["irrelevant"] >= 1
     assert worker.alive()
 
@@ -105,7 +105,7 @@ def test_duplicate_delivery_changes_nothing_and_deletion_removes(backend, app_se
     assert again["changed"] == 0 and "train_job" not in again
     assert len(train_jobs(app_settings)) == 1
     post(backend.url, webhook(8, 8, image_config))
-    store = AnnotationStore(store_path(app_settings))
+    store = AnnotationStore(annotation_store_path(app_settings.model_dir))
     assert store.count("2") == 2
     deleted = post(backend.url, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 7}],
                                  "project": project_object(image_config)}).json()
@@ -126,7 +126,7 @@ def test_killed_worker_leaves_the_old_version_serving_and_the_job_is_retried(bac
              message="the first job to finish")
     fast.kill(signal.SIGTERM)  # warm shutdown: it has no job, so it exits now
     assert fast.proc.returncode == 0
-    slow = spawn(worker_argv(), {**env, "XIL_EPOCHS": "100000", "XIL_PATIENCE": "100000"}, "worker-slow")
+    slow = spawn(worker_argv(), {**env, "XIL_EPOCHS": "1000", "XIL_PATIENCE": "1000"}, "worker-slow")
     post(backend.url, webhook(2, 2, image_config))
     job = wait_for(lambda: next((j for j in train_jobs(app_settings) if j["status"] == "started"), None), 60,
                    message="the job to start")

@@ -8,10 +8,14 @@ the copy the very shortcut it is meant to break.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+
+from ml_backend.models.base import ModelKind
+from ml_backend.training.sets import TrainingSet
+from ml_backend.training.strategies import Strategy
 
 FILLS = ("randomize", "substitute", "blur")
 
@@ -99,3 +103,50 @@ def _box_blur(x: torch.Tensor) -> torch.Tensor:
     padded = F.pad(xf, (size // 2,) * 4, mode="replicate")
     blurred = F.avg_pool2d(padded, kernel_size=size, stride=1).squeeze(0)
     return blurred.to(x.dtype) if x.is_floating_point() else blurred.round().to(x.dtype)
+
+
+class Counterexamples(Strategy):
+    """CAIPI: c copies of each corrected example with its irrelevant part changed, same label.
+
+    Examples whose marks were only propagated from other tasks get one copy each: enough to break
+    the shortcut across the whole set without multiplying its size by c.
+    """
+
+    name = "counterexamples"
+
+    def __init__(self, copies: int = 3, fill: str = "substitute") -> None:
+        self.copies, self.fill = copies, fill
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Counterexamples":
+        return cls(settings.counterexamples, settings.counterexample_fill)
+
+    def augment(self, data: TrainingSet, model: ModelKind, seed: int) -> TrainingSet:
+        idx = torch.nonzero(data.has_irrelevant).flatten()
+        if self.copies <= 0 or len(idx) == 0:
+            return data
+        copies = torch.full((len(data),), self.copies, dtype=torch.long)
+        copies[data.propagated] = 1
+        generator = torch.Generator().manual_seed(seed)
+        spec = model.input_spec()
+        xs = []
+        for i in idx.tolist():
+            k = int(copies[i])
+            if data.x.dtype == torch.long:
+                xs.append(text_counterexamples(data.x[i], data.irrelevant[i], k, spec.n_buckets, generator=generator))
+            else:
+                xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
+                                                donors=donors(data.x, i, generator), generator=generator))
+        x = torch.cat(xs)
+        y = data.y[idx].repeat_interleave(copies[idx])
+        empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
+        return TrainingSet.concat([data, TrainingSet(x, y, empty, empty.clone())])
+
+
+def donors(x: torch.Tensor, i: int, generator: torch.Generator, k: int = 16) -> Optional[torch.Tensor]:
+    """Up to k random other examples to substitute from (indexing, not a copy of the whole set
+    per example: with propagation every example gets a copy)."""
+    if len(x) < 2:
+        return None
+    picks = torch.randint(len(x) - 1, (min(k, len(x) - 1),), generator=generator)
+    return x[picks + (picks >= i).long()]

@@ -1,9 +1,9 @@
 """MC-dropout predictive samples, cheaply: one deterministic feature pass, T dropout head passes.
 
-Models follow the ``features(x)`` / ``head(f)`` convention (models/cnn.py, models/text.py): all
-dropout lives in the head, so the expensive part runs once per task and only the small head runs
-T times. Work is done batch by batch, so memory grows with the (T, N, K) output only.
-A model without ``features``/``head`` falls back to T full forward passes with dropout active.
+Networks that follow the ``features(x)`` / ``head(f)`` convention (their model kind says so with
+``split=True``) keep all dropout in the head, so the expensive part runs once per task and only the
+small head runs T times. Others run T full forward passes with dropout active. Work is done batch
+by batch, so memory grows with the (T, N, K) output only.
 """
 from __future__ import annotations
 
@@ -45,12 +45,8 @@ def _modes(model: nn.Module, dropout: bool):
             m.training = training
 
 
-def _has_split(model: nn.Module) -> bool:
-    return callable(getattr(model, "features", None)) and callable(getattr(model, "head", None))
-
-
 def mc_dropout_probs(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor], T: int,
-                     batch_size: int = 256) -> np.ndarray:
+                     batch_size: int = 256, split: bool = True) -> np.ndarray:
     """(T, N, K) float32 softmax probabilities of T MC-dropout samples.
 
     ``x`` is an input tensor (N, ...) or an iterable of such batches (e.g. a generator that loads
@@ -61,7 +57,6 @@ def mc_dropout_probs(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor],
     if T < 1:
         raise ValueError("T must be >= 1")
     device = _device(model)
-    split = _has_split(model)
     out: list[np.ndarray] = []
     with torch.no_grad():
         for xb in _batches(x, batch_size):

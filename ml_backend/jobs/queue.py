@@ -1,4 +1,4 @@
-"""Background jobs (train, rank): RQ when REDIS_URL is set, an in-process worker thread otherwise.
+"""The job queues (train, rank): RQ when REDIS_URL is set, an in-process worker thread otherwise.
 
 Both queues share the rules: at most one training job per project runs at a time, and
 webhooks that arrive while one is queued fold into it (so a burst gives one job, or two
@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from ml_backend import metrics
 from ml_backend.config import Settings
+from ml_backend.store import ProjectStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _local = threading.local()
 
 # --- the job functions (what an RQ worker imports and runs) --------------------------
 def train_job(project: str, reason: str = "annotations") -> dict[str, Any]:
-    from ml_backend.training.pipeline import train_project
+    from ml_backend.jobs.train import train_project
 
     def work(settings: Settings, queue: "JobQueue") -> dict[str, Any]:
         resync = queue.mark_started(project) or reason == "resync"
@@ -41,9 +42,15 @@ def train_job(project: str, reason: str = "annotations") -> dict[str, Any]:
 
 
 def rank_job(project: str) -> dict[str, Any]:
-    from ml_backend.ranking.job import rank_project
+    from ml_backend.jobs.rank import rank_project
 
     return _run(RANK, project, lambda settings, queue: rank_project(settings, project, progress=report_progress))
+
+
+def follow_up(kind: str, result: dict[str, Any]) -> list[str]:
+    """The one chaining policy: a training job that published a version is followed by a ranking
+    job, so Label Studio's queue follows the new model."""
+    return [RANK] if kind == TRAIN and result.get("version") else []
 
 
 def _run(kind: str, project: str, work: Callable[[Settings, "JobQueue"], dict[str, Any]]) -> dict[str, Any]:
@@ -59,7 +66,7 @@ def _run(kind: str, project: str, work: Callable[[Settings, "JobQueue"], dict[st
         raise
     finally:
         metrics.JOB_DURATION.labels(kind).observe(time.perf_counter() - started)
-    if kind == TRAIN and result.get("version"):
+    if RANK in follow_up(kind, result):
         queue.enqueue_rank(project)
     return result
 
@@ -188,16 +195,8 @@ class EmbeddedQueue(JobQueue):
         if kind != TRAIN:
             yield
             return
-        import fcntl
-
-        path = self.settings.model_dir / "projects" / project / "train.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with ProjectStore(self.settings.model_dir, project).train_lock():
+            yield
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
         """Block until no job is pending or running (tests, CLI demo)."""

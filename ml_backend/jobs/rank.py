@@ -1,0 +1,76 @@
+"""The ranking job, a thin adapter: read the unlabeled tasks from Label Studio, score them with
+the serving version (``ranking.score``), push predictions and scores (``ranking.push``), and
+switch the project's queue to uncertainty sampling."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ml_backend.config import Settings
+from ml_backend.data.fetch import Fetcher
+from ml_backend.feedback.store import AnnotationStore
+from ml_backend.inference import resolve_device
+from ml_backend.labelstudio.client import LabelStudioClient
+from ml_backend.project import project_context
+from ml_backend.ranking.acquisition import ACQUISITIONS
+from ml_backend.ranking.push import push_predictions
+from ml_backend.ranking.score import labeled_explanations, prepare_readable, rank_tasks
+from ml_backend.store import ProjectStore, annotation_store_path
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+LABELED_FOR_EXPLANATIONS = 200
+
+
+def _quiet(fraction: float, message: str = "") -> None:
+    pass
+
+
+def rank_project(settings: Settings, project: str, progress: Progress = _quiet) -> dict[str, Any]:
+    """Rank the project's unlabeled tasks, push predictions and scores, switch Label Studio's queue."""
+    started = time.perf_counter()
+    ctx = project_context(settings, project)
+    store = ProjectStore(settings.model_dir, project)
+    version = store.current()
+    if version is None:
+        return {"skipped": "no model version yet"}
+    if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
+        return {"skipped": "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to rank tasks"}
+    loaded = store.load(version)
+    loaded.model.to(resolve_device(settings.device)).network.eval()
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout)
+    fetcher = Fetcher(settings)
+    labeled = None
+    if ACQUISITIONS.get(ctx.settings.acquisition).needs_explanations:
+        pairs = AnnotationStore(annotation_store_path(settings.model_dir)).list(project)[-LABELED_FOR_EXPLANATIONS:]
+        labeled = labeled_explanations(ctx, loaded, prepare_readable(ctx, loaded, [t for _, t in pairs], fetcher))
+    with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
+        spool = Path(tmp) / "predictions.jsonl"
+        tasks = client.iter_tasks(int(project), only_unlabeled=True, with_predictions=True)
+        ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, spool, progress, labeled)
+        pushed, unchanged = push_predictions(client, int(project), version, ids, scores, spool, store.pushed(),
+                                             store.save_pushed, progress)
+    fields: dict[str, Any] = {}
+    if ids:  # Label Studio refuses (400) a model_version that no prediction of the project carries
+        fields["model_version"] = version
+    if ctx.settings.set_uncertainty_sampling:
+        fields["sampling"] = "Uncertainty sampling"
+    if fields:
+        client.update_project(int(project), **fields)
+    order = np.argsort(scores, kind="stable")
+    ranking = {"project": project, "model_version": version, "acquisition": ctx.settings.acquisition,
+               "computed_at": time.time(), "seconds": round(time.perf_counter() - started, 3),
+               "tasks": [{"task": ids[i], "score": float(scores[i]), "acquisition_value": float(values[i])}
+                         for i in order]}
+    store.save_ranking(ranking)
+    log.info("project %s: ranked %d unlabeled tasks with %s (%d pushed, %d unchanged) in %.1fs", project, len(ids),
+             ctx.settings.acquisition, pushed, unchanged, ranking["seconds"])
+    progress(1.0, f"ranked {len(ids)} tasks")
+    return {"version": version, "ranked": len(ids), "pushed": pushed, "unchanged": unchanged,
+            "acquisition": ctx.settings.acquisition, "top": ranking["tasks"][:5]}

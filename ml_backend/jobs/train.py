@@ -1,0 +1,146 @@
+"""The training job, a thin adapter: resync with Label Studio, read the stored annotations into
+examples, call the training core (``training.fit``), publish a version in the project store."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Optional
+
+from ml_backend.config import Settings
+from ml_backend.data.fetch import DataError, Fetcher
+from ml_backend.data.prepare import prepare_task
+from ml_backend.feedback.parse import FeedbackError, feedback_counts, parse_annotation
+from ml_backend.feedback.store import AnnotationStore
+from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
+from ml_backend.models.base import ModelKind
+from ml_backend.project import ProjectContext, new_model, project_context
+from ml_backend.inference import resolve_device
+from ml_backend.store import ProjectStore, StoreError, annotation_store_path
+from ml_backend.training.fit import Example, evaluate, fit_examples, split_holdout
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+
+def _quiet(fraction: float, message: str = "") -> None:
+    pass
+
+
+def retrying(call: Callable[[], Any], attempts: int = 4, first_delay: float = 1.0) -> Any:
+    """Retry a call to Label Studio on connection errors and 5xx, with exponential backoff."""
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return call()
+        except LabelStudioError as exc:
+            status = getattr(exc, "status", None)
+            if attempt == attempts - 1 or (status is not None and status < 500):
+                raise
+            log.warning("Label Studio call failed (%s); retrying in %.0fs", exc, delay)
+        time.sleep(delay)
+        delay *= 2
+
+
+def resync(settings: Settings, project: str, store: AnnotationStore, force: bool) -> Optional[dict[str, int]]:
+    """Make the store equal to Label Studio's annotations for the project (paged), when
+    asked to or when the counts disagree. Returns the changes, or None when not synced."""
+    if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
+        return None
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout)
+    if not force:
+        info = retrying(lambda: client.get_project(int(project)))
+        if int(info.get("total_annotations_number", -1)) == store.count(project):
+            return None
+    pairs = []
+    for task in retrying(lambda: list(client.iter_annotated_tasks(int(project)))):
+        for annotation in task.get("annotations") or []:
+            task_only = {k: v for k, v in task.items() if k not in ("annotations", "predictions", "drafts")}
+            pairs.append((annotation, task_only))
+    changes = store.replace_all(project, pairs)
+    log.info("project %s: resynced from Label Studio: %s", project, changes)
+    return changes
+
+
+def load_examples(ctx: ProjectContext, model: ModelKind, pairs: list, fetcher: Fetcher,
+                  progress: Progress) -> tuple[list[Example], dict[str, int]]:
+    """Stored (annotation, task) pairs -> examples; what cannot be used is counted, not fatal."""
+    spec = model.input_spec()
+    examples, skipped = [], {"cancelled_or_unlabelled": 0, "unreadable": 0, "invalid": 0}
+    for i, (annotation, task) in enumerate(pairs):
+        if annotation.get("was_cancelled"):
+            skipped["cancelled_or_unlabelled"] += 1
+            continue
+        try:
+            prepared = prepare_task(ctx.schema, spec, task, fetcher)
+            feedback = parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size,
+                                        max_len=spec.max_len, text=prepared.text)
+        except DataError as exc:
+            log.warning("project %s task %s: unreadable data: %s", ctx.key, task.get("id"), exc)
+            skipped["unreadable"] += 1
+            continue
+        except FeedbackError as exc:
+            log.warning("project %s annotation %s: %s", ctx.key, annotation.get("id"), exc)
+            skipped["invalid"] += 1
+            continue
+        if feedback.label is None:
+            skipped["cancelled_or_unlabelled"] += 1
+            continue
+        examples.append(Example(int(task.get("id", i)), prepared.tensor, feedback))
+        if i % 50 == 0:
+            progress(0.1 + 0.2 * i / max(len(pairs), 1), f"read {i + 1}/{len(pairs)} annotations")
+    return examples, skipped
+
+
+def starting_model(ctx: ProjectContext, store: ProjectStore) -> tuple[ModelKind, Optional[str]]:
+    """The current version when it fits the project (a warm start: a few epochs on the new
+    feedback are enough), else a new model; and the parent version's name."""
+    current = store.current()
+    if current:
+        try:
+            loaded = store.load(current)
+            if loaded.classes == ctx.schema.classes and type(loaded.model) is ctx.kind:
+                return loaded.model, current
+        except StoreError as exc:
+            log.warning("project %s: cannot warm-start from %s: %s", ctx.key, current, exc)
+    return new_model(ctx), current
+
+
+def train_project(settings: Settings, project: str, reason: str = "annotations",
+                  progress: Progress = _quiet) -> dict[str, Any]:
+    """Retrain a project's model from every stored annotation; publish a new version."""
+    started = time.perf_counter()
+    ctx = project_context(settings, project)
+    annotations = AnnotationStore(annotation_store_path(settings.model_dir))
+    progress(0.02, "checking annotations against Label Studio")
+    synced = resync(settings, project, annotations, force=(reason == "resync"))
+    revision = annotations.revision(project)
+    pairs = annotations.list(project)
+    progress(0.1, f"{len(pairs)} annotations")
+    store = ProjectStore(settings.model_dir, project)
+    model, parent = starting_model(ctx, store)
+    examples, skipped = load_examples(ctx, model, pairs, Fetcher(settings), progress)
+    if not examples:
+        return {"version": None, "skipped": "no usable annotations", "annotations": len(pairs), **skipped}
+    train, held = split_holdout(examples, ctx.settings.holdout)
+    fitted = fit_examples(model, train, ctx.settings, seed=revision, device=resolve_device(settings.device),
+                          progress=lambda f, m: progress(0.3 + 0.6 * f, m))
+    progress(0.92, "evaluating")
+    metrics = evaluate(model, fitted, held, ctx.settings)
+    counts = feedback_counts([e.feedback for e in examples])
+    if annotations.revision(project) != revision:
+        log.info("project %s: annotations changed during training; a follow-up job will include them", project)
+    report = fitted.report
+    meta = {
+        "metrics": metrics, "feedback": counts, "examples": len(examples), "holdout": len(held),
+        **fitted.added, "strategies": list(ctx.settings.strategies),
+        "reason": reason, "store_revision": revision, "resync": synced, "skipped": skipped,
+        "epochs": report.epochs_run, "train_seconds": round(report.seconds, 3), "device": report.device,
+        "final_loss": report.history[-1] if report.history else None, "parent": parent,
+        "concept_examples": None, **model.version_notes(fitted.data.x, [e.task_id for e in train]),
+    }
+    version = store.publish(model.to(resolve_device("cpu")), ctx.schema.classes, meta)
+    log.info("project %s: published %s (%d examples, metrics %s) in %.1fs", project, version, len(examples),
+             metrics, time.perf_counter() - started)
+    progress(1.0, f"published {version}")
+    return {"version": version, "metrics": metrics, "examples": len(examples), "feedback": counts}

@@ -1,0 +1,173 @@
+"""The model-kind interface: one adapter class per kind of network says everything it can do.
+
+Like captum's ``attr`` (one class per method, one call), every kind wraps its network in a
+``ModelKind`` subclass that declares:
+
+- what input it reads (``input_spec``: image size, or token window and hash buckets);
+- how it turns input into probabilities (``probs``) and MC samples (``mc_probs``);
+- where its evidence comes from (``predict_and_explain`` / ``relevance``);
+- which feedback strategies it supports (``supports``: a strategy names the capability it needs,
+  a kind has it by implementing that capability's interface, e.g. ``ConceptExplainer``);
+- its own training terms (``training_terms``: a Bayesian KL, SENN's concept losses) and quality
+  metrics (``quality``).
+
+Nothing outside ``ml_backend/models`` asks a network ``hasattr`` or compares kind names: it asks
+the adapter. Kinds register themselves by ``name`` (``KINDS``); a new kind is one new module here.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_backend.plugins import Registry
+
+KINDS: Registry["ModelKind"] = Registry("ml_backend.models", "model kind")
+
+IMAGE, TEXT = "image", "text"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a network reads: images at ``image_size`` squared, or ``max_len`` hashed token ids."""
+
+    modality: str
+    image_size: Optional[int] = None
+    max_len: Optional[int] = None
+    n_buckets: Optional[int] = None
+
+
+class ModelKind(ABC):
+    """An adapter around one network of a kind. Subclasses register by ``name``.
+
+    ``selected_by`` lists the ``model_kind`` setting values that pick this kind for its modality
+    ("" is the modality's default).
+    """
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = IMAGE
+    selected_by: ClassVar[tuple[str, ...]] = ()
+    network_class: ClassVar[type[nn.Module]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            KINDS.add(cls.name, cls)
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    # construction -------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def default_config(cls, n_classes: int, settings: Any) -> dict[str, Any]:
+        """Constructor kwargs of a new network for a project (``settings``: its ProjectSettings)."""
+
+    @classmethod
+    def create(cls, config: dict[str, Any]) -> "ModelKind":
+        return cls(cls.network_class(**config))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.network.config)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.network.config["n_classes"])
+
+    @abstractmethod
+    def input_spec(self) -> InputSpec:
+        """What prepared input this network reads."""
+
+    @classmethod
+    def supports(cls, strategy: Any) -> bool:
+        """Whether a feedback strategy (its class) can train this kind."""
+        return issubclass(cls, strategy.requires)
+
+    def to(self, device: torch.device) -> "ModelKind":
+        self.network.to(device)
+        return self
+
+    def device(self) -> torch.device:
+        p = next(self.network.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # prediction ---------------------------------------------------------------------------
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor, mc_samples: int = 10) -> torch.Tensor:
+        """(N, K) predictive probabilities in eval mode."""
+        self.network.eval()
+        return torch.softmax(self.network(x), dim=1)
+
+    @abstractmethod
+    def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
+        """(T, N, K) samples of the predictive distribution (for BALD)."""
+
+    # evidence -----------------------------------------------------------------------------
+    @abstractmethod
+    def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
+        """Non-negative relevance per pixel (N, H, W) or token (N, L) for the target classes."""
+
+    def predict_and_explain(self, x: torch.Tensor, method: str, mc_samples: int = 10
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities (N, K), relevance of the predicted class); kinds may fuse the two."""
+        probs = self.probs(x, mc_samples)
+        return probs, self.relevance(x, probs.argmax(dim=1), method)
+
+    # training -----------------------------------------------------------------------------
+    @abstractmethod
+    def input_gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, squared input gradient per pixel (N, H, W) or token (N, L)) with the graph
+        kept for a second backward pass (right-for-the-right-reasons penalties)."""
+
+    def training_terms(self, batch: Any, n_train: int, settings: Any, parts: dict[str, float]) -> Optional[torch.Tensor]:
+        """The kind's own loss terms for a batch (added to cross-entropy), logging into ``parts``."""
+        return None
+
+    def quality(self, x: torch.Tensor) -> dict[str, Optional[float]]:
+        """Explanation-quality metrics recorded with a version (none by default)."""
+        return {}
+
+    def version_notes(self, x: torch.Tensor, task_ids: list[int]) -> dict[str, Any]:
+        """Extra facts recorded with a version (e.g. which tasks show each learned concept)."""
+        return {}
+
+    def checkpoint(self, classes: tuple[str, ...]) -> dict[str, Any]:
+        return {"kind": self.name, "config": self.config, "classes": list(classes),
+                "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
+
+
+def squared_gradients(logits: torch.Tensor, wrt: torch.Tensor, reduce_dim: int) -> torch.Tensor:
+    """d sum_k log p_k / d wrt, squared and summed over ``reduce_dim``; graph kept."""
+    (grads,) = torch.autograd.grad(F.log_softmax(logits, dim=1).sum(), wrt, create_graph=True)
+    return grads.pow(2).sum(dim=reduce_dim)
+
+
+# --- capabilities that feedback strategies ask for ------------------------------------------
+
+class ConceptExplainer(ABC):
+    """A self-explaining kind: logits are sums of concept relevances (CALI corrects those)."""
+
+    @abstractmethod
+    def explanation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (N, K), concepts h (N, D), relevances theta (N, D, K)) from one pass."""
+
+    @abstractmethod
+    def concept_mask(self, mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """A pixel (N, H, W) or token (N, L) mask as a concept mask (N, D); None if not mappable."""
+
+
+class ActivationEvidenceModel(ABC):
+    """A kind whose last-conv pre-activations can take the thesis' activation evidence."""
+
+    @abstractmethod
+    def evidence_preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) pre-activations of the layer the evidence constrains."""

@@ -1,0 +1,94 @@
+"""A project as the cores see it: its key, parsed label config, settings and model kind."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ml_backend.config import ConfigError, ProjectSettings, Settings, parse_extra_params
+from ml_backend.explain.attribution import METHODS
+from ml_backend.labelstudio.schema import SchemaError, TaskSchema, parse_label_config
+from ml_backend.models import CheckpointError, from_checkpoint, is_checkpoint, kind_for, model_kind_names, read_weights
+from ml_backend.models.base import ModelKind
+from ml_backend.ranking.acquisition import ACQUISITIONS
+from ml_backend.store import ProjectStore
+from ml_backend.training.strategies import STRATEGIES
+
+
+@dataclass
+class ProjectContext:
+    """What a project needs to predict and train: its schema, settings and model kind."""
+
+    key: str
+    schema: TaskSchema
+    settings: ProjectSettings
+    label_config: str
+    kind: type[ModelKind]
+
+
+def project_key(project: Any) -> str:
+    """Label Studio sends "<id>.<created timestamp>"; the id names the project."""
+    key = str(project if project not in (None, "") else "default").split(".")[0]
+    return key or "default"
+
+
+def check_names(settings: ProjectSettings) -> ProjectSettings:
+    """The settings that name an extension (model kind, strategies, attribution method,
+    acquisition function) name registered ones; ConfigError names the setting otherwise."""
+    if settings.model_kind not in model_kind_names():
+        raise ConfigError(f"model_kind must be one of {', '.join(n for n in model_kind_names() if n)}, "
+                          f"not {settings.model_kind!r}")
+    for name in settings.strategies:
+        STRATEGIES.get(name)
+    if settings.attribution not in METHODS:
+        raise ConfigError(f"attribution must be one of {', '.join(METHODS)}, not {settings.attribution!r}")
+    ACQUISITIONS.get(settings.acquisition)
+    return settings
+
+
+def resolve_kind(schema: TaskSchema, settings: ProjectSettings) -> type[ModelKind]:
+    """The project's model kind, checked against its feedback strategies."""
+    check_names(settings)
+    kind = kind_for(schema.object_type, settings.model_kind)
+    for name in settings.strategies:
+        strategy = STRATEGIES.get(name)
+        if not kind.supports(strategy):
+            raise ConfigError(f"strategy {name!r} does not train model_kind {kind.name!r}: {strategy.requirement}")
+    return kind
+
+
+def make_context(key: str, label_config: str, settings: ProjectSettings) -> ProjectContext:
+    schema = parse_label_config(label_config)
+    return ProjectContext(key, schema, settings, label_config, resolve_kind(schema, settings))
+
+
+def project_context(settings: Settings, project: Any, label_config: Optional[str] = None,
+                    extra_params: Any = None) -> ProjectContext:
+    """Schema and settings for a project, from the request or from what /setup stored."""
+    key = project_key(project)
+    stored = ProjectStore(settings.model_dir, key).config()
+    label_config = label_config or stored.get("label_config")
+    if not label_config:
+        raise SchemaError(f"project {key} has no label config: call /setup or send label_config")
+    params = parse_extra_params(extra_params) if extra_params is not None else stored.get("extra_params") or {}
+    return make_context(key, label_config, settings.project.with_overrides(params))
+
+
+def new_model(ctx: ProjectContext) -> ModelKind:
+    return ctx.kind.create(ctx.kind.default_config(ctx.schema.n_classes, ctx.settings))
+
+
+def user_checkpoint(ctx: ProjectContext) -> ModelKind:
+    """A project's start from user-supplied weights: an ml_backend checkpoint, or a bare
+    state_dict for the project's default model. CheckpointError says why not."""
+    weights = read_weights(Path(ctx.settings.checkpoint))
+    if not is_checkpoint(weights):
+        if not isinstance(weights, dict):
+            raise CheckpointError(f"{ctx.settings.checkpoint} holds neither a checkpoint nor a state_dict")
+        weights = {"kind": ctx.kind.name, "config": ctx.kind.default_config(ctx.schema.n_classes, ctx.settings),
+                   "classes": list(ctx.schema.classes), "state_dict": weights}
+    classes = tuple(weights.get("classes") or ctx.schema.classes)
+    if classes != ctx.schema.classes or weights["config"].get("n_classes") != ctx.schema.n_classes:
+        raise CheckpointError(f"checkpoint {ctx.settings.checkpoint} predicts classes {list(classes)}; "
+                              f"the label config has {list(ctx.schema.classes)}")
+    return from_checkpoint(weights)

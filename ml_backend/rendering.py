@@ -1,0 +1,58 @@
+"""Inference -> Label Studio predictions: the class (Choices, with its score) and the evidence
+(brush regions at the image's original size, or character spans)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ml_backend.data.prepare import PreparedTask
+from ml_backend.explain.regions import evidence_mask, mask_regions, token_spans
+from ml_backend.inference import infer
+from ml_backend.labelstudio.results import brush_result, choices_result, span_result
+from ml_backend.project import ProjectContext
+from ml_backend.store import LoadedModel
+
+
+@dataclass
+class Rendered:
+    predictions: list[dict[str, Any]]
+    probs: torch.Tensor  # (N, K) on CPU
+    relevance: Optional[np.ndarray]  # (N, H, W) or (N, L) at model resolution, when evidence was computed
+
+
+def render_predictions(ctx: ProjectContext, loaded: LoadedModel, prepared: list[PreparedTask],
+                       with_relevance: bool = False) -> Rendered:
+    """Forward pass, explanation and Label Studio results for prepared tasks (same order)."""
+    schema, settings = ctx.schema, ctx.settings
+    x = torch.stack([p.tensor for p in prepared])
+    inference = infer(loaded.model, x, settings.attribution, schema.has_evidence or with_relevance,
+                      settings.mc_samples)
+    targets = inference.probs.argmax(dim=1)
+    confidence = inference.probs.gather(1, targets[:, None])[:, 0]
+    out = []
+    for i, item in enumerate(prepared):
+        label = schema.classes[int(targets[i])]
+        result = [choices_result(schema, label, float(confidence[i]))]
+        if inference.relevance is not None and schema.has_evidence:
+            result += evidence_results(ctx, item, inference.relevance[i])
+        out.append({"model_version": loaded.version, "score": float(confidence[i]), "result": result})
+    return Rendered(out, inference.probs, inference.relevance)
+
+
+def evidence_results(ctx: ProjectContext, item: PreparedTask, relevance: np.ndarray) -> list[dict[str, Any]]:
+    """Relevance at model resolution -> BrushLabels regions at the original size, or Labels spans."""
+    schema, settings = ctx.schema, ctx.settings
+    if schema.object_type == "image":
+        mask = evidence_mask(relevance, settings.evidence_mass, out_shape=item.image_size,
+                             slic_image=item.image, slic_segments=settings.slic_segments)
+        regions = mask_regions(mask, relevance, settings.evidence_regions)
+        return [brush_result(schema, region, score, f"evidence-{item.index}-{k}")
+                for k, (region, score) in enumerate(regions)]
+    n_tokens = min(len(item.tokens or []), relevance.shape[0])
+    spans = token_spans(relevance[:n_tokens], (item.tokens or [])[:n_tokens], settings.evidence_mass,
+                        text=item.text)
+    return [span_result(schema, item.text or "", start, end, score, f"evidence-{item.index}-{k}")
+            for k, (start, end, score) in enumerate(spans)]

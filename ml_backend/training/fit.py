@@ -1,0 +1,123 @@
+"""The training core, pure: labelled examples -> generalised corrections -> strategies -> fit -> metrics.
+
+No Label Studio client, store or queue here: the training job (``jobs.train``) loads the examples,
+calls ``fit_examples`` and ``evaluate``, and publishes. The XIL benchmark calls the same two.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from ml_backend.config import ProjectSettings
+from ml_backend.explain.quality import irrelevant_mass
+from ml_backend.feedback.parse import Feedback
+from ml_backend.feedback.propagate import propagate
+from ml_backend.models.base import ModelKind
+from ml_backend.training.sets import TrainingSet
+from ml_backend.training.strategies import Strategy, strategies_for
+from ml_backend.training.trainer import FitConfig, FitReport, accuracy, fit
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Example:
+    task_id: int
+    x: torch.Tensor
+    feedback: Feedback
+
+
+@dataclass
+class Fitted:
+    """What one fit produced besides the trained model."""
+
+    data: TrainingSet  # the labelled examples it saw (before augmentation)
+    report: FitReport
+    added: dict[str, int] = field(default_factory=dict)  # propagated_to, propagated_region, counterexamples
+
+
+def in_holdout(task_id: int, share: float) -> bool:
+    """A stable split: a task stays on its side across versions."""
+    return share > 0 and (zlib.crc32(str(task_id).encode()) % 1000) < share * 1000
+
+
+def split_holdout(examples: list[Example], share: float) -> tuple[list[Example], list[Example]]:
+    """(train, held out); everything trains when the holdout would take all."""
+    held = [e for e in examples if in_holdout(e.task_id, share)]
+    train = [e for e in examples if not in_holdout(e.task_id, share)] or examples
+    return train, held
+
+
+def to_training_set(examples: list[Example], text: bool) -> TrainingSet:
+    x = torch.stack([e.x for e in examples])
+    y = torch.tensor([e.feedback.label for e in examples], dtype=torch.long)
+    mask_shape = x.shape[1:] if text else x.shape[2:]
+
+    def masks(attr: str) -> torch.Tensor:
+        out = torch.zeros((len(examples), *mask_shape), dtype=torch.bool)
+        for i, e in enumerate(examples):
+            value = getattr(e.feedback, attr)
+            if value is not None:
+                out[i] = torch.as_tensor(np.asarray(value, dtype=bool))
+        return out
+
+    return TrainingSet(x, y, masks("irrelevant"), masks("relevant"))
+
+
+def fit_set(data: TrainingSet, model: ModelKind, settings: ProjectSettings, strategies: list[Strategy], seed: int
+            ) -> tuple[TrainingSet, dict[str, int]]:
+    """What the model is fitted on: the labelled set with recurring corrections propagated
+    (``feedback.propagate``) and each strategy's extra examples. Returns it and what was added."""
+    spread = propagate(data.x, data.irrelevant, data.relevant, settings.propagate_min_support)
+    out = TrainingSet(data.x, data.y, spread.irrelevant, data.relevant, spread.added)
+    for strategy in strategies:
+        out = strategy.augment(out, model, seed)
+    info = {"propagated_to": int(spread.added.sum()), "propagated_region": spread.region_size,
+            "counterexamples": len(out) - len(data)}
+    return out, info
+
+
+def fit_examples(model: ModelKind, examples: list[Example], settings: ProjectSettings, *, seed: int,
+                 device: Optional[torch.device] = None, progress: Optional[Progress] = None) -> Fitted:
+    """Train ``model`` in place on the examples with the project's strategies."""
+    data = to_training_set(examples, model.input_spec().modality == "text")
+    strategies = strategies_for(settings)
+    augmented, added = fit_set(data, model, settings, strategies, seed)
+    report = fit(model, augmented, FitConfig.from_settings(settings, seed), strategies, device=device,
+                 progress=progress)
+    return Fitted(data, report, added)
+
+
+def attribution_on_irrelevant(model: ModelKind, data: TrainingSet, method: str) -> Optional[float]:
+    """Share of the served explanation's mass that falls on annotated irrelevant regions."""
+    idx = torch.nonzero(data.has_irrelevant).flatten()
+    if len(idx) == 0:
+        return None
+    x = data.x[idx].to(model.device())
+    _, relevance = model.predict_and_explain(x, method)
+    mass = irrelevant_mass(relevance.detach().cpu().numpy(), data.irrelevant[idx].numpy())
+    return None if mass != mass else float(mass)  # NaN: every explanation was empty
+
+
+def evaluate(model: ModelKind, fitted: Fitted, held: list[Example], settings: ProjectSettings) -> dict[str, Any]:
+    """A version's metrics: accuracy, explanation mass on irrelevant marks, the kind's quality."""
+    holdout = to_training_set(held, fitted.data.x.dtype == torch.long) if held else None
+    data, method = fitted.data, settings.attribution
+    metrics: dict[str, Any] = {
+        "holdout_accuracy": accuracy(model, holdout.x, holdout.y, mc_samples=settings.mc_samples) if holdout else None,
+        "train_accuracy": accuracy(model, data.x, data.y, mc_samples=settings.mc_samples),
+        "irrelevant_attribution_mass": attribution_on_irrelevant(model, data, method),
+        "holdout_irrelevant_attribution_mass": attribution_on_irrelevant(model, holdout, method) if holdout else None,
+        **model.quality(data.x),
+    }
+    last = fitted.report.history[-1] if fitted.report.history else {}
+    if "activation_scale" in last:
+        metrics["activation_evidence_scale"] = last["activation_scale"]
+    return metrics

@@ -1,0 +1,61 @@
+"""The tensors a fit runs on: a training set at model resolution, and one mini-batch of it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class TrainingSet:
+    """Masks are (N, H, W) for images, (N, L) for text; ``propagated`` (N,) marks examples whose
+    Irrelevant marks came from other tasks' corrections, not their own."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    irrelevant: torch.Tensor
+    relevant: torch.Tensor
+    propagated: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.propagated is None:
+            self.propagated = torch.zeros(len(self.y), dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def has_irrelevant(self) -> torch.Tensor:
+        return self.irrelevant.flatten(1).any(dim=1)
+
+    @property
+    def has_relevant(self) -> torch.Tensor:
+        return self.relevant.flatten(1).any(dim=1)
+
+    def subset(self, index: torch.Tensor) -> "TrainingSet":
+        return TrainingSet(self.x[index], self.y[index], self.irrelevant[index], self.relevant[index],
+                           self.propagated[index])
+
+    @staticmethod
+    def concat(parts: list["TrainingSet"]) -> "TrainingSet":
+        names = ("x", "y", "irrelevant", "relevant", "propagated")
+        return TrainingSet(*(torch.cat([getattr(p, name) for p in parts]) for name in names))
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    irrelevant: torch.Tensor
+    has_irrelevant: torch.Tensor
+    relevant: torch.Tensor
+    has_relevant: torch.Tensor
+
+
+@dataclass
+class Forward:
+    """One batch's forward pass: logits, and squared input gradients when a strategy asked."""
+
+    logits: torch.Tensor
+    grad_sq: Optional[torch.Tensor] = None
