@@ -129,7 +129,7 @@ def image_stages(orig: int, model_side: int, method: str, device: torch.device) 
     s = ctx.settings
 
     def step() -> dict[str, float]:
-        item, t_decode = _timed(lambda: prepare_task(ctx.schema, model.input_spec(), task, fetcher), device,
+        item, t_decode = _timed(lambda: prepare_task(ctx.schema, model, task, fetcher), device,
                                 "decode_resize")
         x = torch.stack([item.tensor]).to(device).contiguous(memory_format=torch.channels_last)
         (confidence, targets), t_forward = _timed(lambda: model.probs(x).max(dim=1), device, "forward")
@@ -173,7 +173,7 @@ def text_stages(method: str, device: torch.device) -> Callable[[], dict[str, flo
     s = ctx.settings
 
     def step() -> dict[str, float]:
-        item, t_decode = _timed(lambda: prepare_task(ctx.schema, model.input_spec(), task, fetcher), device,
+        item, t_decode = _timed(lambda: prepare_task(ctx.schema, model, task, fetcher), device,
                                 "decode_resize")
         x = torch.stack([item.tensor]).to(device)
         (confidence, targets), t_forward = _timed(lambda: model.probs(x).max(dim=1), device, "forward")

@@ -204,6 +204,11 @@ class ProjectSettings:
     alex_batch: int = _setting(10, 1, 10_000)
     set_uncertainty_sampling: bool = True
     checkpoint: str = ""  # user-supplied weights to start from
+    # a transformers model directory (save_pretrained): absolute, or a name under MODEL_DIR/backbones
+    backbone: str = ""
+    train_mode: str = "auto"  # backbone: frozen (head only) | finetune (last blocks too) | auto (finetune on GPU)
+    finetune_blocks: int = _setting(2, 1, 100)  # backbone blocks trained in finetune mode
+    max_windows: int = _setting(16, 1, 1024)  # text backbone: windows read per document (the rest is cut)
 
     def validate(self) -> "ProjectSettings":
         """Types and ranges. The names of extension points (model_kind, strategies, attribution,
@@ -211,6 +216,8 @@ class ProjectSettings:
         _check_fields(self)
         if self.senn_concepts not in ("pixels", "patches", "learned"):
             raise ConfigError("senn_concepts must be pixels, patches or learned")
+        if self.train_mode not in ("auto", "frozen", "finetune"):
+            raise ConfigError("train_mode must be auto, frozen or finetune")
         if self.evidence_regions not in ("merged", "components"):
             raise ConfigError("evidence_regions must be 'merged' or 'components'")
         if self.counterexample_fill not in ("randomize", "substitute", "blur"):

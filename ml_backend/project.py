@@ -1,6 +1,7 @@
 """A project as the cores see it: its key, parsed label config, settings and model kind."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -8,7 +9,8 @@ from typing import Any, Optional
 from ml_backend.config import ConfigError, ProjectSettings, Settings, parse_extra_params
 from ml_backend.explain.attribution import METHODS
 from ml_backend.labelstudio.schema import SchemaError, TaskSchema, parse_label_config
-from ml_backend.models import CheckpointError, from_checkpoint, is_checkpoint, kind_for, model_kind_names, read_weights
+from ml_backend.models import (CheckpointError, backbones, from_checkpoint, is_checkpoint, kind_for, model_kind_names,
+                               read_weights)
 from ml_backend.models.base import ModelKind
 from ml_backend.ranking.acquisition import ACQUISITIONS
 from ml_backend.store import ProjectStore
@@ -49,7 +51,7 @@ def check_names(settings: ProjectSettings) -> ProjectSettings:
 def resolve_kind(schema: TaskSchema, settings: ProjectSettings) -> type[ModelKind]:
     """The project's model kind, checked against its feedback strategies."""
     check_names(settings)
-    kind = kind_for(schema.object_type, settings.model_kind)
+    kind = kind_for(schema.object_type, settings.model_kind, backbone=bool(settings.backbone))
     for name in settings.strategies:
         strategy = STRATEGIES.get(name)
         if not kind.supports(strategy):
@@ -57,8 +59,25 @@ def resolve_kind(schema: TaskSchema, settings: ProjectSettings) -> type[ModelKin
     return kind
 
 
-def make_context(key: str, label_config: str, settings: ProjectSettings) -> ProjectContext:
+def with_backbone(schema: TaskSchema, settings: ProjectSettings, model_dir: Path) -> ProjectSettings:
+    """The settings with ``backbone`` as an absolute directory that loads, offline, for the
+    project's data (BackboneError, a ConfigError, says what is wrong otherwise)."""
+    if not settings.backbone:
+        return settings
+    path = backbones.resolve(settings.backbone, model_dir)
+    modality = backbones.modality_of(path)
+    if modality != schema.object_type:
+        raise backbones.BackboneError(f"backbone {path.name} reads {modality}; the label config has "
+                                      f"{schema.object_type} tasks")
+    backbones.load(path, modality)
+    return dataclasses.replace(settings, backbone=str(path))
+
+
+def make_context(key: str, label_config: str, settings: ProjectSettings,
+                 model_dir: Optional[Path] = None) -> ProjectContext:
+    """A project from its label config and settings (a backbone is found under ``model_dir``)."""
     schema = parse_label_config(label_config)
+    settings = with_backbone(schema, settings, Path(model_dir or "."))
     return ProjectContext(key, schema, settings, label_config, resolve_kind(schema, settings))
 
 
@@ -71,7 +90,7 @@ def project_context(settings: Settings, project: Any, label_config: Optional[str
     if not label_config:
         raise SchemaError(f"project {key} has no label config: call /setup or send label_config")
     params = parse_extra_params(extra_params) if extra_params is not None else stored.get("extra_params") or {}
-    return make_context(key, label_config, settings.project.with_overrides(params))
+    return make_context(key, label_config, settings.project.with_overrides(params), settings.model_dir)
 
 
 def new_model(ctx: ProjectContext) -> ModelKind:

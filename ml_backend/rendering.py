@@ -46,6 +46,8 @@ def evidence_results(ctx: ProjectContext, item: PreparedTask, relevance: np.ndar
     """Relevance at model resolution -> BrushLabels regions at the original size, or Labels spans."""
     schema, settings = ctx.schema, ctx.settings
     if schema.object_type == "image":
+        if item.frame is not None:  # the input is a crop or resize of the image: place it back
+            relevance = item.frame.to_original(relevance)
         mask = evidence_mask(relevance, settings.evidence_mass, out_shape=item.image_size,
                              slic_image=item.image, slic_segments=settings.slic_segments)
         regions = mask_regions(mask, relevance, settings.evidence_regions)

@@ -115,8 +115,8 @@ class Predictor:
 
     def prepare(self, ctx: ProjectContext, loaded: LoadedModel, tasks: list[dict[str, Any]]) -> list[PreparedTask]:
         """Read each task's data; a task that cannot be read is logged and left out."""
-        spec, keep = loaded.model.input_spec(), ctx.settings.slic_segments > 0
-        futures = [self._pool.submit(prepare_task, ctx.schema, spec, task, self.fetcher, i, keep)
+        keep = ctx.settings.slic_segments > 0
+        futures = [self._pool.submit(prepare_task, ctx.schema, loaded.model, task, self.fetcher, i, keep)
                    for i, task in enumerate(tasks)]
         prepared = []
         for i, future in enumerate(futures):

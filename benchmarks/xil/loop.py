@@ -76,8 +76,7 @@ class PreparedProblem:
 
 def _prepare_split(ctx: ProjectContext, split: Split, model: ModelKind, fetcher: Fetcher,
                    annotator: SimulatedAnnotator, with_confounder: bool) -> PreparedSplit:
-    spec = model.input_spec()
-    tasks = [prepare_task(ctx.schema, spec, t, fetcher, i) for i, t in enumerate(split.tasks)]
+    tasks = [prepare_task(ctx.schema, model, t, fetcher, i) for i, t in enumerate(split.tasks)]
     x = torch.stack([p.tensor for p in tasks])
     y = torch.as_tensor(split.labels, dtype=torch.long)
     conf = None
@@ -96,7 +95,7 @@ def _parse(ctx: ProjectContext, annotation: dict[str, Any], task: dict[str, Any]
            prepared: PreparedTask):
     spec = model.input_spec()
     return parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size, max_len=spec.max_len,
-                            text=prepared.text)
+                            text=prepared.text, tokens=prepared.tokens)
 
 
 def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProblem:

@@ -1,17 +1,18 @@
-"""One Label Studio task -> model input (Label Studio's format stops here)."""
+"""One Label Studio task -> model input (Label Studio's format stops here), and an annotation's
+marks onto that input."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ml_backend.data.fetch import DataError, Fetcher
-from ml_backend.data.images import image_to_tensor, load_image
-from ml_backend.data.text import Token, encode_tokens, tokenize
+from ml_backend.data.frame import Frame
+from ml_backend.data.images import load_image
+from ml_backend.data.text import Token
 from ml_backend.labelstudio.schema import TaskSchema
-from ml_backend.models.base import InputSpec
 
 
 @dataclass
@@ -23,12 +24,13 @@ class PreparedTask:
     image_size: Optional[tuple[int, int]] = None  # (height, width) of the original image
     image: Optional[np.ndarray] = None  # kept only when SLIC snapping needs it
     text: Optional[str] = None
-    tokens: Optional[list[Token]] = None
+    tokens: Optional[list[Token]] = None  # in the order of the model's token masks
+    frame: Optional[Frame] = None  # where the input's pixels come from; None: the whole image stretched
 
 
-def prepare_task(schema: TaskSchema, spec: InputSpec, task: Any, fetcher: Fetcher, index: int = 0,
+def prepare_task(schema: TaskSchema, model: Any, task: Any, fetcher: Fetcher, index: int = 0,
                  keep_image: bool = False) -> PreparedTask:
-    """Read one task's data into model input; DataError says why it cannot be read."""
+    """Read one task's data into ``model``'s input (its kind encodes it); DataError says why not."""
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
         raise DataError("task has no data object")
     value = task["data"].get(schema.data_key)
@@ -38,9 +40,19 @@ def prepare_task(schema: TaskSchema, spec: InputSpec, task: Any, fetcher: Fetche
         if not isinstance(value, str):
             raise DataError(f"{schema.data_key!r} must be an image URL")
         image = load_image(fetcher.fetch(value, task_id=task.get("id")))
-        return PreparedTask(index, image_to_tensor(image, spec.image_size), image_size=(image.height, image.width),
-                            image=np.asarray(image) if keep_image else None)
+        tensor, frame = model.encode_image(image)
+        return PreparedTask(index, tensor, image_size=(image.height, image.width),
+                            image=np.asarray(image) if keep_image else None, frame=frame)
     if not isinstance(value, str):
         raise DataError(f"{schema.data_key!r} must be text")
-    tokens = tokenize(value)
-    return PreparedTask(index, encode_tokens(tokens, spec.max_len, spec.n_buckets), text=value, tokens=tokens)
+    tensor, tokens = model.encode_text(value)
+    return PreparedTask(index, tensor, text=value, tokens=tokens)
+
+
+def marks_on_input(feedback: Any, prepared: PreparedTask) -> Any:
+    """Feedback whose image masks were read at the original size, moved onto the model's input."""
+    if prepared.frame is None:
+        return feedback
+    moved = {name: None if getattr(feedback, name) is None else prepared.frame.to_input(getattr(feedback, name))
+             for name in ("irrelevant", "relevant")}
+    return replace(feedback, **moved)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -33,3 +34,18 @@ def encode_tokens(tokens: list[Token], max_len: int, n_buckets: int) -> torch.Te
     ids = [token_id(t.text, n_buckets) for t in tokens[:max_len]]
     ids += [PAD_ID] * (max_len - len(ids))
     return torch.tensor(ids, dtype=torch.long)
+
+
+def replace_marked_ids(ids: torch.Tensor, marked: torch.Tensor, c: int, low: int, high: int,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(c, *ids.shape) copies of ``ids`` whose ``marked`` ids in [low, high) become other random
+    ids in that range (uniform over the *other* ids, so a marked token always changes)."""
+    if c < 0:
+        raise ValueError("c must be >= 0")
+    copies = ids.unsqueeze(0).repeat(c, *([1] * ids.dim()))
+    marked = marked.to(device=ids.device, dtype=torch.bool) & (ids >= low) & (ids < high)
+    span = high - low
+    device = generator.device if generator is not None else torch.device("cpu")
+    shift = torch.randint(1, span, copies.shape, generator=generator, device=device).to(ids.device)
+    replaced = low + (copies - low + shift) % span
+    return torch.where(marked, replaced, copies)

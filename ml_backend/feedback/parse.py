@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ml_backend.data.text import tokenize
+from ml_backend.data.text import Token, tokenize
 from ml_backend.labelstudio import rle
 from ml_backend.labelstudio.schema import TaskSchema
 
@@ -52,6 +52,7 @@ def parse_annotation(
     image_size: Optional[int] = None,
     max_len: Optional[int] = None,
     text: Optional[str] = None,
+    tokens: Optional[list[Token]] = None,
 ) -> Feedback:
     """Turn one LS annotation into Feedback.
 
@@ -59,7 +60,8 @@ def parse_annotation(
     ``image_size`` x ``image_size`` (kept at original size when ``image_size`` is None).
     Text: spans mark every token whose characters overlap them; the mask has length
     ``max_len`` (padding positions False) or the token count when ``max_len`` is None.
-    ``text`` defaults to ``task["data"][schema.data_key]``.
+    ``text`` defaults to ``task["data"][schema.data_key]``; ``tokens`` (the model's own, in mask
+    order) default to ``data.text.tokenize(text)``.
     """
     if not isinstance(annotation, dict):
         raise FeedbackError(f"annotation must be a JSON object, got {type(annotation).__name__}")
@@ -97,8 +99,8 @@ def parse_annotation(
     else:
         if text is None and (irrelevant or relevant):
             text = _task_text(task, schema, annotation_id)
-        irr_mask = _text_mask(irrelevant, text or "", max_len, annotation_id)
-        rel_mask = _text_mask(relevant, text or "", max_len, annotation_id)
+        irr_mask = _text_mask(irrelevant, text or "", max_len, annotation_id, tokens)
+        rel_mask = _text_mask(relevant, text or "", max_len, annotation_id, tokens)
 
     if irr_mask is not None and rel_mask is not None:
         kind = "irrelevant+relevant"
@@ -258,10 +260,11 @@ def _task_text(task: dict, schema: TaskSchema, annotation_id: int) -> str:
     return value
 
 
-def _text_mask(results: list[dict], text: str, max_len: Optional[int], annotation_id: int) -> Optional[np.ndarray]:
+def _text_mask(results: list[dict], text: str, max_len: Optional[int], annotation_id: int,
+               tokens: Optional[list[Token]] = None) -> Optional[np.ndarray]:
     if not results:
         return None
-    tokens = tokenize(text)
+    tokens = tokenize(text) if tokens is None else tokens
     length = max_len if max_len is not None else len(tokens)
     tokens = tokens[:length]
     starts = np.array([t.start for t in tokens], dtype=np.int64)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 from ml_backend.config import Settings
 from ml_backend.data.fetch import DataError, Fetcher
-from ml_backend.data.prepare import prepare_task
+from ml_backend.data.prepare import marks_on_input, prepare_task
 from ml_backend.feedback.parse import FeedbackError, feedback_counts, parse_annotation
 from ml_backend.feedback.store import AnnotationStore
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
@@ -72,9 +72,10 @@ def load_examples(ctx: ProjectContext, model: ModelKind, pairs: list, fetcher: F
             skipped["cancelled_or_unlabelled"] += 1
             continue
         try:
-            prepared = prepare_task(ctx.schema, spec, task, fetcher)
-            feedback = parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size,
-                                        max_len=spec.max_len, text=prepared.text)
+            prepared = prepare_task(ctx.schema, model, task, fetcher)
+            feedback = marks_on_input(parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size,
+                                                       max_len=spec.max_len, text=prepared.text,
+                                                       tokens=prepared.tokens), prepared)
         except DataError as exc:
             log.warning("project %s task %s: unreadable data: %s", ctx.key, task.get("id"), exc)
             skipped["unreadable"] += 1
@@ -99,7 +100,8 @@ def starting_model(ctx: ProjectContext, store: ProjectStore) -> tuple[ModelKind,
     if current:
         try:
             loaded = store.load(current)
-            if loaded.classes == ctx.schema.classes and type(loaded.model) is ctx.kind:
+            same_kind = type(loaded.model) is ctx.kind and loaded.model.fits(ctx.settings)
+            if loaded.classes == ctx.schema.classes and same_kind:
                 return loaded.model, current
         except StoreError as exc:
             log.warning("project %s: cannot warm-start from %s: %s", ctx.key, current, exc)

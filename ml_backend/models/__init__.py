@@ -23,13 +23,17 @@ def kind_named(name: str) -> type[ModelKind]:
     return KINDS.get(name)
 
 
-def kind_for(modality: str, model_kind: str) -> type[ModelKind]:
-    """The kind a ``model_kind`` setting ("" = the default) selects for a modality."""
+def kind_for(modality: str, model_kind: str, backbone: bool = False) -> type[ModelKind]:
+    """The kind a ``model_kind`` setting ("" = the default) selects for a modality, with or
+    without a pretrained backbone."""
     for cls in KINDS.classes():
-        if cls.modality == modality and model_kind in cls.selected_by:
+        if cls.modality == modality and model_kind in cls.selected_by and cls.uses_backbone == backbone:
             return cls
-    choices = sorted({name for cls in KINDS.classes() if cls.modality == modality for name in cls.selected_by if name})
-    raise ConfigError(f"model_kind {model_kind!r} does not serve {modality} projects; choose from {', '.join(choices)}")
+    choices = sorted({name for cls in KINDS.classes() if cls.modality == modality and cls.uses_backbone == backbone
+                      for name in cls.selected_by if name})
+    with_backbone = "with a backbone" if backbone else "without a backbone"
+    raise ConfigError(f"model_kind {model_kind!r} does not serve {modality} projects {with_backbone}; "
+                      f"choose from {', '.join(choices)}")
 
 
 def model_kind_names() -> tuple[str, ...]:
@@ -70,8 +74,8 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
 def from_checkpoint(checkpoint: dict[str, Any]) -> ModelKind:
     try:
         model = kind_named(checkpoint["kind"]).create(checkpoint["config"])
-        model.network.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        model.load_state(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint does not fit its model: {exc}") from None
     model.network.eval()
     return model

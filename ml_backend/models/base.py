@@ -3,7 +3,8 @@
 Like captum's ``attr`` (one class per method, one call), every kind wraps its network in a
 ``ModelKind`` subclass that declares:
 
-- what input it reads (``input_spec``: image size, or token window and hash buckets);
+- what input it reads (``input_spec``) and how a task's image or text becomes that input
+  (``encode_image`` / ``encode_text``);
 - how it turns input into probabilities (``probs``) and MC samples (``mc_probs``);
 - where its evidence comes from (``predict_and_explain`` / ``relevance``);
 - which feedback strategies it supports (``supports``: a strategy names the capability it needs,
@@ -34,7 +35,9 @@ IMAGE, TEXT = "image", "text"
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a network reads: images at ``image_size`` squared, or ``max_len`` hashed token ids."""
+    """What a network reads: images at ``image_size`` squared (None: the backbone's processor
+    decides, and marks are read at the original size), or ``max_len`` token positions (hashed
+    into ``n_buckets`` ids for the token CNNs)."""
 
     modality: str
     image_size: Optional[int] = None
@@ -46,12 +49,13 @@ class ModelKind(ABC):
     """An adapter around one network of a kind. Subclasses register by ``name``.
 
     ``selected_by`` lists the ``model_kind`` setting values that pick this kind for its modality
-    ("" is the modality's default).
+    ("" is the modality's default), among the kinds that use a backbone or among those that don't.
     """
 
     name: ClassVar[str] = ""
     modality: ClassVar[str] = IMAGE
     selected_by: ClassVar[tuple[str, ...]] = ()
+    uses_backbone: ClassVar[bool] = False  # selected when the project names a pretrained backbone
     network_class: ClassVar[type[nn.Module]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -72,6 +76,10 @@ class ModelKind(ABC):
     def create(cls, config: dict[str, Any]) -> "ModelKind":
         return cls(cls.network_class(**config))
 
+    def fits(self, settings: Any) -> bool:
+        """Whether this model is still the one a project's settings ask for (a warm start)."""
+        return True
+
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.network.config)
@@ -83,6 +91,20 @@ class ModelKind(ABC):
     @abstractmethod
     def input_spec(self) -> InputSpec:
         """What prepared input this network reads."""
+
+    def mask_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The shape of one example's marks on a batch ``x``: (H, W) pixels or (L,) tokens."""
+        if self.modality == IMAGE:
+            return tuple(x.shape[-2:])
+        return (int(self.input_spec().max_len),)
+
+    def encode_image(self, image: Any) -> tuple[torch.Tensor, Any]:
+        """A PIL image -> (input tensor, its ``data.frame.Frame``, or None when stretched whole)."""
+        raise TypeError(f"model kind {self.name!r} reads no images")
+
+    def encode_text(self, text: str) -> tuple[torch.Tensor, list[Any]]:
+        """A text -> (input tensor, its tokens with character offsets, in mask order)."""
+        raise TypeError(f"model kind {self.name!r} reads no text")
 
     @classmethod
     def supports(cls, strategy: Any) -> bool:
@@ -128,7 +150,8 @@ class ModelKind(ABC):
         """(logits, squared input gradient per pixel (N, H, W) or token (N, L)) with the graph
         kept for a second backward pass (right-for-the-right-reasons penalties)."""
 
-    def training_terms(self, batch: Any, n_train: int, settings: Any, parts: dict[str, float]) -> Optional[torch.Tensor]:
+    def training_terms(self, batch: Any, n_train: int, settings: Any,
+                       parts: dict[str, float]) -> Optional[torch.Tensor]:
         """The kind's own loss terms for a batch (added to cross-entropy), logging into ``parts``."""
         return None
 
@@ -143,6 +166,13 @@ class ModelKind(ABC):
     def checkpoint(self, classes: tuple[str, ...]) -> dict[str, Any]:
         return {"kind": self.name, "config": self.config, "classes": list(classes),
                 "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
+
+    def load_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Weights from a checkpoint (all of them, by default)."""
+        self.network.load_state_dict(state_dict)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.network.parameters() if p.requires_grad]
 
 
 def squared_gradients(logits: torch.Tensor, wrt: torch.Tensor, reduce_dim: int) -> torch.Tensor:

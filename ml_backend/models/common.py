@@ -6,7 +6,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml_backend.data.text import PAD_ID
+from ml_backend.data.images import image_to_tensor
+from ml_backend.data.text import PAD_ID, Token, encode_tokens, replace_marked_ids, tokenize
 from ml_backend.explain.attribution import explain_images, explain_tokens
 from ml_backend.models.base import IMAGE, TEXT, InputSpec, ModelKind, squared_gradients
 from ml_backend.models.sampling import mc_dropout_probs
@@ -23,6 +24,10 @@ class ImageKind(ModelKind):
 
     def input_spec(self) -> InputSpec:
         return InputSpec(IMAGE, image_size=int(self.network.config["image_size"]))
+
+    def encode_image(self, image: Any) -> tuple[torch.Tensor, Any]:
+        """Stretched to the square input (masks and evidence are stretched back)."""
+        return image_to_tensor(image, self.input_spec().image_size), None
 
     def to(self, device: torch.device) -> "ImageKind":
         self.network.to(device, memory_format=torch.channels_last)  # NHWC convolutions: ~2x on CPU
@@ -53,6 +58,20 @@ class TextKind(ModelKind):
     def input_spec(self) -> InputSpec:
         config = self.network.config
         return InputSpec(TEXT, max_len=int(config["max_len"]), n_buckets=int(config["n_buckets"]))
+
+    def encode_text(self, text: str) -> tuple[torch.Tensor, list[Token]]:
+        """Hashed ids of the first ``max_len`` tokens."""
+        spec, tokens = self.input_spec(), tokenize(text)
+        return encode_tokens(tokens, spec.max_len, spec.n_buckets), tokens
+
+    def mask_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L) token ids aligned with the token masks (0 = padding)."""
+        return x
+
+    def replace_tokens(self, x: torch.Tensor, marked: torch.Tensor, copies: int,
+                       generator: torch.Generator) -> torch.Tensor:
+        """(copies, *x.shape) with the marked tokens replaced by random others (counterexamples)."""
+        return replace_marked_ids(x, marked, copies, 1, self.input_spec().n_buckets, generator)
 
     def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
         return mc_dropout_probs(self.network, x, T)

@@ -108,7 +108,7 @@ def prepare_readable(ctx: ProjectContext, loaded: LoadedModel, tasks: list[dict[
     prepared = []
     for task in tasks:
         try:
-            prepared.append(prepare_task(ctx.schema, loaded.model.input_spec(), task, fetcher, len(prepared),
+            prepared.append(prepare_task(ctx.schema, loaded.model, task, fetcher, len(prepared),
                                          ctx.settings.slic_segments > 0))
         except DataError:
             continue
@@ -126,7 +126,6 @@ def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[st
                labeled: Optional[np.ndarray] = None) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(task ids, acquisition values, Label Studio scores) for the tasks; predictions spooled to disk."""
     scorer = Scorer(ctx, loaded)
-    spec = loaded.model.input_spec()
     ids: list[int] = []
     unreadable = 0
     with spool.open("w") as out:
@@ -134,7 +133,7 @@ def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[st
             prepared, batch_ids, existing = [], [], []
             for task in batch:
                 try:
-                    prepared.append(prepare_task(ctx.schema, spec, task, fetcher, len(prepared),
+                    prepared.append(prepare_task(ctx.schema, loaded.model, task, fetcher, len(prepared),
                                                  ctx.settings.slic_segments > 0))
                     batch_ids.append(int(task["id"]))
                     existing.append(existing_predictions(task, loaded.version))

@@ -55,10 +55,10 @@ def split_holdout(examples: list[Example], share: float) -> tuple[list[Example],
     return train, held
 
 
-def to_training_set(examples: list[Example], text: bool) -> TrainingSet:
+def to_training_set(examples: list[Example], model: ModelKind) -> TrainingSet:
     x = torch.stack([e.x for e in examples])
     y = torch.tensor([e.feedback.label for e in examples], dtype=torch.long)
-    mask_shape = x.shape[1:] if text else x.shape[2:]
+    mask_shape = model.mask_shape(x)
 
     def masks(attr: str) -> torch.Tensor:
         out = torch.zeros((len(examples), *mask_shape), dtype=torch.bool)
@@ -75,7 +75,9 @@ def fit_set(data: TrainingSet, model: ModelKind, settings: ProjectSettings, stra
             ) -> tuple[TrainingSet, dict[str, int]]:
     """What the model is fitted on: the labelled set with recurring corrections propagated
     (``feedback.propagate``) and each strategy's extra examples. Returns it and what was added."""
-    spread = propagate(data.x, data.irrelevant, data.relevant, settings.propagate_min_support)
+    tokens = model.input_spec().modality == "text"
+    spread = propagate(model.mask_ids(data.x) if tokens else data.x, data.irrelevant, data.relevant,
+                       settings.propagate_min_support)
     out = TrainingSet(data.x, data.y, spread.irrelevant, data.relevant, spread.added)
     for strategy in strategies:
         out = strategy.augment(out, model, seed)
@@ -87,7 +89,7 @@ def fit_set(data: TrainingSet, model: ModelKind, settings: ProjectSettings, stra
 def fit_examples(model: ModelKind, examples: list[Example], settings: ProjectSettings, *, seed: int,
                  device: Optional[torch.device] = None, progress: Optional[Progress] = None) -> Fitted:
     """Train ``model`` in place on the examples with the project's strategies."""
-    data = to_training_set(examples, model.input_spec().modality == "text")
+    data = to_training_set(examples, model)
     strategies = strategies_for(settings)
     augmented, added = fit_set(data, model, settings, strategies, seed)
     report = fit(model, augmented, FitConfig.from_settings(settings, seed), strategies, device=device,
@@ -108,7 +110,7 @@ def attribution_on_irrelevant(model: ModelKind, data: TrainingSet, method: str) 
 
 def evaluate(model: ModelKind, fitted: Fitted, held: list[Example], settings: ProjectSettings) -> dict[str, Any]:
     """A version's metrics: accuracy, explanation mass on irrelevant marks, the kind's quality."""
-    holdout = to_training_set(held, fitted.data.x.dtype == torch.long) if held else None
+    holdout = to_training_set(held, model) if held else None
     data, method = fitted.data, settings.attribution
     metrics: dict[str, Any] = {
         "holdout_accuracy": accuracy(model, holdout.x, holdout.y, mc_samples=settings.mc_samples) if holdout else None,

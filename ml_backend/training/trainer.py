@@ -71,7 +71,8 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
     network = model.network
     network.to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     report = FitReport(device=str(device))
     started = time.perf_counter()
     best, best_state, stale = float("inf"), None, 0

@@ -563,3 +563,15 @@ def test_full_loop_image(label_studio: LabelStudio, backend: Backend) -> None:
 
 def test_full_loop_text(label_studio: LabelStudio, backend: Backend) -> None:
     run_full_loop(label_studio, backend, "text")
+
+
+def test_full_loop_image_on_a_backbone(label_studio: LabelStudio, backend: Backend) -> None:
+    """The same loop for a project on a pretrained backbone: a tiny random ResNet saved with
+    save_pretrained under MODEL_DIR/backbones, named by XIL_BACKBONE, loaded offline."""
+    from tests.support.backbones import save_image_backbone
+
+    save_image_backbone(backend.model_dir / "backbones" / "tiny-resnet", "resnet")
+    backend.env["XIL_BACKBONE"] = "tiny-resnet"
+    run_full_loop(label_studio, backend, "image")
+    listed = backend.get("/versions")["projects"]
+    assert any(version["kind"] == "backbone_image" for versions in listed.values() for version in versions)

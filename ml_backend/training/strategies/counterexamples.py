@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ml_backend.data.text import replace_marked_ids
 from ml_backend.models.base import ModelKind
 from ml_backend.training.sets import TrainingSet
 from ml_backend.training.strategies import Strategy
@@ -70,15 +71,7 @@ def text_counterexamples(
         raise ValueError(f"ids and irrelevant must both be (L,), got {tuple(ids.shape)} and {tuple(irrelevant.shape)}")
     if n_buckets < 3:
         raise ValueError("n_buckets must be >= 3 so that a token has another id to become")
-    if c < 0:
-        raise ValueError("c must be >= 0")
-    copies = ids.unsqueeze(0).repeat(c, 1)
-    marked = irrelevant.to(device=ids.device, dtype=torch.bool) & (ids != 0)
-    # Shift each id by 1..n_buckets-2 within [1, n_buckets): uniform over the *other* ids,
-    # so a marked token always changes.
-    shift = torch.randint(1, n_buckets - 1, (c, ids.shape[0]), generator=generator, device=_gen_device(generator))
-    replaced = 1 + (copies - 1 + shift.to(ids.device)) % (n_buckets - 1)
-    return torch.where(marked, replaced, copies)
+    return replace_marked_ids(ids, irrelevant, c, 1, n_buckets, generator)
 
 
 def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
@@ -128,12 +121,11 @@ class Counterexamples(Strategy):
         copies = torch.full((len(data),), self.copies, dtype=torch.long)
         copies[data.propagated] = 1
         generator = torch.Generator().manual_seed(seed)
-        spec = model.input_spec()
         xs = []
         for i in idx.tolist():
             k = int(copies[i])
             if data.x.dtype == torch.long:
-                xs.append(text_counterexamples(data.x[i], data.irrelevant[i], k, spec.n_buckets, generator=generator))
+                xs.append(model.replace_tokens(data.x[i], data.irrelevant[i], k, generator))
             else:
                 xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
                                                 donors=donors(data.x, i, generator), generator=generator))

@@ -1,0 +1,63 @@
+"""Where a model's input pixels come from in the original image, and the maps both ways.
+
+An image processor resizes (keeping the aspect or not), crops and pads: an axis-aligned affine
+map. ``Frame`` holds it, so evidence computed on the model's input lands at the task's original
+coordinates, and an annotator's marks at original coordinates land on the model's input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WORK_SIDE = 256  # evidence is placed on a grid of at most this side before regions are cut
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Input pixel (row, col) covers original [oy + row * sy, oy + (row + 1) * sy) (same for x)."""
+
+    input_shape: tuple[int, int]  # (H', W') of the model input
+    original_shape: tuple[int, int]  # (H, W) of the image as the annotator sees it
+    scale: tuple[float, float]  # (sy, sx): original pixels per input pixel
+    offset: tuple[float, float]  # (oy, ox): original coordinate of the input's top-left corner
+
+    @classmethod
+    def stretch(cls, input_shape: tuple[int, int], original_shape: tuple[int, int]) -> "Frame":
+        """The whole image resized to the input (the aspect not kept)."""
+        (h, w), (H, W) = input_shape, original_shape
+        return cls((h, w), (H, W), (H / h, W / w), (0.0, 0.0))
+
+    def _sample(self, values: np.ndarray, rows: np.ndarray, cols: np.ndarray, fill: float) -> np.ndarray:
+        inside = (rows >= 0) & (rows < values.shape[0]) & (cols >= 0) & (cols < values.shape[1])
+        out = np.full(np.broadcast(rows, cols).shape, fill, dtype=values.dtype)
+        r, c = np.broadcast_arrays(rows, cols)
+        out[inside] = values[r[inside], c[inside]]
+        return out
+
+    def to_original(self, relevance: np.ndarray) -> np.ndarray:
+        """(H', W') relevance -> the original image's frame, on a grid of at most WORK_SIDE a side
+        (zero where the model saw nothing); callers upsample it to the original size."""
+        H, W = self.original_shape
+        factor = max(1.0, max(H, W) / WORK_SIDE)
+        h, w = max(1, round(H / factor)), max(1, round(W / factor))
+        y = (np.arange(h) + 0.5) * (H / h)
+        x = (np.arange(w) + 0.5) * (W / w)
+        rows = np.floor((y - self.offset[0]) / self.scale[0]).astype(np.int64)
+        cols = np.floor((x - self.offset[1]) / self.scale[1]).astype(np.int64)
+        return self._sample(np.asarray(relevance), rows[:, None], cols[None, :], 0)
+
+    def to_input(self, mask: np.ndarray) -> np.ndarray:
+        """A bool mask over the whole original image, at any resolution -> (H', W') on the model's
+        input: an input pixel is marked when any of 3x3 points sampled inside it is."""
+        mh, mw = mask.shape
+        H, W = self.original_shape
+        out = np.zeros(self.input_shape, dtype=bool)
+        for fy in (1 / 6, 0.5, 5 / 6):
+            for fx in (1 / 6, 0.5, 5 / 6):
+                y = self.offset[0] + (np.arange(self.input_shape[0]) + fy) * self.scale[0]
+                x = self.offset[1] + (np.arange(self.input_shape[1]) + fx) * self.scale[1]
+                rows = np.floor(y * mh / H).astype(np.int64)
+                cols = np.floor(x * mw / W).astype(np.int64)
+                out |= self._sample(mask.astype(bool), rows[:, None], cols[None, :], False)
+        return out

@@ -1,0 +1,176 @@
+"""Pretrained backbones from local ``transformers`` directories: finding, checking and loading them
+offline, and what each architecture family offers (pooled features, Grad-CAM map, blocks to tune).
+
+Loading never contacts a hub (``local_files_only``), even when the network is up.
+``transformers`` is imported on first use, so projects without a backbone never load it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ml_backend.config import ConfigError
+
+# model_type -> family: how features, the evidence map and the blocks are found
+IMAGE_FAMILIES = {"resnet": "stages", "convnext": "stages", "convnextv2": "stages", "regnet": "stages",
+                  "bit": "stages", "vit": "tokens", "dinov2": "tokens", "deit": "tokens", "beit": "tokens"}
+TEXT_FAMILIES = {"bert": "layer", "distilbert": "layer", "roberta": "layer", "xlm-roberta": "layer",
+                 "electra": "layer", "albert": "albert", "deberta-v2": "layer"}
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, str], tuple[nn.Module, Any]] = {}
+
+
+class BackboneError(ConfigError):
+    """A backbone directory that cannot be used, and why (a 422 at /setup)."""
+
+
+def resolve(name: str, model_dir: Path) -> Path:
+    """An absolute directory, or a name under MODEL_DIR/backbones; BackboneError if neither."""
+    path = Path(name)
+    if not path.is_absolute():
+        root = (Path(model_dir) / "backbones").resolve()
+        path = (root / name).resolve()
+        if root not in path.parents:
+            raise BackboneError(f"backbone {name!r} must name a directory under MODEL_DIR/backbones")
+    if not path.is_dir():
+        raise BackboneError(f"backbone directory not found: {name}")
+    if not (path / "config.json").is_file():
+        raise BackboneError(f"backbone {name}: no config.json (export it with save_pretrained)")
+    return path
+
+
+def model_type(path: Path) -> str:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"backbone {path.name}: config.json is not readable JSON ({exc})") from None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(kind, str):
+        raise BackboneError(f"backbone {path.name}: config.json names no model_type")
+    return kind
+
+
+def modality_of(path: Path) -> str:
+    kind = model_type(path)
+    if kind in IMAGE_FAMILIES:
+        return "image"
+    if kind in TEXT_FAMILIES:
+        return "text"
+    raise BackboneError(f"backbone {path.name}: architecture {kind!r} is not supported; images: "
+                        f"{', '.join(sorted(IMAGE_FAMILIES))}; text: {', '.join(sorted(TEXT_FAMILIES))}")
+
+
+def fingerprint(path: Path) -> str:
+    """Changes when the backbone's config or weight files change (name, size, modification time)."""
+    h = hashlib.sha1()
+    for file in sorted(path.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            h.update(f"{file.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def load(path: Path, modality: str) -> tuple[nn.Module, Any]:
+    """(backbone model, its image processor or tokenizer), read offline and cached per process."""
+    key = (str(path), fingerprint(path))
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+    import transformers
+
+    try:
+        # eager attention: RRR takes a second derivative through it
+        model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="eager")
+        if modality == "image":
+            extra = transformers.AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+        else:
+            extra = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    except Exception as exc:  # transformers raises OSError, ValueError, RuntimeError, KeyError... for bad files
+        raise BackboneError(f"backbone {path.name}: cannot load it ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:300]})") from None
+    if modality == "text" and not getattr(extra, "is_fast", False):
+        raise BackboneError(f"backbone {path.name}: needs a fast tokenizer (tokenizer.json) for character offsets")
+    with _LOCK:
+        _LOADED[key] = (model, extra)
+    return model, extra
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks in order: CNN stages, or transformer layers (the outermost non-empty
+    ModuleList: ``encoder.stages``, ``encoder.layer``, ``layers``, ``transformer.layer``...)."""
+    lists = [(name.count("."), name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module)]
+    if not lists:
+        raise BackboneError(f"{type(model).__name__}: cannot find its blocks to fine-tune")
+    return list(min(lists, key=lambda item: (item[0], item[1]))[2])
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    sizes = getattr(config, "hidden_sizes", None)
+    if sizes:
+        return int(sizes[-1])
+    for name in ("hidden_size", "dim"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    raise BackboneError(f"{type(model).__name__}: cannot tell its feature size")
+
+
+def set_trainable(model: nn.Module, mode: str, n_blocks: int) -> None:
+    """frozen: nothing of the backbone trains; finetune: its last ``n_blocks`` blocks do."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if mode == "finetune":
+        for block in blocks(model)[-n_blocks:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+
+
+def trainable_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    """What a version must store: the trained parameters and the buffers of trained modules."""
+    trained = {name for name, p in network.named_parameters() if p.requires_grad}
+    owners = {name.rsplit(".", 1)[0] for name in trained}
+    return {k: v.detach().cpu() for k, v in network.state_dict().items()
+            if k in trained or (k.rsplit(".", 1)[0] in owners)}
+
+
+def train_mode(settings: Any) -> str:
+    """``auto`` is fine-tuning where there is a GPU to pay for it, a frozen backbone elsewhere."""
+    if settings.train_mode == "auto":
+        return "finetune" if torch.cuda.is_available() else "frozen"
+    return settings.train_mode
+
+
+class TrainedWeightsOnly:
+    """A backbone kind's checkpoint: the head and any fine-tuned blocks; the backbone's own weights
+    stay in its directory (its fingerprint is in the config)."""
+
+    name: str
+    network: nn.Module
+    config: dict[str, Any]
+
+    def fits(self, settings: Any) -> bool:
+        """The same backbone, unchanged, trained the same way."""
+        config = self.config
+        return (config["backbone"] == settings.backbone and config["train_mode"] == train_mode(settings)
+                and config["fingerprint"] == fingerprint(Path(settings.backbone)))
+
+    def checkpoint(self, classes: tuple[str, ...]) -> dict[str, Any]:
+        return {"kind": self.name, "config": self.config, "classes": list(classes),
+                "state_dict": trainable_state(self.network)}
+
+    def load_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        _, unexpected = self.network.load_state_dict(state_dict, strict=False)
+        if unexpected:
+            raise ValueError(f"weights for parameters the model does not have: {unexpected[:5]}")
+        lacking = set(trainable_state(self.network)) - set(state_dict)
+        if lacking:
+            raise ValueError(f"checkpoint lacks trained weights: {sorted(lacking)[:5]}")

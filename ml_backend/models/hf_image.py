@@ -1,0 +1,191 @@
+"""Image kind on a pretrained backbone (ResNet, ConvNeXt, ViT, DINOv2...) with a classification head.
+
+The backbone's own image processor sizes and normalises the input (keeping the aspect or not, as
+it says); ``estimate_frame`` measures where the processed pixels come from, so evidence lands at
+the original coordinates and marks land on the input. Evidence is Grad-CAM on the last stage's
+map for CNN families, and gradient x activation over the patch tokens entering the last block
+for ViT families.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ml_backend.data.frame import Frame
+from ml_backend.models import backbones
+from ml_backend.models.base import IMAGE, InputSpec
+from ml_backend.models.common import ImageKind
+
+FRAMES_CACHED = 256
+
+
+class BackboneImageClassifier(nn.Module):
+    """backbone -> pooled features -> dropout + linear head. ``config`` says where the backbone lives."""
+
+    def __init__(self, n_classes: int, backbone: str, train_mode: str = "frozen", finetune_blocks: int = 2,
+                 dropout: float = 0.1, fingerprint: str = "") -> None:
+        super().__init__()
+        path = Path(backbone)
+        if fingerprint and fingerprint != backbones.fingerprint(path):
+            raise backbones.BackboneError(f"backbone {path.name} changed since this model was trained")
+        pristine, self.processor = backbones.load(path, IMAGE)
+        self.config = dict(n_classes=n_classes, backbone=str(path), train_mode=train_mode,
+                           finetune_blocks=finetune_blocks, dropout=dropout,
+                           fingerprint=fingerprint or backbones.fingerprint(path))
+        self.family = backbones.IMAGE_FAMILIES[backbones.model_type(path)]
+        self.backbone = copy.deepcopy(pristine)  # a project's fine-tuning must not touch the shared copy
+        backbones.set_trainable(self.backbone, train_mode, finetune_blocks)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbones.hidden_size(self.backbone), n_classes))
+        self._frames: OrderedDict[tuple[int, int], Frame] = OrderedDict()
+        self._frames_lock = threading.Lock()
+
+    def train(self, mode: bool = True) -> "BackboneImageClassifier":
+        super().train(mode)
+        if self.config["train_mode"] == "frozen":
+            self.backbone.eval()  # batch-norm statistics and dropout of a frozen backbone stay as loaded
+        return self
+
+    def features_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features (N, D), the map evidence is read from: the last stage's (N, C, h, w), or
+        the tokens entering the last block (N, T, D): after it only the class token reaches the head,
+        so the last block's own output carries no gradient on the patches)."""
+        if self.family == "tokens":
+            out = self.backbone(pixel_values=x, output_hidden_states=True)
+            return out.last_hidden_state[:, 0], out.hidden_states[-2]
+        out = self.backbone(pixel_values=x)
+        hidden = out.last_hidden_state
+        pooled = getattr(out, "pooler_output", None)
+        pooled = hidden.mean(dim=(2, 3)) if pooled is None else pooled
+        return pooled.flatten(1), hidden
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_and_map(x)[0]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    # input ---------------------------------------------------------------------------------
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def frame(self, size: tuple[int, int]) -> Frame:
+        """Where the processor takes the input's pixels from, for an image of ``size`` (H, W)."""
+        with self._frames_lock:
+            if size in self._frames:
+                self._frames.move_to_end(size)
+                return self._frames[size]
+        frame = estimate_frame(self.pixel_values, size)
+        with self._frames_lock:
+            self._frames[size] = frame
+            while len(self._frames) > FRAMES_CACHED:
+                self._frames.popitem(last=False)
+        return frame
+
+
+def estimate_frame(process: Any, size: tuple[int, int]) -> Frame:
+    """Measure a processor's resize / crop / pad for images of ``size`` (H, W): process coordinate
+    ramps (red = x, green = y) and a black and a white image, undo the normalisation, and fit the
+    axis-aligned affine map from input pixels to original coordinates."""
+    H, W = size
+    ramp = np.zeros((H, W, 3), dtype=np.uint8)
+    ramp[..., 0] = np.round(255 * (np.arange(W) + 0.5) / W)[None, :]
+    ramp[..., 1] = np.round(255 * (np.arange(H) + 0.5) / H)[:, None]
+    p = process(Image.fromarray(ramp)).double().numpy()
+    black = process(Image.new("RGB", (W, H), (0, 0, 0))).double().numpy()
+    white = process(Image.new("RGB", (W, H), (255, 255, 255))).double().numpy()
+    gain = (white - black) / 255.0
+    value = (p - black) / np.where(np.abs(gain) > 1e-12, gain, 1.0)  # back to 0..255
+    h, w = p.shape[1:]
+    fits = []
+    for channel, length, axis, extent in ((1, h, 0, H), (0, w, 1, W)):
+        coord = value[channel] / 255.0 * extent  # original coordinate of each input pixel's centre
+        idx = (np.arange(length) + 0.5).reshape((-1, 1) if axis == 0 else (1, -1))
+        idx = np.broadcast_to(idx, coord.shape)
+        keep = (value[channel] > 2) & (value[channel] < 253)  # away from clipping at the image edges
+        if keep.sum() < 2 or np.ptp(idx[keep]) == 0:
+            fits.append((extent / length, 0.0))
+            continue
+        slope, intercept = np.polyfit(idx[keep].ravel(), coord[keep].ravel(), 1)
+        fits.append((float(slope), float(intercept)))
+    (sy, oy), (sx, ox) = fits
+    return Frame((h, w), (H, W), (sy, sx), (oy, ox))
+
+
+class BackboneImageKind(backbones.TrainedWeightsOnly, ImageKind):
+    """A ``transformers`` image backbone with a trained head (``backbone`` names its directory)."""
+
+    name = "backbone_image"
+    selected_by = ("", "backbone")
+    uses_backbone = True
+    network_class = BackboneImageClassifier
+
+    @classmethod
+    def default_config(cls, n_classes: int, settings: Any) -> dict[str, Any]:
+        return {"n_classes": n_classes, "backbone": settings.backbone, "train_mode": backbones.train_mode(settings),
+                "finetune_blocks": settings.finetune_blocks}
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(IMAGE)
+
+    def to(self, device: torch.device) -> "BackboneImageKind":
+        self.network.to(device)
+        return self
+
+    def encode_image(self, image: Any) -> tuple[torch.Tensor, Optional[Frame]]:
+        return self.network.pixel_values(image), self.network.frame((image.height, image.width))
+
+    def _evidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, evidence map (N, H', W') of the predicted class) from one forward pass."""
+        network = self.network
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.enable_grad():  # an input that wants a gradient: the frozen backbone keeps its graph
+                features, activation = network.features_and_map(x.detach().requires_grad_(True))
+                logits = network.head(features)
+                target = logits.argmax(dim=1)
+                (grads,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), activation)
+        finally:
+            network.train(was_training)
+        activation = activation.detach()
+        if network.family == "tokens":  # gradient x activation per patch token, on the patch grid
+            patch = network.backbone.config.patch_size
+            grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+            n_patches = grid[0] * grid[1]
+            tokens = (grads * activation)[:, -n_patches:].sum(-1)
+            cam = torch.relu(tokens).view(-1, 1, *grid)
+        else:  # Grad-CAM on the last stage
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            cam = torch.relu((weights * activation).sum(dim=1, keepdim=True))
+        cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+        return torch.softmax(logits.detach(), dim=1), cam
+
+    def predict_and_explain(self, x: torch.Tensor, method: str, mc_samples: int = 10
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        if method != "gradcam":
+            return super().predict_and_explain(x, method, mc_samples)
+        probs, cam = self._evidence(x)
+        empty = cam.flatten(1).sum(1) <= 0
+        if bool(empty.any()):  # no unit spoke for the class: show where the model looks instead
+            cam[empty] = super().relevance(x[empty], probs.argmax(1)[empty], "saliency")
+        return probs, cam
+
+    def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
+        if method == "gradcam":
+            probs, cam = self.predict_and_explain(x, method)
+            if bool((probs.argmax(1) == targets).all()):
+                return cam
+            method = "input_x_gradient"  # Grad-CAM here explains the predicted class only
+        return super().relevance(x, targets, method)

@@ -1,0 +1,282 @@
+"""Pretrained backbones: tiny random ResNet-, ViT-, DINOv2- and BERT-family models saved with
+save_pretrained and loaded through the real offline path, served, retrained and checked."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+import torch
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
+
+from ml_backend.app import create_app
+from ml_backend.config import ConfigError, ProjectSettings, Settings
+from ml_backend.data.frame import Frame
+from ml_backend.feedback.parse import Feedback
+from ml_backend.jobs import make_queue
+from ml_backend.models.hf_image import estimate_frame
+from ml_backend.project import make_context, new_model
+from ml_backend.store import ProjectStore
+from ml_backend.training.fit import Example, evaluate, fit_examples
+from ml_backend.training.sets import Batch
+from ml_backend.training.strategies import strategies_for
+from ml_backend.training.trainer import batch_loss
+from tests.support.backbones import save_image_backbone, save_text_backbone
+from tests.support.live import (LiveServer, annotation_webhook, brush, choice, ls_task, png_data_uri, predict_body,
+                                setup_body)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backbone_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    out = {family: save_image_backbone(root / "backbones" / family, family) for family in ("resnet", "vit", "dinov2")}
+    out.update({family: save_text_backbone(root / "backbones" / family, family) for family in ("bert", "distilbert")})
+    return root, out
+
+
+@pytest.fixture
+def backend(backbone_dirs, tmp_path):
+    """A backend of its own (store, versions), sharing the saved backbones under MODEL_DIR/backbones."""
+    root, _ = backbone_dirs
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    (model_dir / "backbones").symlink_to(root / "backbones", target_is_directory=True)
+    settings = Settings(model_dir=model_dir, train_debounce=0.2, project=ProjectSettings(epochs=3, holdout=0.0))
+    with LiveServer(create_app(settings)) as server:
+        yield server, settings
+
+
+def photo(task_id: int, height: int = 45, width: int = 70) -> np.ndarray:
+    """A non-square picture: a red or a blue field with noise."""
+    rng = np.random.default_rng(task_id)
+    image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+    image[..., 0 if task_id % 2 else 2] += 150
+    return image
+
+
+def image_label(task_id: int) -> str:
+    return "Class A" if task_id % 2 else "Class B"
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_a_webhook_trained_image_backbone_serves_evidence_at_the_original_size(backend, image_config, family):
+    server, settings = backend
+    params = {"backbone": family, "strategies": ["rrr", "counterexamples"]}  # a name under MODEL_DIR/backbones
+    assert requests.post(server.url + "/setup", json=setup_body(image_config, extra_params=params)).json() == \
+        {"model_version": "untrained"}
+    corner = np.zeros((45, 70), dtype=bool)
+    corner[:10, :15] = True
+    for i in range(1, 7):
+        task = ls_task(i, {"image": png_data_uri(photo(i))})
+        result = [choice(image_label(i))] + ([brush(corner, "Irrelevant")] if i % 3 == 0 else [])
+        assert requests.post(server.url + "/webhook", json=annotation_webhook(
+            "ANNOTATION_CREATED", i, task, result, image_config)).status_code == 200
+    queue = make_queue(settings)
+    assert queue.wait_idle(300)
+    failed = [j for j in queue.jobs("2") if j["status"] == "failed"]
+    assert not failed, failed[0]["traceback"]
+    meta = ProjectStore(settings.model_dir, "2").list()[-1]
+    assert meta["kind"] == "backbone_image" and meta["feedback"]["irrelevant"] == 2 and meta["counterexamples"] > 0
+    task = ls_task(50, {"image": png_data_uri(photo(50, 37, 91))})
+    prediction = requests.post(server.url + "/predict", json=predict_body([task], image_config)).json()["results"][0]
+    assert prediction["model_version"] == meta["version"]
+    assert prediction["result"][0]["type"] == "choices"
+    regions = prediction["result"][1:]
+    assert regions, "evidence regions"
+    for region in regions:
+        assert (region["original_width"], region["original_height"]) == (91, 37)
+        alpha = decode_rle(region["value"]["rle"]).reshape(37, 91, 4)[:, :, 3]
+        assert alpha.any()
+    # the version stores the head, not the backbone's weights
+    version_dir = ProjectStore(settings.model_dir, "2").versions_dir / meta["version"]
+    state = torch.load(version_dir / "model.pt", weights_only=True)["state_dict"]
+    assert all(k.startswith("classifier.") for k in state)
+
+
+def test_a_text_backbone_reads_a_long_document_whole(backend, text_config, backbone_dirs):
+    server, settings = backend
+    params = {"backbone": "bert", "strategies": ["rrr", "counterexamples"]}
+    assert requests.post(server.url + "/setup", json=setup_body(text_config, extra_params=params)).status_code == 200
+    texts = ["a great film", "an awful plot xqz", "loved this story", "boring and bad xqz"]
+    for i, text in enumerate(texts, 1):
+        label = "Negative" if "xqz" in text else "Positive"
+        result = [choice(label, "text")]
+        if "xqz" in text:
+            start = text.index("xqz")
+            result.append({"from_name": "evidence", "to_name": "text", "type": "labels",
+                           "value": {"start": start, "end": start + 3, "text": "xqz", "labels": ["Irrelevant"]}})
+        requests.post(server.url + "/webhook", json=annotation_webhook(
+            "ANNOTATION_CREATED", i, ls_task(i, {"text": text}), result, text_config))
+    queue = make_queue(settings)
+    assert queue.wait_idle(300)
+    failed = [j for j in queue.jobs("2") if j["status"] == "failed"]
+    assert not failed, failed[0]["traceback"]
+    meta = ProjectStore(settings.model_dir, "2").list()[-1]
+    assert meta["kind"] == "backbone_text" and meta["feedback"]["irrelevant"] == 2
+    # 32-token windows: this document takes about ten of them
+    document = " ".join(["the film was fine and the actor was good"] * 12 + ["zzv xqz awful"])
+    prediction = requests.post(server.url + "/predict",
+                               json=predict_body([ls_task(9, {"text": document})], text_config)).json()["results"][0]
+    spans = prediction["result"][1:]
+    assert spans and prediction["result"][0]["type"] == "choices"
+    for span in spans:
+        value = span["value"]
+        assert document[value["start"]:value["end"]] == value["text"]
+    assert max(span["value"]["end"] for span in spans) > len(document) * 0.8  # evidence in the last part too
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nowhere", "not found"),
+    ("../escape", "under MODEL_DIR/backbones"),
+])
+def test_a_missing_backbone_is_a_422(backend, image_config, name, message):
+    server, _ = backend
+    response = requests.post(server.url + "/setup", json=setup_body(image_config, extra_params={"backbone": name}))
+    assert response.status_code == 422 and message in response.json()["error"]
+
+
+def test_broken_backbones_are_a_422_naming_the_problem(backend, image_config, text_config, backbone_dirs, tmp_path):
+    server, settings = backend
+    root = settings.model_dir / "backbones"
+    (root / "empty").mkdir(exist_ok=True)
+    (root / "garbled").mkdir(exist_ok=True)
+    (root / "garbled" / "config.json").write_text("{not json")
+    (root / "gpt").mkdir(exist_ok=True)
+    (root / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    mismatched = save_image_backbone(root / "mismatched", "resnet")
+    config = json.loads((mismatched / "config.json").read_text())
+    config["hidden_sizes"] = [12, 24]  # the weights say 8 and 16
+    (mismatched / "config.json").write_text(json.dumps(config))
+    cases = [("empty", image_config, "no config.json"), ("garbled", image_config, "not readable JSON"),
+             ("gpt", image_config, "'gpt2' is not supported"), ("mismatched", image_config, "cannot load it"),
+             ("bert", image_config, "reads text; the label config has image")]
+    for name, label_config, message in cases:
+        response = requests.post(server.url + "/setup", json=setup_body(label_config, extra_params={"backbone": name}))
+        assert response.status_code == 422, (name, response.text)
+        assert message in response.json()["error"], (name, response.json())
+
+
+def test_the_measured_frame_matches_the_processors_geometry():
+    import transformers as T
+
+    # ConvNeXt's rule: shortest edge to 64 / 0.875, then a centred 64 x 64 crop
+    process = T.ConvNextImageProcessorPil(size={"shortest_edge": 64}, crop_pct=0.875)
+    frame = estimate_frame(lambda im: process(images=im, return_tensors="pt")["pixel_values"][0], (50, 80))
+    resized = (int(64 / 0.875), round(80 * int(64 / 0.875) / 50))  # (73, 117)
+    scale = 50 / resized[0]
+    assert frame.input_shape == (64, 64)
+    assert frame.scale == pytest.approx((scale, 80 / resized[1]), rel=0.02)
+    assert frame.offset == pytest.approx(((resized[0] - 64) / 2 * scale, (resized[1] - 64) / 2 * 80 / resized[1]),
+                                         abs=0.6)
+
+
+def test_marks_and_evidence_map_through_a_frame():
+    frame = Frame((4, 4), (8, 16), (2.0, 2.0), (0.0, 4.0))  # a centred 8 x 8 crop of an 8 x 16 image
+    mask = np.zeros((8, 16), dtype=bool)
+    mask[:2, 4:6] = True  # the crop's top-left input pixel
+    on_input = frame.to_input(mask)
+    assert on_input[0, 0] and on_input.sum() == 1
+    relevance = np.zeros((4, 4))
+    relevance[0, 0] = 1.0
+    back = frame.to_original(relevance)
+    assert back.shape == (8, 16) and back[:2, 4:6].all() and back.sum() == 4
+    assert frame.to_original(np.ones((4, 4)))[:, :4].sum() == 0  # outside the crop: nothing seen
+
+
+def test_a_frozen_image_backbone_learns_through_the_training_core(backbone_dirs, image_config):
+    root, dirs = backbone_dirs
+    settings = ProjectSettings(backbone=str(dirs["resnet"]), epochs=40, learning_rate=1e-2, strategies=())
+    ctx = make_context("2", image_config, settings)
+    model = new_model(ctx)
+    assert model.config["train_mode"] == "frozen"
+    examples = []
+    for i in range(40):
+        tensor, _ = model.encode_image(Image.fromarray(photo(i)))
+        examples.append(Example(i, tensor, Feedback(i, i, int(i % 2 == 0), None, None, "label_only")))
+    before = [p.detach().clone() for p in model.network.backbone.parameters()]
+    fitted = fit_examples(model, examples, settings, seed=0)
+    assert evaluate(model, fitted, [], settings)["train_accuracy"] >= 0.9
+    assert all(torch.equal(a, b) for a, b in zip(before, model.network.backbone.parameters()))  # frozen
+
+
+def test_a_fine_tuned_text_backbone_learns_and_only_its_last_blocks_move(backbone_dirs, text_config):
+    root, dirs = backbone_dirs
+    settings = ProjectSettings(backbone=str(dirs["distilbert"]), train_mode="finetune", finetune_blocks=1, epochs=30,
+                               learning_rate=3e-3, strategies=())
+    ctx = make_context("2", text_config, settings)
+    model = new_model(ctx)
+    rng = np.random.default_rng(0)
+    positive, negative = ["great", "good", "loved", "fine"], ["awful", "bad", "hated", "boring"]
+    examples = []
+    for i in range(40):
+        words = list(rng.choice(positive if i % 2 else negative, 3)) + list(rng.choice(["the", "film", "plot"], 3))
+        rng.shuffle(words)
+        tensor, _ = model.encode_text(" ".join(words))
+        examples.append(Example(i, tensor, Feedback(i, i, i % 2, None, None, "label_only")))
+    layers = model.network.encoder.transformer.layer
+    first = [p.detach().clone() for p in layers[0].parameters()]
+    last = [p.detach().clone() for p in layers[-1].parameters()]
+    fitted = fit_examples(model, examples, settings, seed=0)
+    assert evaluate(model, fitted, [], settings)["train_accuracy"] >= 0.9
+    assert all(torch.equal(a, b) for a, b in zip(first, layers[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(last, layers[-1].parameters()))
+
+
+@pytest.mark.parametrize("family", ["dinov2", "bert"])
+def test_every_default_strategy_trains_a_backbone(backbone_dirs, image_config, text_config, family):
+    """RRR takes a second derivative through the backbone; counterexamples make its input."""
+    _, dirs = backbone_dirs
+    text = family == "bert"
+    settings = ProjectSettings(backbone=str(dirs[family]))
+    ctx = make_context("2", text_config if text else image_config, settings)
+    model = new_model(ctx)
+    if text:
+        x = torch.stack([model.encode_text(t)[0] for t in ("a great film xqz", "an awful plot xqz")])
+    else:
+        x = torch.stack([model.encode_image(Image.fromarray(photo(i)))[0] for i in (1, 2)])
+    shape = model.mask_shape(x)
+    irrelevant = torch.zeros((2, *shape), dtype=torch.bool)
+    irrelevant[:, 3] = True
+    from ml_backend.training.fit import fit_set
+    from ml_backend.training.sets import TrainingSet
+
+    strategies = strategies_for(settings)
+    data, added = fit_set(TrainingSet(x, torch.tensor([0, 1]), irrelevant, torch.zeros_like(irrelevant)), model,
+                          settings, strategies, seed=0)
+    assert added["counterexamples"] == 2 * settings.counterexamples
+    batch = Batch(data.x, data.y, data.irrelevant, data.has_irrelevant, data.relevant, data.has_relevant)
+    loss, parts = batch_loss(model, batch, strategies, settings, len(data))
+    loss.backward()
+    assert parts["rrr"] >= 0 and model.network.classifier[1].weight.grad is not None
+
+
+def test_a_changed_backbone_is_refused_by_its_versions(backbone_dirs, image_config, tmp_path):
+    from ml_backend.models import CheckpointError, from_checkpoint
+
+    directory = save_image_backbone(tmp_path / "resnet", "resnet")
+    ctx = make_context("2", image_config, ProjectSettings(backbone=str(directory)))
+    checkpoint = new_model(ctx).checkpoint(ctx.schema.classes)
+    save_image_backbone(directory, "resnet", seed=1)  # new weights in the same directory
+    import os
+
+    os.utime(directory / "model.safetensors", (1, 1))
+    with pytest.raises(CheckpointError, match="changed since this model was trained"):
+        from_checkpoint(checkpoint)
+    with pytest.raises(ConfigError):
+        make_context("2", image_config, ProjectSettings(backbone=str(directory), model_kind="cnn"))
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2", "resnet"])
+def test_evidence_comes_from_the_backbones_own_map(backbone_dirs, image_config, family):
+    """Patch tokens entering the last block (ViT families) or the last stage (CNNs), not the
+    saliency fallback: those maps are non-zero for every image."""
+    _, dirs = backbone_dirs
+    model = new_model(make_context("2", image_config, ProjectSettings(backbone=str(dirs[family]))))
+    x = torch.stack([model.encode_image(Image.fromarray(photo(i, 50, 80)))[0] for i in range(3)])
+    probs, cam = model._evidence(x)
+    assert cam.shape == (3, *x.shape[-2:]) and bool((cam.flatten(1).sum(1) > 0).all())
+    assert torch.allclose(probs.sum(1), torch.ones(3))
