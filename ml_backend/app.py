@@ -14,7 +14,7 @@ from ml_backend.auth import basic_auth_ok, webhook_ok
 from ml_backend.config import ConfigError, Settings
 from ml_backend.errors import ApiError
 from ml_backend.labelstudio.schema import SchemaError
-from ml_backend.project import check_names, project_key
+from ml_backend.project import ProjectIdError, check_names, project_key
 from ml_backend.serving import Predictor
 from ml_backend.store import ProjectStore, StoreError, all_versions, project_ids
 
@@ -98,6 +98,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         body = _json_body()
         try:
             version = predictor.setup(body.get("project"), body.get("schema") or "", body.get("extra_params"))
+        except ProjectIdError as exc:
+            raise ApiError(400, str(exc)) from None
         except (SchemaError, ConfigError, StoreError) as exc:
             raise ApiError(422, str(exc)) from None
         webhooks.on_setup(project_key(body.get("project")))
@@ -115,7 +117,9 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         try:
             ctx = predictor.context(body.get("project"), body.get("label_config"),
                                     params.get("extra_params"))
-        except (SchemaError, ConfigError) as exc:
+        except ProjectIdError as exc:
+            raise ApiError(400, str(exc)) from None
+        except (SchemaError, ConfigError, StoreError) as exc:
             raise ApiError(422, str(exc)) from None
         try:
             results = predictor.predict(ctx, tasks)
@@ -147,8 +151,9 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         project = request.args.get("project")
         if project:
             try:
-                listed = {project_key(project): ProjectStore(settings.model_dir, project_key(project)).list()}
-            except StoreError as exc:
+                key = project_key(project)
+                listed = {key: ProjectStore(settings.model_dir, key).list()}
+            except (ProjectIdError, StoreError) as exc:
                 raise ApiError(400, str(exc)) from None
         else:
             listed = all_versions(settings.model_dir)
@@ -161,10 +166,14 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         if "project" not in body:
             raise ApiError(400, "send {'project': N, 'version': 'vK'} (version optional: the previous one)")
         try:
-            version = ProjectStore(settings.model_dir, project_key(body["project"])).rollback(body.get("version"))
+            key = project_key(body["project"])
+        except ProjectIdError as exc:
+            raise ApiError(400, str(exc)) from None
+        try:
+            version = ProjectStore(settings.model_dir, key).rollback(body.get("version"))
         except StoreError as exc:
             raise ApiError(404, str(exc)) from None
-        return jsonify(project=project_key(body["project"]), model_version=version)
+        return jsonify(project=key, model_version=version)
 
     @app.get("/metrics")
     def prometheus_metrics():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,7 +21,7 @@ from ml_backend import __version__
 from ml_backend.config import Settings
 from ml_backend.errors import ApiError
 from ml_backend.jobs import JobQueue, RedisQueue, make_queue
-from ml_backend.project import project_key
+from ml_backend.project import ProjectIdError, project_key
 from ml_backend.store import ProjectStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -293,9 +292,10 @@ def dashboard_blueprint(settings: Settings, webhooks: Any = None) -> Blueprint:
         raw = request.args.get("project", "")
         if not raw.strip():
             raise ApiError(400, "send ?project=N (the Label Studio project id)")
-        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.\d+)?", raw.strip()):
-            raise ApiError(400, f"invalid project id {raw!r}: send the Label Studio project id")
-        project = project_key(raw.strip())
+        try:
+            project = project_key(raw.strip())
+        except ProjectIdError as exc:
+            raise ApiError(400, str(exc)) from None
         page = _int_arg("page", 1, 1, 10**9)
         page_size = _int_arg("page_size", 50, 1, MAX_PAGE_SIZE)
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -28,10 +29,23 @@ class ProjectContext:
     kind: type[ModelKind]
 
 
+_PROJECT_ID = re.compile(r"\d{1,18}(\.\d{1,20})?")
+
+
+class ProjectIdError(ValueError):
+    """Not a Label Studio project id (an integer, optionally followed by ".<created timestamp>")."""
+
+
 def project_key(project: Any) -> str:
-    """Label Studio sends "<id>.<created timestamp>"; the id names the project."""
-    key = str(project if project not in (None, "") else "default").split(".")[0]
-    return key or "default"
+    """Label Studio sends "<id>.<created timestamp>", or the id; the id names the project. A
+    request without one is the "default" project."""
+    if project is None or project == "":
+        return "default"
+    if isinstance(project, int) and not isinstance(project, bool) and 0 <= project < 10 ** 18:
+        return str(project)
+    if isinstance(project, str) and _PROJECT_ID.fullmatch(project):
+        return project.split(".")[0]
+    raise ProjectIdError(f"invalid project id {str(project)[:40]!r}: send the Label Studio project id")
 
 
 def check_names(settings: ProjectSettings) -> ProjectSettings:

@@ -178,6 +178,36 @@ def test_versions_lists_published_versions(backend, settings, image_config):
     assert requests.post(backend.url + "/setup", json=setup_body(image_config)).json()["model_version"] == "v1"
 
 
+@pytest.mark.parametrize("project", ["1;DROP", "a/b", "../../etc", "x" * 300, "2.x", [2], {"id": "x"}, True, -1, 2.5])
+def test_project_ids_other_than_label_studios_are_a_400(backend, image_config, project):
+    """Label Studio's project ids are integers, optionally "<id>.<created timestamp>"."""
+    calls = [
+        ("post", "/setup", {"project": project, "schema": image_config}),
+        ("post", "/predict", {"project": project, "label_config": image_config, "tasks": []}),
+        ("post", "/versions/rollback", {"project": project}),
+        ("post", "/webhook", {"action": "START_TRAINING", "project": project}),
+        ("post", "/webhook", {"action": "TASKS_CREATED", "project": {"id": project}}),
+    ]
+    for method, path, body in calls:
+        response = getattr(requests, method)(backend.url + path, json=body)
+        assert response.status_code == 400, (path, response.text)
+        assert "project" in response.json()["error"], (path, response.json())
+    if isinstance(project, str):
+        response = requests.get(backend.url + "/versions", params={"project": project})
+        assert response.status_code == 400 and "invalid project id" in response.json()["error"]
+
+
+@pytest.mark.parametrize("version", ["../../6/versions/v1", "/tmp", "v1/../../6/versions/v1", 5, ["v1"],
+                                     {"v": 1}, True, "x" * 500])
+def test_rollback_names_only_the_projects_own_versions(backend, settings, image_config, version):
+    other = ProjectStore(settings.model_dir, "6")
+    other.publish(adapt(ImageCNN(2, image_size=32)), ("Class A", "Class B"), {})
+    publish(settings, image_config)
+    response = requests.post(backend.url + "/versions/rollback", json={"project": 2, "version": version})
+    assert response.status_code == 404 and "has no version" in response.json()["error"]
+    assert ProjectStore(settings.model_dir, "2").current() == "v1"
+
+
 def test_metrics_parse_and_move_with_traffic(backend, settings, image_config):
     publish(settings, image_config)
     before = requests.get(backend.url + "/metrics")

@@ -11,6 +11,7 @@ from ml_backend import metrics
 from ml_backend.config import ConfigError, Settings
 from ml_backend.feedback.store import AnnotationStore
 from ml_backend.jobs import JobQueue, make_queue
+from ml_backend.project import project_key
 from ml_backend.store import ProjectStore, annotation_store_path
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,15 @@ def annotation_pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[st
 
 
 def project_of(body: dict[str, Any]) -> str:
+    """The Label Studio project a webhook is about; ProjectIdError (a ValueError) if malformed."""
     project = body.get("project")
     if isinstance(project, dict) and project.get("id") is not None:
-        return str(project["id"])
-    if isinstance(project, (int, str)) and str(project):
-        return str(project).split(".")[0]
+        return project_key(project["id"])
+    if isinstance(project, (int, str)) and not isinstance(project, bool) and str(project):
+        return project_key(project)
     annotation = body.get("annotation")
     if isinstance(annotation, dict) and annotation.get("project") is not None:
-        return str(annotation["project"])
+        return project_key(annotation["project"])
     raise ValueError("webhook body names no project")
 
 
