@@ -45,7 +45,9 @@ def project_key(project: Any) -> str:
         return str(project)
     if isinstance(project, str) and _PROJECT_ID.fullmatch(project):
         return project.split(".")[0]
-    raise ProjectIdError(f"invalid project id {str(project)[:40]!r}: send the Label Studio project id")
+    # the value is not echoed: a malformed payload can carry the project's token in this field
+    raise ProjectIdError(f"invalid project id ({type(project).__name__}): send the Label Studio project id, "
+                         "an integer")
 
 
 def check_names(settings: ProjectSettings) -> ProjectSettings:

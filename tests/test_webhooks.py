@@ -161,3 +161,22 @@ def test_webhook_is_acknowledged_fast_while_training_runs(backend, hook_settings
     # generous bound for a loaded CI machine; the latency figures live in benchmarks/bench_webhook.py
     assert (time.perf_counter() - started) / 10 < 1.0
     make_queue(hook_settings).wait_idle(120)
+
+
+@pytest.mark.parametrize("body", [
+    {"action": "ANNOTATIONS_DELETED", "project": {"id": 2}, "annotations": [{"id": None}]},
+    {"action": "ANNOTATIONS_DELETED", "project": {"id": 2}, "annotations": [{"id": [1]}]},
+    {"action": "ANNOTATIONS_DELETED", "project": {"id": 2}, "annotations": [{"id": 2 ** 64}]},
+    {"action": "ANNOTATIONS_DELETED", "project": {"id": 2}, "annotations": [{"id": True}]},
+    {"action": "ANNOTATION_CREATED", "project": {"id": 2}, "annotation": {"id": 2 ** 63, "task": 1, "result": []},
+     "task": {"id": 1, "data": {}}},
+    {"action": "ANNOTATION_CREATED", "project": {"id": 2}, "annotation": {"id": 5, "task": [1], "result": []},
+     "task": {"id": 1, "data": {}}},
+    {"action": "ANNOTATION_CREATED", "project": {"id": 2}, "annotation": {"id": 5, "task": 1, "result": []},
+     "task": {"id": "1", "data": {}}},
+])
+def test_malformed_record_ids_are_a_400(backend, body):
+    """Ids Label Studio would never send (null, lists, bools, beyond SQLite's integers) are refused
+    at the edge instead of failing in the store."""
+    response = post(backend, body)
+    assert response.status_code == 400 and "id" in response.json()["error"], response.text

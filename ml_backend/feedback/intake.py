@@ -17,6 +17,14 @@ from ml_backend.store import ProjectStore, annotation_store_path
 log = logging.getLogger(__name__)
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+MAX_ID = 2 ** 63 - 1  # SQLite's integer
+
+
+def record_id(value: Any, what: str) -> int:
+    """A Label Studio record id: a non-negative integer SQLite can hold; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise ValueError(f"{what} id must be a non-negative integer, got {type(value).__name__}")
+    return value
 
 
 def annotation_pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -25,13 +33,16 @@ def annotation_pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[st
     tasks = body.get("task", body.get("tasks"))
     annotations = annotations if isinstance(annotations, list) else [annotations]
     tasks = tasks if isinstance(tasks, list) else [tasks]
-    by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
+    by_id = {None if t.get("id") is None else record_id(t["id"], "task"): t for t in tasks if isinstance(t, dict)}
     pairs = []
     for annotation in annotations:
         if not isinstance(annotation, dict) or "id" not in annotation:
             raise ValueError("annotation webhook without an annotation object (with an id)")
+        record_id(annotation["id"], "annotation")
         task_id = annotation.get("task")
         task_id = task_id.get("id") if isinstance(task_id, dict) else task_id
+        if task_id is not None:
+            record_id(task_id, "the annotation's task")
         task = by_id.get(task_id)
         if task is None and task_id is None and len(by_id) == 1:
             task = next(iter(by_id.values()))
@@ -78,7 +89,7 @@ class WebhookIntake:
             project = project_of(body)
             items = body.get("annotations", body.get("annotation"))
             items = items if isinstance(items, list) else [items]
-            ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
+            ids = [record_id(item["id"], "annotation") for item in items if isinstance(item, dict) and "id" in item]
             removed = self.store.delete(project, ids)
             log.info("project %s: %s %s (%d removed)", project, action, ids, removed)
             return {"action": action, "changed": removed, **self._maybe_train(project, removed)}
