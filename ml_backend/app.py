@@ -20,9 +20,18 @@ from ml_backend.store import ProjectStore, StoreError, all_versions, project_ids
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_ACTIONS = frozenset(("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                             "ANNOTATION_DELETED", "START_TRAINING", "TASKS_CREATED", "TASKS_DELETED",
+                             "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "LABEL_LINK_CREATED",
+                             "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED", "REVIEW_CREATED", "REVIEW_UPDATED",
+                             "REVIEWS_DELETED"))
+
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:
+        raise ApiError(400, "JSON body nested too deeply") from None
     if body is None:
         if not request.get_data(cache=True):
             raise ApiError(400, "empty body: send a JSON object")
@@ -143,7 +152,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
             outcome = webhooks.handle(action, body)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        metrics.WEBHOOK_EVENTS.labels(action).inc()
+        # a label per action Label Studio sends; anything else is counted as "other"
+        metrics.WEBHOOK_EVENTS.labels(action if action in WEBHOOK_ACTIONS else "other").inc()
         return jsonify(status="ok", **outcome), 200
 
     @app.get("/versions")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -230,3 +231,34 @@ def test_large_batches_are_served_in_chunks_in_task_order(backend, settings, ima
     results = requests.post(backend.url + "/predict", json=predict_body(tasks, image_config)).json()["results"]
     assert len(results) == 70
     assert [bool(r["result"]) for r in results] == [bool(i % 3) for i in range(70)]
+
+
+@pytest.mark.parametrize("path", ["/setup", "/predict", "/webhook", "/versions/rollback"])
+def test_deeply_nested_json_is_a_400(backend, path):
+    body = "[" * 100_000 + "]" * 100_000
+    response = requests.post(backend.url + path, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+
+
+def test_an_unknown_action_with_a_lone_surrogate_leaves_metrics_readable(backend):
+    body = '{"action": "\\ud800", "project": {"id": 2}}'  # JSON escapes: a lone surrogate in Python
+    response = requests.post(backend.url + "/webhook", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and response.json()["ignored"] is True
+    metrics = requests.get(backend.url + "/metrics")
+    assert metrics.status_code == 200
+    assert metric_sample(metrics.text, "ml_backend_webhook_events_total", action="other") >= 1
+
+
+def test_unreadable_text_and_urls_do_not_fail_a_request(backend, settings, image_config, text_config):
+    publish(settings, text_config)
+    body = predict_body([ls_task(1, {"text": "fine film \ud800 xqz"})], text_config)
+    response = requests.post(backend.url + "/predict", data=json.dumps(body),  # json escapes the lone surrogate
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    [result] = response.json()["results"]
+    assert result["result"][0]["type"] == "choices"
+    publish(settings, image_config, project="3")
+    for url in ("http://[", "http://[::1", "https://exa mple.com/\x00.png"):
+        body = predict_body([ls_task(1, {"image": url})], image_config, project="3.1")
+        response = requests.post(backend.url + "/predict", json=body)
+        assert response.status_code == 200 and response.json()["results"][0]["result"] == [], url

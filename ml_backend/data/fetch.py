@@ -106,6 +106,12 @@ class Fetcher:
 
     def fetch(self, ref: str, task_id: int | None = None) -> bytes:
         """The bytes behind a task data value (see the module docstring for the forms)."""
+        try:
+            return self._fetch(ref, task_id)
+        except (ValueError, UnicodeError) as exc:  # a URL urllib or requests cannot parse ("http://[")
+            raise DataError(f"malformed data reference ({type(exc).__name__})") from None
+
+    def _fetch(self, ref: str, task_id: int | None) -> bytes:
         ref = (ref or "").strip()
         if not ref:
             raise DataError("empty data reference")

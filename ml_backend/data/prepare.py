@@ -2,6 +2,7 @@
 marks onto that input."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -13,6 +14,9 @@ from ml_backend.data.frame import Frame
 from ml_backend.data.images import load_image
 from ml_backend.data.text import Token
 from ml_backend.labelstudio.schema import TaskSchema
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -45,6 +49,7 @@ def prepare_task(schema: TaskSchema, model: Any, task: Any, fetcher: Fetcher, in
                             image=np.asarray(image) if keep_image else None, frame=frame)
     if not isinstance(value, str):
         raise DataError(f"{schema.data_key!r} must be text")
+    value = _LONE_SURROGATE.sub("\ufffd", value)  # unencodable; one character each, so offsets hold
     tensor, tokens = model.encode_text(value)
     return PreparedTask(index, tensor, text=value, tokens=tokens)
 
