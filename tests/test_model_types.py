@@ -115,3 +115,25 @@ def test_bayesian_model_is_refused_for_text(backend, text_config):
     response = requests.post(server.url + "/setup", json=setup_body(text_config, extra_params={
         "model_kind": "bayesian_cnn"}))
     assert response.status_code == 422 and "text" in response.json()["error"]
+
+
+@pytest.mark.parametrize("poison", [
+    [{"type": "choices", "from_name": "label", "to_name": "image", "value": "Class A"}],
+    [None],
+    [{"type": "brushlabels", "from_name": "evidence", "to_name": "image", "value": {"rle": "x", "brushlabels": 3}}],
+    "not a list",
+])
+def test_one_malformed_annotation_never_stops_training(backend, image_config, poison):
+    server, settings = backend
+    assert requests.post(server.url + "/setup", json=setup_body(image_config)).status_code == 200
+    task, _ = image_task(99)
+    requests.post(server.url + "/webhook", json=annotation_webhook("ANNOTATION_CREATED", 99, task, poison,
+                                                                   image_config))
+    meta = train_on_corrections(server, settings, image_config, n=4)
+    assert meta["examples"] == 4 and meta["skipped"]["invalid"] == 1
+    # and the next training still runs
+    task, label = image_task(5)
+    requests.post(server.url + "/webhook", json=annotation_webhook("ANNOTATION_CREATED", 5, task, [choice(label)],
+                                                                   image_config))
+    assert make_queue(settings).wait_idle(180)
+    assert ProjectStore(settings.model_dir, "2").list()[-1]["examples"] == 5

@@ -73,15 +73,21 @@ def load_examples(ctx: ProjectContext, model: ModelKind, pairs: list, fetcher: F
             continue
         try:
             prepared = prepare_task(ctx.schema, model, task, fetcher)
-            feedback = marks_on_input(parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size,
-                                                       max_len=spec.max_len, text=prepared.text,
-                                                       tokens=prepared.tokens), prepared)
         except DataError as exc:
             log.warning("project %s task %s: unreadable data: %s", ctx.key, task.get("id"), exc)
             skipped["unreadable"] += 1
             continue
+        try:
+            feedback = marks_on_input(parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size,
+                                                       max_len=spec.max_len, text=prepared.text,
+                                                       tokens=prepared.tokens), prepared)
         except FeedbackError as exc:
             log.warning("project %s annotation %s: %s", ctx.key, annotation.get("id"), exc)
+            skipped["invalid"] += 1
+            continue
+        except Exception as exc:  # one malformed annotation must never stop a project's training
+            log.warning("project %s annotation %s: malformed (%s); skipped", ctx.key, annotation.get("id"),
+                        type(exc).__name__)
             skipped["invalid"] += 1
             continue
         if feedback.label is None:
