@@ -272,6 +272,8 @@ class Settings:
     log_level: str = _setting("INFO", allowed=_LOG_LEVELS, env=("LOG_LEVEL",))
     # Label Studio's Local Storage root: /data/local-files/ paths are read from there when present
     local_files_root: str = _setting("", env=("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"))
+    # where user weights (XIL_CHECKPOINT) and backbone directories may be read from, besides MODEL_DIR
+    weights_dirs: tuple[str, ...] = _setting((), env=("WEIGHTS_DIRS",))
     # gunicorn (gunicorn_conf.py and `ml-backend serve`)
     host: str = _setting("0.0.0.0", env=("HOST",))
     port: int = _setting(9090, 1, 65535, env=("PORT",))

@@ -14,7 +14,7 @@ from ml_backend.models import (CheckpointError, backbones, from_checkpoint, is_c
                                read_weights)
 from ml_backend.models.base import ModelKind
 from ml_backend.ranking.acquisition import ACQUISITIONS
-from ml_backend.store import ProjectStore
+from ml_backend.store import ProjectStore, StoreError, allowed_path
 from ml_backend.training.strategies import STRATEGIES
 
 
@@ -75,12 +75,19 @@ def resolve_kind(schema: TaskSchema, settings: ProjectSettings) -> type[ModelKin
     return kind
 
 
-def with_backbone(schema: TaskSchema, settings: ProjectSettings, model_dir: Path) -> ProjectSettings:
+def with_backbone(schema: TaskSchema, settings: ProjectSettings, model_dir: Optional[Path],
+                  weights_dirs: tuple[str, ...] = ()) -> ProjectSettings:
     """The settings with ``backbone`` as an absolute directory that loads, offline, for the
-    project's data (BackboneError, a ConfigError, says what is wrong otherwise)."""
+    project's data (BackboneError, a ConfigError, says what is wrong otherwise). With a
+    ``model_dir`` (a served project), an absolute path must lie under it or ``weights_dirs``."""
     if not settings.backbone:
         return settings
-    path = backbones.resolve(settings.backbone, model_dir)
+    if model_dir is not None and Path(settings.backbone).is_absolute():
+        try:
+            allowed_path(settings.backbone, model_dir, weights_dirs, "a backbone directory")
+        except StoreError as exc:
+            raise backbones.BackboneError(str(exc)) from None
+    path = backbones.resolve(settings.backbone, Path(model_dir or "."))
     modality = backbones.modality_of(path)
     if modality != schema.object_type:
         raise backbones.BackboneError(f"backbone {path.name} reads {modality}; the label config has "
@@ -89,11 +96,11 @@ def with_backbone(schema: TaskSchema, settings: ProjectSettings, model_dir: Path
     return dataclasses.replace(settings, backbone=str(path))
 
 
-def make_context(key: str, label_config: str, settings: ProjectSettings,
-                 model_dir: Optional[Path] = None) -> ProjectContext:
+def make_context(key: str, label_config: str, settings: ProjectSettings, model_dir: Optional[Path] = None,
+                 weights_dirs: tuple[str, ...] = ()) -> ProjectContext:
     """A project from its label config and settings (a backbone is found under ``model_dir``)."""
     schema = parse_label_config(label_config)
-    settings = with_backbone(schema, settings, Path(model_dir or "."))
+    settings = with_backbone(schema, settings, model_dir, weights_dirs)
     return ProjectContext(key, schema, settings, label_config, resolve_kind(schema, settings))
 
 
@@ -106,17 +113,19 @@ def project_context(settings: Settings, project: Any, label_config: Optional[str
     if not label_config:
         raise SchemaError(f"project {key} has no label config: call /setup or send label_config")
     params = parse_extra_params(extra_params) if extra_params is not None else stored.get("extra_params") or {}
-    return make_context(key, label_config, settings.project.with_overrides(params), settings.model_dir)
+    return make_context(key, label_config, settings.project.with_overrides(params), settings.model_dir,
+                        settings.weights_dirs)
 
 
 def new_model(ctx: ProjectContext) -> ModelKind:
     return ctx.kind.create(ctx.kind.default_config(ctx.schema.n_classes, ctx.settings))
 
 
-def user_checkpoint(ctx: ProjectContext) -> ModelKind:
-    """A project's start from user-supplied weights: an ml_backend checkpoint, or a bare
-    state_dict for the project's default model. CheckpointError says why not."""
-    weights = read_weights(Path(ctx.settings.checkpoint))
+def user_checkpoint(ctx: ProjectContext, model_dir: Path, weights_dirs: tuple[str, ...] = ()) -> ModelKind:
+    """A project's start from user-supplied weights (a file under MODEL_DIR or WEIGHTS_DIRS): an
+    ml_backend checkpoint, or a bare state_dict for the project's default model. CheckpointError
+    (or StoreError, for a file outside those directories) says why not."""
+    weights = read_weights(allowed_path(ctx.settings.checkpoint, model_dir, weights_dirs, "a checkpoint"))
     if not is_checkpoint(weights):
         if not isinstance(weights, dict):
             raise CheckpointError(f"{ctx.settings.checkpoint} holds neither a checkpoint nor a state_dict")

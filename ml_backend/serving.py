@@ -83,7 +83,7 @@ class Predictor:
     def _import_checkpoint(self, ctx: ProjectContext, store: ProjectStore) -> Optional[str]:
         """Start a project from user-supplied weights."""
         try:
-            model = user_checkpoint(ctx)
+            model = user_checkpoint(ctx, self.settings.model_dir, self.settings.weights_dirs)
         except CheckpointError as exc:
             raise StoreError(str(exc)) from None
         return store.publish(model, ctx.schema.classes, {"source": ctx.settings.checkpoint})

@@ -54,6 +54,17 @@ def annotation_store_path(model_dir: Path) -> Path:
     return Path(model_dir) / "feedback.sqlite3"
 
 
+def allowed_path(name: str, model_dir: Path, weights_dirs: tuple[str, ...], what: str) -> Path:
+    """A user-named file or directory: relative to MODEL_DIR, or absolute under MODEL_DIR or one of
+    WEIGHTS_DIRS. Anything else is a StoreError that says the same whether or not it exists."""
+    roots = [Path(model_dir).resolve(), *(Path(d).resolve() for d in weights_dirs)]
+    path = Path(name)
+    path = (path if path.is_absolute() else roots[0] / path).resolve()
+    if not any(path == root or root in path.parents for root in roots):
+        raise StoreError(f"{what} must be under MODEL_DIR or a directory listed in WEIGHTS_DIRS")
+    return path
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -19,6 +19,12 @@ def backend(settings):
         yield server
 
 
+def _weights_file(tmp_path, name: str):
+    """User weights go under MODEL_DIR (or WEIGHTS_DIRS)."""
+    (tmp_path / "models" / "weights").mkdir(parents=True, exist_ok=True)
+    return tmp_path / "models" / "weights" / name
+
+
 def _task():
     return ls_task(1, {"image": png_data_uri(np.random.default_rng(0).integers(0, 255, (40, 30, 3)))})
 
@@ -26,7 +32,7 @@ def _task():
 def test_project_starts_from_an_ml_backend_checkpoint(backend, tmp_path, image_config):
     torch.manual_seed(3)
     model = ImageCNN(2, image_size=32)
-    path = tmp_path / "weights.pt"
+    path = _weights_file(tmp_path, "weights.pt")
     torch.save(adapt(model).checkpoint(("Class A", "Class B")), path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
     assert response.json() == {"model_version": "v1"}
@@ -39,7 +45,7 @@ def test_project_starts_from_an_ml_backend_checkpoint(backend, tmp_path, image_c
 
 def test_project_starts_from_a_bare_state_dict(backend, tmp_path, image_config):
     model = ImageCNN(2, image_size=64)  # the project's default model (XIL_IMAGE_SIZE=64)
-    path = tmp_path / "state.pt"
+    path = _weights_file(tmp_path, "state.pt")
     torch.save(model.state_dict(), path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
     assert response.json() == {"model_version": "v1"}
@@ -50,7 +56,7 @@ def test_project_starts_from_a_bare_state_dict(backend, tmp_path, image_config):
     (b"garbage", "cannot read"),
 ])
 def test_unusable_checkpoints_get_a_clear_422(backend, tmp_path, image_config, content, message):
-    path = tmp_path / "bad.pt"
+    path = _weights_file(tmp_path, "bad.pt")
     if content is not None:
         path.write_bytes(content)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
@@ -58,14 +64,39 @@ def test_unusable_checkpoints_get_a_clear_422(backend, tmp_path, image_config, c
 
 
 def test_a_state_dict_for_another_architecture_is_refused(backend, tmp_path, image_config):
-    path = tmp_path / "other.pt"
+    path = _weights_file(tmp_path, "other.pt")
     torch.save({"weight": torch.zeros(3, 3)}, path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
     assert response.status_code == 422 and "does not fit" in response.json()["error"]
 
 
 def test_a_checkpoint_for_other_classes_is_refused(backend, tmp_path, image_config):
-    path = tmp_path / "cats.pt"
+    path = _weights_file(tmp_path, "cats.pt")
     torch.save(adapt(ImageCNN(3, image_size=32)).checkpoint(("cat", "dog", "bird")), path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
     assert response.status_code == 422 and "'cat', 'dog', 'bird'" in response.json()["error"]
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_weights_outside_the_allowed_directories_are_refused_alike(backend, tmp_path, image_config, exists):
+    """Outside MODEL_DIR and WEIGHTS_DIRS the answer is the same whether or not a file is there."""
+    path = tmp_path / "elsewhere.pt"
+    if exists:
+        torch.save(adapt(ImageCNN(2, image_size=64)).checkpoint(("Class A", "Class B")), path)
+    for name in (str(path), "../elsewhere.pt", "weights/../../elsewhere.pt"):
+        response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": name}))
+        assert response.status_code == 422
+        assert response.json()["error"] == "a checkpoint must be under MODEL_DIR or a directory listed in WEIGHTS_DIRS"
+
+
+def test_weights_dirs_allow_another_directory(tmp_path, image_config):
+    from ml_backend.config import Settings
+
+    shared = tmp_path / "shared-weights"
+    shared.mkdir()
+    torch.save(adapt(ImageCNN(2, image_size=64)).checkpoint(("Class A", "Class B")), shared / "w.pt")
+    settings = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "WEIGHTS_DIRS": f"/nonexistent,{shared}"})
+    with LiveServer(create_app(settings)) as server:
+        response = requests.post(server.url + "/setup",
+                                 json=setup_body(image_config, extra_params={"checkpoint": str(shared / "w.pt")}))
+        assert response.json() == {"model_version": "v1"}
