@@ -69,3 +69,12 @@ def test_images_to_batch():
     assert batch.shape == (3, 3, 16, 16)
     assert torch.allclose(batch[2, 0], torch.full((16, 16), 100 / 255))
     assert images_to_batch([], 16).shape == (0, 3, 16, 16)
+
+
+def test_a_pixel_budget_refuses_a_large_image_from_its_header():
+    """A 9000 x 9000 grey PNG is a few KB on the wire and 81 MB decoded: refused before decoding."""
+    data = encode(Image.new("L", (9000, 9000)))
+    assert len(data) < 200_000
+    with pytest.raises(DataError, match="9000 x 9000 pixels, over the limit of 40 megapixels"):
+        load_image(data, max_pixels=40_000_000)
+    assert load_image(encode(Image.new("RGB", (20, 10))), max_pixels=200).size == (20, 10)

@@ -92,6 +92,7 @@ class Fetcher:
         self.ls_url = settings.label_studio_url.rstrip("/")
         self._key = settings.label_studio_api_key
         self.timeout = settings.fetch_timeout
+        self.max_pixels = int(settings.max_image_megapixels * 1_000_000)
         self.max_bytes = settings.max_body_bytes
         self.local_root = local_files_root(settings)
         self._auth = TokenAuth(self.ls_url, self._key, self.timeout) if self.ls_url and self._key else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,12 +20,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ml_backend.data.fetch import DataError
 
 
-def load_image(data: bytes) -> Image.Image:
-    """Decode ``data`` into an upright RGB image (first frame of animations)."""
+def load_image(data: bytes, max_pixels: Optional[int] = None) -> Image.Image:
+    """Decode ``data`` into an upright RGB image (first frame of animations); an image of more than
+    ``max_pixels`` is refused from its header, before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(f"image is {width} x {height} pixels, over the limit of {max_pixels / 1e6:g} "
+                                "megapixels (MAX_IMAGE_MEGAPIXELS)")
             img.load()
             img = ImageOps.exif_transpose(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

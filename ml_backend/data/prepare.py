@@ -43,7 +43,7 @@ def prepare_task(schema: TaskSchema, model: Any, task: Any, fetcher: Fetcher, in
     if schema.object_type == "image":
         if not isinstance(value, str):
             raise DataError(f"{schema.data_key!r} must be an image URL")
-        image = load_image(fetcher.fetch(value, task_id=task.get("id")))
+        image = load_image(fetcher.fetch(value, task_id=task.get("id")), fetcher.max_pixels)
         tensor, frame = model.encode_image(image)
         return PreparedTask(index, tensor, image_size=(image.height, image.width),
                             image=np.asarray(image) if keep_image else None, frame=frame)
