@@ -340,3 +340,13 @@ def test_feedback_counts(image_schema):
         "irrelevant+relevant": 0,
     }
     assert feedback_counts([]) == dict.fromkeys(feedback_counts([]), 0)
+
+
+def test_a_brush_mask_declaring_a_huge_size_is_refused_before_decoding(image_schema):
+    """55 KB of RLE can declare a 16384 x 16384 mask (1 GB decoded): refused from the header."""
+    region = {"from_name": "evidence", "to_name": "image", "type": "brushlabels", "original_width": 16384,
+              "original_height": 16384, "value": {"format": "rle", "rle": rle.encode(np.zeros((8, 8), bool)),
+                                                  "brushlabels": ["Irrelevant"]}}
+    annotation = {"id": 1, "task": 1, "result": [region]}
+    with pytest.raises(FeedbackError, match="16384 x 16384 pixels is over the limit"):
+        parse_annotation(annotation, {"id": 1, "data": {}}, image_schema, image_size=64)

@@ -209,6 +209,9 @@ def _image_mask(results: list[dict], image_size: Optional[int], annotation_id: i
     return mask if mask is not None and mask.any() else None
 
 
+MAX_MASK_PIXELS = 100_000_000  # a brush mask declaring more is refused before it is decoded
+
+
 def _decode_region(result: dict, annotation_id: int) -> np.ndarray:
     value = result["value"]
     if value.get("format", "rle") != "rle" or "rle" not in value:
@@ -221,6 +224,9 @@ def _decode_region(result: dict, annotation_id: int) -> np.ndarray:
             f"annotation {annotation_id}: brush region needs positive integer original_width/original_height, "
             f"got {width!r} x {height!r}"
         )
+    if width * height > MAX_MASK_PIXELS:
+        raise FeedbackError(f"annotation {annotation_id}: a brush region of {width} x {height} pixels is over the "
+                            f"limit of {MAX_MASK_PIXELS / 1e6:g} megapixels")
     try:
         return rle.decode(value["rle"], height, width) > 0
     except rle.RLEError as exc:

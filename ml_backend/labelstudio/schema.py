@@ -54,10 +54,19 @@ def parse_label_config(label_config: str) -> TaskSchema:
     """Parse a Label Studio label config; raise SchemaError naming what is missing."""
     if not label_config or not isinstance(label_config, str):
         raise SchemaError("no label config: send the project's label_config (XML)")
+    if len(label_config) <= CACHED_CONFIG_CHARS:
+        return _parse_cached(label_config)
+    return _parse(label_config)  # a config that large is parsed each time: the cache stays small
+
+
+CACHED_CONFIG_CHARS = 256 * 1024  # with 64 entries, the cache holds at most 16 M characters
+
+
+@lru_cache(maxsize=64)  # every /predict carries the config; parsing it is the slow part
+def _parse_cached(label_config: str) -> TaskSchema:
     return _parse(label_config)
 
 
-@lru_cache(maxsize=128)  # every /predict carries the config; parsing it is the slow part
 def _parse(label_config: str) -> TaskSchema:
     try:
         interface = LabelInterface(label_config)
