@@ -51,3 +51,17 @@ def test_label_names_are_taken_from_the_config():
 def test_unservable_configs_say_what_is_missing(config, missing):
     with pytest.raises(SchemaError, match=missing):
         parse_label_config(config)
+
+
+def test_the_parse_cache_is_bounded_in_size(image_config):
+    from ml_backend.labelstudio import schema as module
+
+    base = image_config
+    module._parse_cached.cache_clear()
+    for i in range(100):  # distinct configs: comments make them differ
+        parse_label_config(base + f"<!-- {i} -->")
+    assert module._parse_cached.cache_info().currsize <= 64
+    huge = base + "<!--" + "x" * (module.CACHED_CONFIG_CHARS + 1) + "-->"
+    before = module._parse_cached.cache_info()
+    assert parse_label_config(huge).classes == parse_label_config(base).classes
+    assert module._parse_cached.cache_info().currsize <= before.currsize + 1  # only `base` may be added
