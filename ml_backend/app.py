@@ -62,6 +62,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         from ml_backend.feedback.intake import WebhookIntake
 
         webhooks = WebhookIntake.from_settings(settings)
+        if not settings.redis_url:  # RQ keeps its queue in Redis; the in-process one is re-planned
+            webhooks.replan()
     app.extensions["ml_backend"] = {"settings": settings, "predictor": predictor, "webhooks": webhooks}
 
     @app.before_request

@@ -12,7 +12,7 @@ from ml_backend.config import ConfigError, Settings
 from ml_backend.feedback.store import AnnotationStore
 from ml_backend.jobs import JobQueue, make_queue
 from ml_backend.project import project_key
-from ml_backend.store import ProjectStore, annotation_store_path
+from ml_backend.store import ProjectStore, StoreError, annotation_store_path
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,24 @@ class WebhookIntake:
         if isinstance(config, str) and config:
             return store.update_config(label_config=config)
         return store.config()
+
+    def replan(self) -> list[str]:
+        """Enqueue the training that was due when the process last stopped: every project whose
+        annotations changed after its serving version was trained (a crash loses no training)."""
+        due = []
+        for project, revision in self.store.revisions().items():
+            try:
+                store = ProjectStore(self.settings.model_dir, project)
+                current = store.current()
+                trained = store.meta(current).get("store_revision", -1) if current else -1
+            except StoreError:
+                continue
+            config = store.config()
+            if config.get("label_config") and revision > trained and self._maybe_train(project, 1, config):
+                due.append(project)
+        if due:
+            log.info("re-planned the training due for projects %s", due)
+        return due
 
     def on_setup(self, project: str) -> None:
         """Put the webhook secret on the project's ML-backend webhook in Label Studio (in the

@@ -200,6 +200,10 @@ class AnnotationStore:
             .fetchone()[0]
         )
 
+    def revisions(self) -> dict[str, int]:
+        """Every project's revision."""
+        return dict(self._conn().execute("SELECT project_id, revision FROM revisions").fetchall())
+
     def revision(self, project_id: str) -> int:
         """Monotonic counter, bumped by every change to the project's annotations (0 = none yet)."""
         row = self._conn().execute("SELECT revision FROM revisions WHERE project_id=?", (str(project_id),)).fetchone()
