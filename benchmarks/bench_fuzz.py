@@ -1,0 +1,74 @@
+"""Benchmark (not a test): 10,000 malformed requests on every route and webhook action, none answered 5xx.
+
+The generator of ``tests/test_fuzz.py`` (``tests/support/fuzz.py``: Label Studio payloads with
+hostile fields, hostile raw bodies) against ``ml-backend serve``'s app on a live port, several
+seeds, with a published model so that /predict and the rankings routes do real work.
+
+    .venv/bin/python -m benchmarks.bench_fuzz [--quick] [--requests N]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from benchmarks import _common as C
+from benchmarks.machine import describe, markdown
+
+NAME = "bench_fuzz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 requests")
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    from ml_backend.app import create_app
+    from ml_backend.config import ProjectSettings, Settings
+    from ml_backend.models import adapt
+    from ml_backend.models.cnn import ImageCNN
+    from ml_backend.store import ProjectStore
+    from tests.support.fuzz import fuzz, templates
+    from tests.support.live import LiveServer
+
+    n = 2000 if args.quick else args.requests
+    image_config = (C.LABEL_CONFIGS / "image_classification_evidence.xml").read_text()
+    text_config = (C.LABEL_CONFIGS / "text_classification_evidence.xml").read_text()
+    statuses: dict[int, int] = {}
+    failures: list = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
+        settings = Settings(model_dir=Path(tmp), train_debounce=30.0, basic_auth_user="ls", basic_auth_pass="pw",
+                            project=ProjectSettings(epochs=1, image_size=16))
+        ProjectStore(settings.model_dir, "2").publish(adapt(ImageCNN(2, image_size=16, width=4)),
+                                                      ("Class A", "Class B"), {})
+        with LiveServer(create_app(settings)) as live:
+            session = requests.Session()
+            session.auth = ("ls", "pw")
+            per_seed = -(-n // 5)
+            for seed in range(5):
+                got, bad = fuzz(live.url, session, templates(image_config, text_config), min(per_seed, n), seed)
+                n_done = sum(got.values())
+                n -= n_done
+                for status, count in got.items():
+                    statuses[status] = statuses.get(status, 0) + count
+                failures += bad
+    seconds = time.perf_counter() - started
+    total = sum(statuses.values())
+    rows = [[status, count] for status, count in sorted(statuses.items())]
+    table = C.md_table(["status", "requests"], rows, "rr")
+    machine = describe("cpu")
+    C.print_report(f"{total} malformed requests: {len(failures)} answered 5xx ({seconds:.0f} s)", markdown(machine),
+                   [{"title": "answers by status", "markdown": table}],
+                   [f"first 5xx: {failures[:3]}" if failures else "no 5xx"])
+    C.write_results(NAME, {"name": NAME, "command": C.command_line(), "machine": machine, "requests": total,
+                           "statuses": statuses, "failures": failures[:20], "seconds": seconds, "markdown": table})
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
