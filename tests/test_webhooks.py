@@ -180,3 +180,37 @@ def test_malformed_record_ids_are_a_400(backend, body):
     at the edge instead of failing in the store."""
     response = post(backend, body)
     assert response.status_code == 400 and "id" in response.json()["error"], response.text
+
+
+def _secret_shapes(image_config: str) -> list[dict]:
+    import json
+
+    project = project_object(image_config)
+    task, _ = image_task(4)
+    created = annotation_webhook("ANNOTATION_CREATED", 41, task, [choice("Class A")], image_config)
+    nested_annotation = {**created, "project": 2, "annotation": {**created["annotation"], "project": project}}
+    nested_task = {**created, "task": {**created["task"], "project": project}}
+    return [
+        {"action": "ANNOTATIONS_DELETED", "project": json.dumps(project), "annotations": [{"id": 5}]},
+        {**created, "project": json.dumps(project)},
+        nested_annotation,
+        nested_task,
+        {"action": "START_TRAINING", "project": {"id": json.dumps(project)}},
+        {"action": "PROJECT_DELETED", "project": project},
+        {"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": "x", "project": project}},
+    ]
+
+
+def test_secrets_never_reach_logs_or_the_store_whatever_the_payload_shape(backend, hook_settings, image_config,
+                                                                          caplog):
+    caplog.set_level(logging.DEBUG)
+    for body in _secret_shapes(image_config):
+        response = post(backend, body)
+        assert response.status_code in (200, 400), response.text
+        assert PROJECT_TOKEN not in response.text and TASK_DATA_PASSWORD not in response.text
+    make_queue(hook_settings).wait_idle(60)
+    assert PROJECT_TOKEN not in caplog.text and TASK_DATA_PASSWORD not in caplog.text
+    for path in hook_settings.model_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert PROJECT_TOKEN.encode() not in data and TASK_DATA_PASSWORD.encode() not in data, path
