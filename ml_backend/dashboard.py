@@ -20,6 +20,7 @@ from markupsafe import Markup, escape
 from ml_backend import __version__
 from ml_backend.config import Settings
 from ml_backend.errors import ApiError
+from ml_backend.feedback.store import AnnotationStore
 from ml_backend.jobs import JobQueue, RedisQueue, make_queue
 from ml_backend.project import ProjectIdError, project_key
 from ml_backend.store import ProjectStore, StoreError
@@ -85,8 +86,9 @@ def ranking_view(settings: Settings, project: str, limit: int = TOP_TASKS) -> Op
                     for i, t in enumerate(tasks[:limit])]}
 
 
-def project_status(settings: Settings, project: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Serving version, learning curve, feedback, jobs and queue head of one project."""
+def project_status(settings: Settings, project: str, jobs: list[dict[str, Any]],
+                   annotations: Optional[AnnotationStore] = None) -> dict[str, Any]:
+    """Serving version, learning curve, feedback, quarantined annotations, jobs and queue head of one project."""
     versions = ProjectStore(settings.model_dir, project).list()
     current = next((v for v in versions if v.get("current")), None)
     serving = None
@@ -101,7 +103,16 @@ def project_status(settings: Settings, project: str, jobs: list[dict[str, Any]])
         log.warning("project %s: unreadable ranking: %s", project, exc)
         ranking = None
     return {"project": project, "serving": serving, "versions": learning_curve(versions),
-            "feedback": _ordered_feedback((current or {}).get("feedback") or {}), "jobs": jobs, "queue": ranking}
+            "feedback": _ordered_feedback((current or {}).get("feedback") or {}), "jobs": jobs, "queue": ranking,
+            "rejected": _rejected(annotations, project)}
+
+
+def _rejected(annotations: Optional[AnnotationStore], project: str) -> dict[str, Any]:
+    """Annotations quarantined at intake: how many, and the latest with their reasons."""
+    if annotations is None:
+        return {"count": 0, "recent": []}
+    count, recent = annotations.rejected(project, limit=5)
+    return {"count": count, "recent": recent}
 
 
 def _ordered_feedback(counts: dict[str, int]) -> dict[str, int]:
@@ -111,7 +122,8 @@ def _ordered_feedback(counts: dict[str, int]) -> dict[str, int]:
     return {**{k: counts[k] for k in KINDS if k in counts}, **{k: v for k, v in counts.items() if k not in KINDS}}
 
 
-def collect_status(settings: Settings, queue: JobQueue) -> dict[str, Any]:
+def collect_status(settings: Settings, queue: JobQueue, annotations: Optional[AnnotationStore] = None
+                   ) -> dict[str, Any]:
     """Everything /status and /dashboard show."""
     records: list[dict[str, Any]] = []
     depth: Optional[int] = None
@@ -128,7 +140,7 @@ def collect_status(settings: Settings, queue: JobQueue) -> dict[str, Any]:
     projects = []
     for name in known_projects(settings, list(by_project)):
         try:
-            projects.append(project_status(settings, name, by_project.get(name, [])[:JOBS_PER_PROJECT]))
+            projects.append(project_status(settings, name, by_project.get(name, [])[:JOBS_PER_PROJECT], annotations))
         except StoreError:
             continue  # a folder that is no project id
     return {"generated_at": time.time(), "version": __version__,
@@ -276,13 +288,15 @@ def dashboard_blueprint(settings: Settings, webhooks: Any = None) -> Blueprint:
     def queue() -> JobQueue:
         return getattr(webhooks, "queue", None) or make_queue(settings)
 
+    annotations = getattr(webhooks, "store", None)
+
     @bp.get("/status")
     def status():
-        return jsonify(collect_status(settings, queue()))
+        return jsonify(collect_status(settings, queue(), annotations))
 
     @bp.get("/dashboard")
     def dashboard():
-        data = collect_status(settings, queue())
+        data = collect_status(settings, queue(), annotations)
         charts = {p["project"]: project_charts(p) for p in data["projects"]}
         return render_template("dashboard.html", status=data, charts=charts, fmt_time=_time,
                                duration=_duration, number=_number)

@@ -9,7 +9,9 @@ from typing import Any, Optional
 
 from ml_backend import metrics
 from ml_backend.config import ConfigError, Settings
+from ml_backend.feedback.parse import CancelledAnnotation, FeedbackError, parse_annotation
 from ml_backend.feedback.store import AnnotationStore
+from ml_backend.labelstudio.schema import SchemaError, TaskSchema, parse_label_config
 from ml_backend.jobs import JobQueue, make_queue
 from ml_backend.project import project_key
 from ml_backend.store import ProjectStore, StoreError, annotation_store_path
@@ -52,6 +54,33 @@ def annotation_pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[st
     return pairs
 
 
+def _schema(state: dict[str, Any]) -> Optional[TaskSchema]:
+    """The project's parsed label config, when it has a usable one."""
+    config = state.get("label_config")
+    if not isinstance(config, str) or not config:
+        return None
+    try:
+        return parse_label_config(config)
+    except SchemaError:
+        return None
+
+
+def malformed(annotation: dict[str, Any], task: dict[str, Any], schema: Optional[TaskSchema]) -> Optional[str]:
+    """Why an annotation cannot be trained on (None when it can, or when there is no label config to
+    check it against): it is read as training will read it."""
+    if schema is None:
+        return None
+    try:
+        parse_annotation(annotation, task, schema)
+    except CancelledAnnotation:
+        return None  # skipped by training, and a real annotation: stored
+    except FeedbackError as exc:
+        return str(exc)
+    except Exception as exc:  # a shape no parser branch expects: a string where an object belongs...
+        return f"malformed annotation ({type(exc).__name__})"
+    return None
+
+
 def project_of(body: dict[str, Any]) -> str:
     """The Label Studio project a webhook is about; ProjectIdError (a ValueError) if malformed."""
     project = body.get("project")
@@ -81,10 +110,21 @@ class WebhookIntake:
             project = project_of(body)
             pairs = annotation_pairs(body)
             state = self._remember_config(project, body)
-            changed = sum(bool(self.store.upsert(project, annotation, task)) for annotation, task in pairs)
-            log.info("project %s: %s for annotations %s (%d changed)", project, action,
-                     [a["id"] for a, _ in pairs], changed)
-            return {"action": action, "changed": changed, **self._maybe_train(project, changed, state)}
+            schema = _schema(state)
+            changed = rejected = 0
+            for annotation, task in pairs:
+                reason = malformed(annotation, task, schema)
+                if reason is not None:  # quarantined: listed on /status, never trained on
+                    task_id = task.get("id") if isinstance(task.get("id"), int) else None
+                    self.store.reject(project, annotation["id"], task_id, reason)
+                    rejected += 1
+                    log.warning("project %s: annotation %s quarantined: %s", project, annotation["id"], reason)
+                    continue
+                changed += bool(self.store.upsert(project, annotation, task))
+            log.info("project %s: %s for annotations %s (%d changed, %d quarantined)", project, action,
+                     [a["id"] for a, _ in pairs], changed, rejected)
+            return {"action": action, "changed": changed, "rejected": rejected,
+                    **self._maybe_train(project, changed, state)}
         if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED"):
             project = project_of(body)
             items = body.get("annotations", body.get("annotation"))

@@ -48,7 +48,17 @@ CREATE TABLE IF NOT EXISTS revisions (
     project_id TEXT PRIMARY KEY,
     revision INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rejected (
+    project_id TEXT NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    task_id INTEGER,
+    reason TEXT NOT NULL,
+    received_us INTEGER NOT NULL,
+    PRIMARY KEY (project_id, annotation_id)
+);
 """
+
+MAX_REASON_CHARS = 300
 
 Pair = tuple[dict, dict]
 
@@ -125,7 +135,28 @@ class AnnotationStore:
             change = _apply(conn, project_id, row)
             if change:
                 _bump(conn, project_id)
+            conn.execute("DELETE FROM rejected WHERE project_id=? AND annotation_id=?", (project_id, row["annotation_id"]))
         return change is not None
+
+    def reject(self, project_id: str, annotation_id: int, task_id: Optional[int], reason: str) -> None:
+        """Quarantine a malformed annotation: kept out of training, listed with its reason. A
+        stored version of it is removed (its newer form replaced it in Label Studio)."""
+        project_id = str(project_id)
+        received = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?)",
+                         (project_id, annotation_id, task_id, reason[:MAX_REASON_CHARS], received))
+            if conn.execute("DELETE FROM annotations WHERE project_id=? AND annotation_id=?",
+                            (project_id, annotation_id)).rowcount:
+                _bump(conn, project_id)
+
+    def rejected(self, project_id: str, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
+        """(how many of the project's annotations are quarantined, the latest with their reasons)."""
+        conn = self._conn()
+        count = conn.execute("SELECT COUNT(*) FROM rejected WHERE project_id=?", (str(project_id),)).fetchone()[0]
+        rows = conn.execute("SELECT annotation_id, task_id, reason, received_us FROM rejected WHERE project_id=? "
+                            "ORDER BY received_us DESC LIMIT ?", (str(project_id), limit)).fetchall()
+        return count, [{"annotation": a, "task": t, "reason": r, "received_at": us / 1e6} for a, t, r, us in rows]
 
     def delete(self, project_id: str, annotation_ids: Iterable[int]) -> int:
         """Delete annotations by id (remembering the ids); returns how many were stored."""
@@ -138,6 +169,7 @@ class AnnotationStore:
                     "DELETE FROM annotations WHERE project_id=? AND annotation_id=?", (project_id, annotation_id)
                 ).rowcount
                 conn.execute("INSERT OR IGNORE INTO deleted VALUES (?, ?)", (project_id, annotation_id))
+                conn.execute("DELETE FROM rejected WHERE project_id=? AND annotation_id=?", (project_id, annotation_id))
             if removed:
                 _bump(conn, project_id)
         return removed
