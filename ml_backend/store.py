@@ -10,7 +10,6 @@ Layout under MODEL_DIR::
     projects/<project>/queue.json             the last ranking of unlabeled tasks
     projects/<project>/pushed.json            predictions pushed to Label Studio (what is there already)
     projects/<project>/train.lock             one training job per project across serving processes
-    projects/<project>/features/              per-task feature cache (pretrained backbones)
 
 Every serving process reads CURRENT on each request (one small read), so a version
 published by a worker on another machine is served without a restart.
@@ -122,7 +121,7 @@ class ProjectStore:
     def save_pushed(self, ledger: dict[str, Any]) -> None:
         write_atomic(self.root / "pushed.json", json.dumps(ledger).encode())
 
-    # locks and caches --------------------------------------------------------------------
+    # locks --------------------------------------------------------------------------
     @contextlib.contextmanager
     def train_lock(self) -> Iterator[None]:
         """Exclusive across processes on this machine (several serving processes without Redis)."""
@@ -134,10 +133,6 @@ class ProjectStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-    @property
-    def features_dir(self) -> Path:
-        return self.root / "features"
 
     # versions --------------------------------------------------------------------
     def current(self) -> Optional[str]:

@@ -149,13 +149,19 @@ def train_mode(settings: Any) -> str:
     return settings.train_mode
 
 
-class TrainedWeightsOnly:
-    """A backbone kind's checkpoint: the head and any fine-tuned blocks; the backbone's own weights
-    stay in its directory (its fingerprint is in the config)."""
+class BackboneKind:
+    """What the backbone kinds share: their config from a project's settings, whether a model still
+    fits them, and a checkpoint of the head and any fine-tuned blocks (the backbone's own weights
+    stay in its directory; its fingerprint is in the config)."""
 
     name: str
     network: nn.Module
     config: dict[str, Any]
+
+    @classmethod
+    def default_config(cls, n_classes: int, settings: Any) -> dict[str, Any]:
+        return {"n_classes": n_classes, "backbone": settings.backbone, "train_mode": train_mode(settings),
+                "finetune_blocks": settings.finetune_blocks}
 
     def fits(self, settings: Any) -> bool:
         """The same backbone, unchanged, trained the same way."""

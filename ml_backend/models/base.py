@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml_backend.models.sampling import mc_dropout_probs
 from ml_backend.plugins import Registry
 
 KINDS: Registry["ModelKind"] = Registry("ml_backend.models", "model kind")
@@ -84,10 +85,6 @@ class ModelKind(ABC):
     def config(self) -> dict[str, Any]:
         return dict(self.network.config)
 
-    @property
-    def n_classes(self) -> int:
-        return int(self.network.config["n_classes"])
-
     @abstractmethod
     def input_spec(self) -> InputSpec:
         """What prepared input this network reads."""
@@ -129,9 +126,10 @@ class ModelKind(ABC):
         self.network.eval()
         return torch.softmax(self.network(x), dim=1)
 
-    @abstractmethod
     def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
-        """(T, N, K) samples of the predictive distribution (for BALD)."""
+        """(T, N, K) samples of the predictive distribution (for BALD): MC dropout, the features once
+        and the dropout head T times."""
+        return mc_dropout_probs(self.network, x, T)
 
     # evidence -----------------------------------------------------------------------------
     @abstractmethod

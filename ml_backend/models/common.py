@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from ml_backend.data.images import image_to_tensor
 from ml_backend.data.text import PAD_ID, Token, encode_tokens, replace_marked_ids, tokenize
 from ml_backend.explain.attribution import explain_images, explain_tokens
 from ml_backend.models.base import IMAGE, TEXT, InputSpec, ModelKind, squared_gradients
-from ml_backend.models.sampling import mc_dropout_probs
 
 
 class ImageKind(ModelKind):
@@ -32,9 +30,6 @@ class ImageKind(ModelKind):
     def to(self, device: torch.device) -> "ImageKind":
         self.network.to(device, memory_format=torch.channels_last)  # NHWC convolutions: ~2x on CPU
         return self
-
-    def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
-        return mc_dropout_probs(self.network, x, T)
 
     def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
         relevance = explain_images(self.network, x, targets, method)
@@ -72,9 +67,6 @@ class TextKind(ModelKind):
                        generator: torch.Generator) -> torch.Tensor:
         """(copies, *x.shape) with the marked tokens replaced by random others (counterexamples)."""
         return replace_marked_ids(x, marked, copies, 1, self.input_spec().n_buckets, generator)
-
-    def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
-        return mc_dropout_probs(self.network, x, T)
 
     def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
         return explain_tokens(self.network, x, targets, method)

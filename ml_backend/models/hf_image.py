@@ -47,6 +47,7 @@ class BackboneImageClassifier(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbones.hidden_size(self.backbone), n_classes))
         self._frames: OrderedDict[tuple[int, int], Frame] = OrderedDict()
         self._frames_lock = threading.Lock()
+        self._levels: Optional[tuple[np.ndarray, np.ndarray]] = None  # the processor's normalisation
 
     def train(self, mode: bool = True) -> "BackboneImageClassifier":
         super().train(mode)
@@ -86,7 +87,9 @@ class BackboneImageClassifier(nn.Module):
             if size in self._frames:
                 self._frames.move_to_end(size)
                 return self._frames[size]
-        frame = estimate_frame(self.pixel_values, size)
+        if self._levels is None:
+            self._levels = channel_levels(self.pixel_values)
+        frame = estimate_frame(self.pixel_values, size, self._levels)
         with self._frames_lock:
             self._frames[size] = frame
             while len(self._frames) > FRAMES_CACHED:
@@ -94,17 +97,27 @@ class BackboneImageClassifier(nn.Module):
         return frame
 
 
-def estimate_frame(process: Any, size: tuple[int, int]) -> Frame:
+def channel_levels(process: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(value of black, value of white) per channel (3, 1, 1) after a processor's normalisation."""
+    black = process(Image.new("RGB", (32, 32), (0, 0, 0))).double().numpy()
+    white = process(Image.new("RGB", (32, 32), (255, 255, 255))).double().numpy()
+    # medians: pixels a processor pads with its own value do not count
+    return (np.median(black.reshape(3, -1), axis=1)[:, None, None],
+            np.median(white.reshape(3, -1), axis=1)[:, None, None])
+
+
+def estimate_frame(process: Any, size: tuple[int, int],
+                   levels: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Frame:
     """Measure a processor's resize / crop / pad for images of ``size`` (H, W): process coordinate
-    ramps (red = x, green = y) and a black and a white image, undo the normalisation, and fit the
-    axis-aligned affine map from input pixels to original coordinates."""
+    ramps (red = x, green = y), undo the normalisation (``levels``: ``channel_levels``, measured
+    once per processor), and fit the axis-aligned affine map from input pixels to original
+    coordinates."""
     H, W = size
     ramp = np.zeros((H, W, 3), dtype=np.uint8)
     ramp[..., 0] = np.round(255 * (np.arange(W) + 0.5) / W)[None, :]
     ramp[..., 1] = np.round(255 * (np.arange(H) + 0.5) / H)[:, None]
     p = process(Image.fromarray(ramp)).double().numpy()
-    black = process(Image.new("RGB", (W, H), (0, 0, 0))).double().numpy()
-    white = process(Image.new("RGB", (W, H), (255, 255, 255))).double().numpy()
+    black, white = levels if levels is not None else channel_levels(process)
     gain = (white - black) / 255.0
     value = (p - black) / np.where(np.abs(gain) > 1e-12, gain, 1.0)  # back to 0..255
     h, w = p.shape[1:]
@@ -123,18 +136,13 @@ def estimate_frame(process: Any, size: tuple[int, int]) -> Frame:
     return Frame((h, w), (H, W), (sy, sx), (oy, ox))
 
 
-class BackboneImageKind(backbones.TrainedWeightsOnly, ImageKind):
+class BackboneImageKind(backbones.BackboneKind, ImageKind):
     """A ``transformers`` image backbone with a trained head (``backbone`` names its directory)."""
 
     name = "backbone_image"
     selected_by = ("", "backbone")
     uses_backbone = True
     network_class = BackboneImageClassifier
-
-    @classmethod
-    def default_config(cls, n_classes: int, settings: Any) -> dict[str, Any]:
-        return {"n_classes": n_classes, "backbone": settings.backbone, "train_mode": backbones.train_mode(settings),
-                "finetune_blocks": settings.finetune_blocks}
 
     def input_spec(self) -> InputSpec:
         return InputSpec(IMAGE)

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +20,6 @@ from ml_backend.data.text import Token, replace_marked_ids
 from ml_backend.models import backbones
 from ml_backend.models.base import TEXT, InputSpec
 from ml_backend.models.common import TextKind
-from ml_backend.models.sampling import mc_dropout_probs
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ def per_token(values: torch.Tensor, x: torch.Tensor, length: int, reduce: str) -
     return out[:, 1:]
 
 
-class BackboneTextKind(backbones.TrainedWeightsOnly, TextKind):
+class BackboneTextKind(backbones.BackboneKind, TextKind):
     """A ``transformers`` text encoder with a trained head (``backbone`` names its directory)."""
 
     name = "backbone_text"
@@ -128,8 +126,7 @@ class BackboneTextKind(backbones.TrainedWeightsOnly, TextKind):
 
     @classmethod
     def default_config(cls, n_classes: int, settings: Any) -> dict[str, Any]:
-        return {"n_classes": n_classes, "backbone": settings.backbone, "train_mode": backbones.train_mode(settings),
-                "finetune_blocks": settings.finetune_blocks, "max_windows": settings.max_windows}
+        return {**super().default_config(n_classes, settings), "max_windows": settings.max_windows}
 
     def input_spec(self) -> InputSpec:
         return InputSpec(TEXT, max_len=self.network.config["max_windows"] * self.network.window)
@@ -139,9 +136,6 @@ class BackboneTextKind(backbones.TrainedWeightsOnly, TextKind):
 
     def mask_ids(self, x: torch.Tensor) -> torch.Tensor:
         return per_token(x[:, :, IDS], x, self.input_spec().max_len, "amax")
-
-    def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
-        return mc_dropout_probs(self.network, x, T)
 
     def _gradients(self, x: torch.Tensor, targets: torch.Tensor | None, create_graph: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
