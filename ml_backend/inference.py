@@ -26,7 +26,7 @@ class Inference:
 def infer(model: ModelKind, x: torch.Tensor, method: str, explain: bool, mc_samples: int = 10) -> Inference:
     """One batch: the kind's probabilities and, if asked, its evidence for the predicted class."""
     x = x.to(model.device())
-    if x.dim() == 4:  # NHWC convolutions are about twice as fast on CPU
+    if x.dim() == 4 and x.is_floating_point():  # images: NHWC convolutions are about twice as fast on CPU
         x = x.contiguous(memory_format=torch.channels_last)
     if explain:
         probs, relevance = model.predict_and_explain(x, method, mc_samples)
