@@ -267,7 +267,7 @@ class Settings:
     max_body_bytes: int = _setting(64 * 1024 * 1024, 1, env=("MAX_BODY_BYTES",))
     fetch_timeout: float = _setting(10.0, 0, low_open=True, env=("FETCH_TIMEOUT",))
     # images with more pixels are refused before decoding (a task without a prediction)
-    max_image_megapixels: float = _setting(40.0, 0, 1000, low_open=True, env=("MAX_IMAGE_MEGAPIXELS",))
+    max_image_megapixels: float = _setting(64.0, 0, 1000, low_open=True, env=("MAX_IMAGE_MEGAPIXELS",))
     torch_threads: int = _setting(0, 0, env=("TORCH_THREADS",))  # 0 = torch's default (one per core)
     # seconds a training job waits, so a burst of webhooks folds into it
     train_debounce: float = _setting(2.0, 0, env=("TRAIN_DEBOUNCE_SECONDS",))
