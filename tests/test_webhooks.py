@@ -106,6 +106,15 @@ def test_other_actions_are_acknowledged_and_ignored(backend, image_config):
     assert response.status_code == 200 and response.json()["ignored"] is True
 
 
+def assert_no_secrets(log_text: str, model_dir) -> None:
+    """Neither the project token nor the task-data password in the log or any file of MODEL_DIR."""
+    assert PROJECT_TOKEN not in log_text and TASK_DATA_PASSWORD not in log_text
+    for path in model_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert PROJECT_TOKEN.encode() not in data and TASK_DATA_PASSWORD.encode() not in data, path
+
+
 def test_secrets_never_reach_logs_or_the_store(backend, hook_settings, image_config, caplog):
     caplog.set_level(logging.DEBUG)
     task, _ = image_task(3)
@@ -113,11 +122,7 @@ def test_secrets_never_reach_logs_or_the_store(backend, hook_settings, image_con
     post(backend, {"action": "PROJECT_UPDATED", "project": project_object(image_config)})
     post(backend, {"action": "START_TRAINING", "project": project_object(image_config)})
     make_queue(hook_settings).wait_idle(60)
-    assert PROJECT_TOKEN not in caplog.text and TASK_DATA_PASSWORD not in caplog.text
-    for path in hook_settings.model_dir.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            assert PROJECT_TOKEN.encode() not in data and TASK_DATA_PASSWORD.encode() not in data, path
+    assert_no_secrets(caplog.text, hook_settings.model_dir)
 
 
 def test_corrections_train_a_new_version_that_predict_serves(backend, hook_settings, image_config):
@@ -209,8 +214,4 @@ def test_secrets_never_reach_logs_or_the_store_whatever_the_payload_shape(backen
         assert response.status_code in (200, 400), response.text
         assert PROJECT_TOKEN not in response.text and TASK_DATA_PASSWORD not in response.text
     make_queue(hook_settings).wait_idle(60)
-    assert PROJECT_TOKEN not in caplog.text and TASK_DATA_PASSWORD not in caplog.text
-    for path in hook_settings.model_dir.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            assert PROJECT_TOKEN.encode() not in data and TASK_DATA_PASSWORD.encode() not in data, path
+    assert_no_secrets(caplog.text, hook_settings.model_dir)
