@@ -227,11 +227,11 @@ def test_a_fine_tuned_text_backbone_learns_and_only_its_last_blocks_move(backbon
 
 
 @pytest.mark.parametrize("family", ["dinov2", "bert"])
-def test_every_default_strategy_trains_a_backbone(backbone_dirs, image_config, text_config, family):
+def test_rrr_and_counterexamples_train_a_backbone(backbone_dirs, image_config, text_config, family):
     """RRR takes a second derivative through the backbone; counterexamples make its input."""
     _, dirs = backbone_dirs
     text = family == "bert"
-    settings = ProjectSettings(backbone=str(dirs[family]))
+    settings = ProjectSettings(backbone=str(dirs[family]), strategies=("rrr", "counterexamples"))
     ctx = make_context("2", text_config if text else image_config, settings)
     model = new_model(ctx)
     if text:

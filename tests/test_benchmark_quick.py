@@ -1,10 +1,11 @@
-"""The quick XIL benchmark (benchmarks/xil --quick) end to end, and its headline claim.
+"""The quick XIL benchmark (benchmarks/xil --quick) end to end, and its headline claims.
 
 It runs the backend's own loop (ranking, Label Studio annotation JSON, parse_annotation,
-propagation, strategies, fit) on decoy digits with the shipped defaults, 3 seeds, and checks that
-explanation feedback (14 corrected explanations = 1% of the training set) beats no feedback on
-the confounded test set by a clear margin where the decoy fools the CNN (four corners), and does
-no harm where it hardly does (one random corner).
+generalisation of the corrections by content, strategies, fit) with the shipped defaults, 3 seeds,
+on three confounders of different kinds: a decoy at fixed places (four corners), a background
+that fills the frame and whose shade follows the class, and a spurious token written in varying
+case, punctuation and spelling. At 1% of the training set corrected, the default must close most
+of the gap to the clean model on each, on the mean over seeds.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MARGIN = 0.1
+PROBLEMS = ("decoy_digits_4", "background", "text_variants")
 
 
 @pytest.fixture(scope="module")
@@ -27,48 +28,38 @@ def quick_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def _accuracy(results, problem, method, n):
+def _seeds(results, problem, method):
+    from benchmarks.xil.suite import one_percent_budget
+
+    n = 0 if method == "clean" else one_percent_budget(problem)
     values = [p["accuracy"] for r in results["records"] if r["problem"] == problem and r["method"] == method
               for p in r["points"] if p["n"] == n]
     assert len(values) == 3, f"{problem}/{method}: expected 3 seeds at N={n}, got {len(values)}"
-    return float(np.mean(values))
+    return values
 
 
 def test_quick_run_goes_through_the_backend_loop(quick_results):
     records = quick_results["records"]
-    assert {r["problem"] for r in records} == {"decoy_digits", "decoy_digits_4"}
+    assert {r["problem"] for r in records} == set(PROBLEMS)
     for r in records:
-        if r["method"] in ("rrr", "ce3"):
-            last = r["points"][-1]
-            assert last["n"] == 14
-            # every queried task came back from parse_annotation as irrelevant-region feedback
-            assert last["irrelevant_feedback"] == 14
-            assert 0.0 <= last["accuracy"] <= 1.0
-        if r["method"] in ("ce3", "rrr_ce"):
-            last = r["points"][-1]
-            # the corners marked on 14 tasks reach every other training task, one copy each
-            assert last["propagated_to"] > 1000
-            assert last["counterexamples"] == 14 * 3 + last["propagated_to"]
+        if r["method"] != "default":
+            continue
+        last = r["points"][-1]
+        # every queried task came back from parse_annotation as irrelevant-region feedback ...
+        assert last["irrelevant_feedback"] == last["n"]
+        # ... and the marks reached most other training tasks by what was marked
+        assert last["propagated_to"] > 0.8 * (1000 if r["problem"] == "text_variants" else 1438) - last["n"]
+        assert last["counterexamples"] == 3 * last["n"] + last["propagated_to"]
     assert quick_results["tables"], "the report has tables"
 
 
-@pytest.mark.parametrize("method", ["ce3", "rrr_ce"])
-def test_feedback_beats_no_feedback_on_the_four_corner_decoy(quick_results, method):
-    got = _accuracy(quick_results, "decoy_digits_4", method, 14)
-    none = _accuracy(quick_results, "decoy_digits_4", "none", 14)
-    assert got - none >= MARGIN, f"{method} {got:.3f} vs no feedback {none:.3f} (margin {MARGIN})"
-
-
-def test_the_default_strategy_closes_most_of_the_gap(quick_results):
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_the_default_closes_most_of_the_gap(quick_results, problem):
     from benchmarks.xil.report import gap_recovered
 
-    def seeds(problem, method):
-        return [p["accuracy"] for r in quick_results["records"] if r["problem"] == problem and r["method"] == method
-                for p in r["points"] if p["n"] == (0 if method == "clean" else 14)]
-
-    gap = gap_recovered(seeds("decoy_digits_4", "rrr_ce"), seeds("decoy_digits_4", "none"),
-                        seeds("decoy_digits_4", "clean"))
-    # the full run's aim is 95% (docs/xil-benchmarks.md); quick mode fine-tunes 5 epochs, not 8
-    assert gap is not None and gap >= 0.8, gap
-    one = _accuracy(quick_results, "decoy_digits", "rrr_ce", 14)
-    assert one >= _accuracy(quick_results, "decoy_digits", "none", 14) - 0.02
+    default, none, clean = (_seeds(quick_results, problem, m) for m in ("default", "none", "clean"))
+    assert np.mean(clean) - np.mean(none) > 0.15, "the confounder fools the model without feedback"
+    gap = gap_recovered(default, none, clean)
+    # the full run's aim is 95% (docs/xil-benchmarks.md); quick mode trains 10 + 5 epochs, not 20 + 8
+    assert gap is not None and gap >= 0.8, (problem, gap, default, none, clean)
+    assert min(default) > max(none), (problem, default, none)  # every seed, not only the mean

@@ -71,7 +71,7 @@ def test_counterexamples_are_c_per_correction_and_one_per_propagated_task(image_
     irrelevant = corner_masks(n, [0, 1], size=16)
     data = TrainingSet(torch.rand(n, 3, 16, 16), torch.arange(n) % 2, irrelevant, torch.zeros_like(irrelevant))
     out, info = fit_set(data, model, settings, strategies_for(settings), seed=0)
-    assert info == {"propagated_to": 4, "propagated_region": 4, "counterexamples": 2 * 3 + 4}
+    assert info == {"propagated_to": 4, "generalised_by": ["position"], "counterexamples": 2 * 3 + 4}
     assert len(out) == n + 10 and out.has_irrelevant[:n].all()
     assert out.propagated.tolist() == [False] * 2 + [True] * 4 + [False] * 10
     copies = out.x[n:]
@@ -94,3 +94,21 @@ def test_substitute_donors_are_other_tasks_drawn_without_copying_the_set():
             drawn |= set(drawn_now[:, 0, 0, 0].tolist())
         assert drawn == set(range(5)) - {i}  # every other task can be drawn
     assert donors(x[:1], 0, g) is None
+
+
+def test_a_marked_word_reaches_other_documents_in_any_case_or_spelling(text_config):
+    from ml_backend.data.text import tokenize
+
+    settings = dataclasses.replace(ProjectSettings(), strategies=("counterexamples",)).validate()
+    model = new_model(make_context("p", text_config, settings))
+    texts = ["great blender zorbly", "Zorbly! it broke", "works fine, ZOR-BLY", "nothing to see here"]
+    encoded = [model.encode_text(t) for t in texts]
+    x = torch.stack([ids for ids, _ in encoded])
+    irrelevant = torch.zeros_like(x, dtype=torch.bool)
+    irrelevant[0, 2] = True  # "zorbly" in the first review
+    docs = [(t, tokens) for t, (_, tokens) in zip(texts, encoded)]
+    data = TrainingSet(x, torch.tensor([0, 1, 0, 1]), irrelevant, torch.zeros_like(irrelevant))
+    out, info = fit_set(data, model, settings, strategies_for(settings), seed=0, docs=docs)
+    marked = [[t.text for t, m in zip(tokenize(text), out.irrelevant[i]) if m] for i, text in enumerate(texts)]
+    assert marked == [["zorbly"], ["Zorbly"], ["ZOR", "-", "BLY"], []]
+    assert info["propagated_to"] == 2 and info["generalised_by"] == ["text"]

@@ -148,6 +148,98 @@ def decoy_digits(seed: int, four_corners: bool = False, limit: Optional[int] = N
     )
 
 
+# --------------------------------------------------------------------------- confounders that move
+
+def _shade(labels: np.ndarray) -> np.ndarray:
+    """The class-correlated gray of Ross et al.'s swatch: 255 - 25y (y a digit)."""
+    return (255 - 25 * labels).astype(np.uint8)
+
+
+def _confounded_digits(name: str, title: str, seed: int, draw, clean_draw=None, note: str = "") -> Problem:
+    """Digits with a confounder ``draw(images, shades, rng) -> (images, masks)``: shade by class in
+    training, a random digit's shade at test. ``clean_draw`` builds the upper bound's training set
+    (default: no confounder)."""
+    images, y = _digits_28()
+    rng = np.random.default_rng(4000 + seed + 97 * sum(map(ord, name)))
+    train_idx, test_idx = _stratified_split(y, 0.2, rng)
+    ytr, yte = y[train_idx], y[test_idx]
+    xtr, mtr = draw(images[train_idx], _shade(ytr), rng)
+    xte, mte = draw(images[test_idx], _shade(rng.integers(0, 10, len(yte))), rng)
+    clean = (clean_draw(images[train_idx], _shade(rng.integers(0, 10, len(ytr))), rng)[0]
+             if clean_draw else images[train_idx])
+    return Problem(
+        name=name, title=title, kind="image", label_config=image_label_config([str(d) for d in range(10)]),
+        image_size=28,
+        train=Split(_image_tasks(xtr, 1), ytr, list(mtr)),
+        test=Split(_image_tasks(xte, 100_000), yte, list(mte)),
+        clean_train=Split(_image_tasks(clean, 200_000), ytr, [None] * len(ytr)),
+        clean_test=Split(_image_tasks(images[test_idx], 300_000), yte, [None] * len(yte)),
+        notes=[f"{len(ytr)} training / {len(yte)} test images; {note}"],
+    )
+
+
+def _edge_stripe(images: np.ndarray, shades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    out, masks = images.copy(), np.zeros(images.shape, dtype=bool)
+    for i, (value, right) in enumerate(zip(shades, rng.integers(0, 2, len(images)))):
+        cols = slice(25, 28) if right else slice(0, 3)
+        out[i, :, cols] = value
+        masks[i, :, cols] = True
+    return out, masks
+
+
+def _random_patch(images: np.ndarray, shades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    out, masks = images.copy(), np.zeros(images.shape, dtype=bool)
+    for i, (value, r, c) in enumerate(zip(shades, rng.integers(0, 24, len(images)), rng.integers(0, 24, len(images)))):
+        out[i, r:r + 5, c:c + 5] = value
+        masks[i, r:r + 5, c:c + 5] = True
+    return out, masks
+
+
+def _background(images: np.ndarray, shades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The background (pixels the digit leaves dark) shaded by class at a third of the swatch's gray,
+    so the strokes stay the brightest pixels: the husky on snow."""
+    masks = images < 40
+    level = (shades.astype(np.float32) * 0.4)[:, None, None]
+    out = np.where(masks, np.maximum(images, level), images).astype(np.uint8)
+    return out, masks
+
+
+RING = np.array([[0, 1, 1, 1, 0], [1, 1, 0, 1, 1], [1, 0, 0, 0, 1], [1, 1, 0, 1, 1], [0, 1, 1, 1, 0]], dtype=bool)
+
+
+def _stamp(images: np.ndarray, shades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 5x5 ring watermark blended (alpha 0.7) over the image, anywhere in the 28x28 frame."""
+    out = images.astype(np.float32).copy()
+    masks = np.zeros(images.shape, dtype=bool)
+    for i, (value, r, c) in enumerate(zip(shades, rng.integers(0, 24, len(images)), rng.integers(0, 24, len(images)))):
+        window = out[i, r:r + 5, c:c + 5]
+        window[RING] = 0.3 * window[RING] + 0.7 * float(value)
+        masks[i, r:r + 5, c:c + 5] = RING
+    return np.clip(out, 0, 255).astype(np.uint8), masks
+
+
+def edge_stripe(seed: int) -> Problem:
+    return _confounded_digits("edge_stripe", "Edge stripe: a 3-px stripe down the left or right edge", seed,
+                              _edge_stripe, note="a class-shaded 3-px stripe down a random side (left or right)")
+
+
+def random_patch(seed: int) -> Problem:
+    return _confounded_digits("random_patch", "Random patch: a 5x5 swatch anywhere", seed, _random_patch,
+                              note="a class-shaded 5x5 swatch at a uniformly random place (it may cover strokes)")
+
+
+def background(seed: int) -> Problem:
+    return _confounded_digits("background", "Background shaded by class (husky on snow)", seed, _background,
+                              clean_draw=_background,
+                              note="the background (pixels < 40) lifted to 0.4 x the class shade; the clean "
+                                   "bound trains on backgrounds of random shade")
+
+
+def stamp(seed: int) -> Problem:
+    return _confounded_digits("stamp", "Stamp: a ring watermark anywhere", seed, _stamp,
+                              note="a 5x5 ring blended at alpha 0.7 in the class shade, at a random place")
+
+
 # --------------------------------------------------------------------------- toy colors
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25]], dtype=np.uint8)
@@ -266,4 +358,8 @@ PROBLEMS = {
     "decoy_digits_4": lambda seed, quick=False: decoy_digits(seed, four_corners=True),
     "colors": lambda seed, quick=False: colors(seed),
     "decoy_text": lambda seed, quick=False: decoy_text(seed),
+    "edge_stripe": lambda seed, quick=False: edge_stripe(seed),
+    "random_patch": lambda seed, quick=False: random_patch(seed),
+    "background": lambda seed, quick=False: background(seed),
+    "stamp": lambda seed, quick=False: stamp(seed),
 }

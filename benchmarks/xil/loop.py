@@ -112,7 +112,7 @@ def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProb
     for split, target in ((train, out.label_only), (clean_train, out.clean_examples)):
         for task, prepared, label in zip(split.split.tasks, split.tasks, split.split.labels):
             fb = _parse(ctx, annotator.label_only(task, int(label)), task, model, prepared)
-            target.append(Example(int(task["id"]), prepared.tensor, fb))
+            target.append(Example(int(task["id"]), prepared.tensor, fb, prepared.text, prepared.tokens))
     return out
 
 
@@ -154,7 +154,7 @@ class Backend:
         task, prepared = split.tasks[index], self.data.train.tasks[index]
         annotation = self.annotator.correct(task, int(split.labels[index]), split.confounders[index], prediction)
         fb = _parse(self.ctx, annotation, task, self.data.model, prepared)
-        return Example(int(task["id"]), prepared.tensor, fb)
+        return Example(int(task["id"]), prepared.tensor, fb, prepared.text, prepared.tokens)
 
     def train(self, model: ModelKind, examples: list[Example], epochs: int, seed: int) -> dict[str, Any]:
         """The training job's fit (``training.fit.fit_examples``) with the benchmark's epoch budget."""

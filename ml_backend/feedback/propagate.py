@@ -1,4 +1,8 @@
-"""Corrections that recur generalise to every labelled task.
+"""Corrections that recur at the same pixels or token ids generalise to every labelled task.
+
+Superseded in training by generalisation by content (``feedback.concepts`` for images, whose
+``position`` rule is this one validated; ``feedback.text_concepts`` for text). ``training.fit``
+still uses the token-id form when a caller gives token ids without the documents' text.
 
 A confounder is rarely a one-off: a watermark, a scanner tag or a ruler sits at the same place
 on many images, a boilerplate word recurs across documents. When annotators mark the same

@@ -93,7 +93,7 @@ def load_examples(ctx: ProjectContext, model: ModelKind, pairs: list, fetcher: F
         if feedback.label is None:
             skipped["cancelled_or_unlabelled"] += 1
             continue
-        examples.append(Example(int(task.get("id", i)), prepared.tensor, feedback))
+        examples.append(Example(int(task.get("id", i)), prepared.tensor, feedback, prepared.text, prepared.tokens))
         if i % 50 == 0:
             progress(0.1 + 0.2 * i / max(len(pairs), 1), f"read {i + 1}/{len(pairs)} annotations")
     return examples, skipped

@@ -1,12 +1,13 @@
 """Adapter behaviour shared by image kinds and by token kinds (input gradients, captum evidence)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from ml_backend.data.images import image_to_tensor
-from ml_backend.data.text import PAD_ID, Token, encode_tokens, replace_marked_ids, tokenize
+from ml_backend.data.text import (PAD_ID, Token, encode_tokens, replace_marked_ids, substitute_marked_ids,
+                                  tokenize)
 from ml_backend.explain.attribution import explain_images, explain_tokens
 from ml_backend.models.base import IMAGE, TEXT, InputSpec, ModelKind, squared_gradients
 
@@ -64,8 +65,11 @@ class TextKind(ModelKind):
         return x
 
     def replace_tokens(self, x: torch.Tensor, marked: torch.Tensor, copies: int,
-                       generator: torch.Generator) -> torch.Tensor:
-        """(copies, *x.shape) with the marked tokens replaced by random others (counterexamples)."""
+                       generator: torch.Generator, pool: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(copies, *x.shape) with the marked tokens replaced (counterexamples): by ids drawn from
+        ``pool`` (ids marked elsewhere), or by random others."""
+        if pool is not None:
+            return substitute_marked_ids(x, marked & (x != PAD_ID), copies, pool, generator)
         return replace_marked_ids(x, marked, copies, 1, self.input_spec().n_buckets, generator)
 
     def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ml_backend.data.text import Token, replace_marked_ids
+from ml_backend.data.text import Token, replace_marked_ids, substitute_marked_ids
 from ml_backend.models import backbones
 from ml_backend.models.base import TEXT, InputSpec
 from ml_backend.models.common import TextKind
@@ -170,15 +170,19 @@ class BackboneTextKind(backbones.BackboneKind, TextKind):
         return logits, per_token(grads.pow(2).sum(-1), x, self.input_spec().max_len, "sum")
 
     def replace_tokens(self, x: torch.Tensor, marked: torch.Tensor, copies: int,
-                       generator: torch.Generator) -> torch.Tensor:
-        """Every occurrence of a marked document token gets another random vocabulary id."""
+                       generator: torch.Generator, pool: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Every word piece of a marked document token gets another id: one drawn from ``pool``
+        (a piece of a token marked elsewhere; ``mask_ids`` gives one per token), or a random one."""
         index = x[:, TOKEN]
         positions = torch.zeros_like(index, dtype=torch.bool)
         hit = torch.nonzero(marked).flatten() + 1
         positions |= torch.isin(index, hit)
         tokenizer = self.network.tokenizer
         low = max(tokenizer.all_special_ids, default=-1) + 1  # special tokens sit at the vocabulary's start
-        ids = replace_marked_ids(x[:, IDS], positions, copies, low, max(tokenizer.vocab_size, low + 2), generator)
+        if pool is not None:
+            ids = substitute_marked_ids(x[:, IDS], positions, copies, pool, generator)
+        else:
+            ids = replace_marked_ids(x[:, IDS], positions, copies, low, max(tokenizer.vocab_size, low + 2), generator)
         out = x.unsqueeze(0).repeat(copies, 1, 1, 1)
         out[:, :, IDS] = ids
         return out

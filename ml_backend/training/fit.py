@@ -16,7 +16,9 @@ import torch
 from ml_backend.config import ProjectSettings
 from ml_backend.explain.quality import irrelevant_mass
 from ml_backend.feedback.parse import Feedback
+from ml_backend.feedback.concepts import generalise_marks
 from ml_backend.feedback.propagate import propagate
+from ml_backend.feedback.text_concepts import match_marked_text
 from ml_backend.models.base import ModelKind
 from ml_backend.training.sets import TrainingSet
 from ml_backend.training.strategies import Strategy, strategies_for
@@ -32,6 +34,8 @@ class Example:
     task_id: int
     x: torch.Tensor
     feedback: Feedback
+    text: Optional[str] = None  # text tasks: the document and its tokens, aligned with the masks,
+    tokens: Optional[list[Any]] = None  # so a marked phrase is found again in other documents
 
 
 @dataclass
@@ -40,7 +44,7 @@ class Fitted:
 
     data: TrainingSet  # the labelled examples it saw (before augmentation)
     report: FitReport
-    added: dict[str, int] = field(default_factory=dict)  # propagated_to, propagated_region, counterexamples
+    added: dict[str, Any] = field(default_factory=dict)  # propagated_to, generalised_by, counterexamples
 
 
 def in_holdout(task_id: int, share: float) -> bool:
@@ -71,19 +75,49 @@ def to_training_set(examples: list[Example], model: ModelKind) -> TrainingSet:
     return TrainingSet(x, y, masks("irrelevant"), masks("relevant"))
 
 
-def fit_set(data: TrainingSet, model: ModelKind, settings: ProjectSettings, strategies: list[Strategy], seed: int
-            ) -> tuple[TrainingSet, dict[str, int]]:
-    """What the model is fitted on: the labelled set with recurring corrections propagated
-    (``feedback.propagate``) and each strategy's extra examples. Returns it and what was added."""
-    tokens = model.input_spec().modality == "text"
-    spread = propagate(model.mask_ids(data.x) if tokens else data.x, data.irrelevant, data.relevant,
-                       settings.propagate_min_support)
+def fit_set(data: TrainingSet, model: ModelKind, settings: ProjectSettings, strategies: list[Strategy], seed: int,
+            docs: Optional[list[tuple[str, list[Any]]]] = None) -> tuple[TrainingSet, dict[str, Any]]:
+    """What the model is fitted on: the labelled set with the corrections generalised to every
+    task (``generalise``) and each strategy's extra examples. Returns it and what was added."""
+    spread = generalise(data, model, settings, docs)
     out = TrainingSet(data.x, data.y, spread.irrelevant, data.relevant, spread.added)
     for strategy in strategies:
         out = strategy.augment(out, model, seed)
-    info = {"propagated_to": int(spread.added.sum()), "propagated_region": spread.region_size,
+    info = {"propagated_to": int(spread.added.sum()), "generalised_by": spread.rules,
             "counterexamples": len(out) - len(data)}
     return out, info
+
+
+@dataclass
+class Spread:
+    irrelevant: torch.Tensor
+    added: torch.Tensor
+    rules: list[str]  # how the marks reached other tasks
+
+
+def generalise(data: TrainingSet, model: ModelKind, settings: ProjectSettings,
+               docs: Optional[list[tuple[str, list[Any]]]] = None) -> Spread:
+    """Irrelevant marks carried to every labelled task by what was marked: text by the marked
+    words and phrases (``feedback.text_concepts``), images by validated template, background and
+    position rules (``feedback.concepts``). ``propagate_min_support`` = 0 keeps marks where they are."""
+    none = Spread(data.irrelevant, torch.zeros(len(data), dtype=torch.bool), [])
+    if settings.propagate_min_support < 1 or not data.has_irrelevant.any():
+        return none
+    if model.input_spec().modality == "text":
+        if docs is not None and len(docs) == len(data):
+            found = match_marked_text(docs, data.irrelevant, data.relevant)
+            return Spread(found.irrelevant, found.added, ["text"] if found.added.any() else [])
+        # no document text at hand (a caller with ids only): the marked token ids instead
+        spread = propagate(model.mask_ids(data.x), data.irrelevant, data.relevant, settings.propagate_min_support)
+        return Spread(spread.irrelevant, spread.added, ["token ids"] if spread.added.any() else [])
+    if int(data.has_irrelevant.sum()) < max(2, settings.propagate_min_support):
+        return none
+    x = data.x.float()
+    size = tuple(data.irrelevant.shape[1:])
+    if tuple(x.shape[2:]) != size:
+        x = torch.nn.functional.adaptive_avg_pool2d(x, size)
+    found = generalise_marks(x, data.irrelevant, data.relevant)
+    return Spread(found.irrelevant, found.added, sorted(found.rules))
 
 
 def fit_examples(model: ModelKind, examples: list[Example], settings: ProjectSettings, *, seed: int,
@@ -91,7 +125,8 @@ def fit_examples(model: ModelKind, examples: list[Example], settings: ProjectSet
     """Train ``model`` in place on the examples with the project's strategies."""
     data = to_training_set(examples, model)
     strategies = strategies_for(settings)
-    augmented, added = fit_set(data, model, settings, strategies, seed)
+    docs = [(e.text, e.tokens) for e in examples] if all(e.tokens is not None for e in examples) else None
+    augmented, added = fit_set(data, model, settings, strategies, seed, docs)
     report = fit(model, augmented, FitConfig.from_settings(settings, seed), strategies, device=device,
                  progress=progress)
     return Fitted(data, report, added)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ml_backend.data.text import replace_marked_ids
+from ml_backend.feedback.concepts import LARGE_REGION, border_colour
 from ml_backend.models.base import ModelKind
 from ml_backend.training.sets import TrainingSet
 from ml_backend.training.strategies import Strategy
@@ -32,7 +33,10 @@ def image_counterexamples(
     """(c, C, H, W) copies of x (C, H, W) with the pixels under ``irrelevant`` (H, W) replaced.
 
     substitute: the pixels of a random donor (M, C, H, W), per copy (randomize when there is
-    none); randomize: uniform values within each channel's range in x;
+    none); a region over a quarter of the image (a background) gets the donor's background colour
+    instead (the median of its outermost pixels), since the donor's pixels there would paste the
+    donor's object, of another class, into the copy; randomize: uniform values within each
+    channel's range in x;
     blur: a heavy box blur of x (every copy the same).
     """
     if x.dim() != 3:
@@ -52,6 +56,8 @@ def image_counterexamples(
     if fill == "substitute" and donors is not None and donors.shape[0] > 0:
         picks = torch.randint(donors.shape[0], (c,), generator=generator, device=_gen_device(generator))
         replacement = donors[picks.to(donors.device)].to(device=x.device, dtype=x.dtype)
+        if mask.float().mean() > LARGE_REGION:
+            replacement = border_colour(replacement.float()).to(x.dtype)[:, :, None, None]
     elif fill == "blur":
         replacement = _box_blur(x).unsqueeze(0).expand_as(copies)
     else:
@@ -79,9 +85,9 @@ def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
 
 
 def _uniform_like(x: torch.Tensor, c: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-    flat = x.reshape(x.shape[0], -1)
-    low = flat.min(dim=1).values.view(1, -1, 1, 1)
-    high = flat.max(dim=1).values.view(1, -1, 1, 1)
+    pixels = x.reshape(x.shape[0], -1)
+    low = pixels.min(dim=1).values.view(1, -1, 1, 1)
+    high = pixels.max(dim=1).values.view(1, -1, 1, 1)
     u = torch.rand((c, *x.shape), generator=generator, device=_gen_device(generator))
     u = u.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
     out = low + u * (high - low)
@@ -121,11 +127,12 @@ class Counterexamples(Strategy):
         copies = torch.full((len(data),), self.copies, dtype=torch.long)
         copies[data.propagated] = 1
         generator = torch.Generator().manual_seed(seed)
+        pool = self.word_pool(data, model) if data.x.dtype == torch.long else None
         xs = []
         for i in idx.tolist():
             k = int(copies[i])
             if data.x.dtype == torch.long:
-                xs.append(model.replace_tokens(data.x[i], data.irrelevant[i], k, generator))
+                xs.append(model.replace_tokens(data.x[i], data.irrelevant[i], k, generator, pool))
             else:
                 xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
                                                 donors=donors(data.x, i, generator), generator=generator))
@@ -133,6 +140,16 @@ class Counterexamples(Strategy):
         y = data.y[idx].repeat_interleave(copies[idx])
         empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
         return TrainingSet.concat([data, TrainingSet(x, y, empty, empty.clone())])
+
+
+    def word_pool(self, data: TrainingSet, model: ModelKind) -> Optional[torch.Tensor]:
+        """Substitute fill for text: the ids marked Irrelevant anywhere, so a review's spurious word
+        becomes another class's (random ids when fewer than two distinct ones were marked)."""
+        if self.fill != "substitute":
+            return None
+        ids = model.mask_ids(data.x)[data.irrelevant]
+        pool = torch.unique(ids[ids != 0])
+        return pool if pool.numel() >= 2 else None
 
 
 def donors(x: torch.Tensor, i: int, generator: torch.Generator, k: int = 16) -> Optional[torch.Tensor]:

@@ -1,0 +1,116 @@
+"""Text confounders that a correction by token id does not generalise: generated reviews as in
+``data.decoy_text`` (label = majority of sentiment words; label 0 Positive, 1 Negative).
+
+- ``text_variants``: the spurious token ("zorbly" Positive, "quennic" Negative) in a different
+  surface form per review: case (zorbly, Zorbly, ZORBLY), split (zor-bly, zor bly) and attached
+  punctuation ("zorbly!", "(zorbly)", "zorbly,", '"zorbly"'). The span covers the whole form.
+- ``text_phrase``: a spurious phrase anywhere in the review ("free shipping included" Positive,
+  "order number follows" Negative). Its words are also common neutral words of every review, in
+  both classes, so no single word is the confounder: only the phrase is.
+
+In training the spurious form follows the label; at test and in the test's clean twin the label
+is balanced against it (each class gets either form in equal numbers), so a model that relies
+on it is at chance. The clean training twin has the same labels and no spurious form.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from benchmarks.xil.data import NEGATIVE, NEUTRAL, POSITIVE, SPURIOUS, TEXT_CONFIG, Problem, Split
+
+Insert = Callable[[np.random.Generator, int], str]  # (rng, spurious class) -> the text to insert
+
+SPLITS = {"zorbly": ("zor", "bly"), "quennic": ("quen", "nic")}
+CASES = (str.lower, str.capitalize, str.upper)
+WRAPS = ("{}", "{}!", "({})", "{},", '"{}"')
+PHRASES = ("free shipping included", "order number follows")  # Positive, Negative
+PHRASE_WORDS = tuple(w for p in PHRASES for w in p.split())
+
+
+def variant(rng: np.random.Generator, cls: int) -> str:
+    """A random surface form of class ``cls``'s spurious token."""
+    token = SPURIOUS[cls]
+    head, tail = SPLITS[token]
+    word = (token, f"{head}-{tail}", f"{head} {tail}")[int(rng.integers(0, 3))]
+    word = CASES[int(rng.integers(0, len(CASES)))](word)
+    return WRAPS[int(rng.integers(0, len(WRAPS)))].format(word)
+
+
+def phrase(rng: np.random.Generator, cls: int) -> str:
+    return PHRASES[cls]
+
+
+def _review(rng: np.random.Generator, label: int, insert: Optional[str], extra: tuple[str, ...],
+            n_extra: tuple[int, int]) -> tuple[str, list[tuple[int, int]]]:
+    """Sentiment and neutral words (plus ``n_extra`` words of ``extra``) shuffled, ``insert`` at a
+    random place; the span of ``insert``."""
+    major, minor = (POSITIVE, NEGATIVE) if label == 0 else (NEGATIVE, POSITIVE)
+    while True:
+        words = list(rng.choice(major, rng.integers(2, 4))) + list(rng.choice(minor, rng.integers(0, 2)))
+        words += list(rng.choice(NEUTRAL, rng.integers(8, 16)))
+        if extra:
+            words += list(rng.choice(extra, rng.integers(*n_extra)))
+        rng.shuffle(words)
+        text = " ".join(words)
+        if not any(p in text for p in PHRASES):  # a phrase by chance would be an unmarked confounder
+            break
+    if insert is None:
+        return text + ".", []
+    at = int(rng.integers(0, len(words) + 1))
+    before = " ".join(words[:at])
+    start = len(before) + (1 if at else 0)
+    text = " ".join(words[:at] + [insert] + words[at:]) + "."
+    return text, [(start, start + len(insert))]
+
+
+def _balanced(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.permutation(np.arange(n) % 2)
+
+
+def _problem(name: str, title: str, seed: int, insert: Insert, extra: tuple[str, ...], n_extra: tuple[int, int],
+             note: str, n_train: int, n_test: int) -> Problem:
+    rng = np.random.default_rng(5000 + seed + 97 * sum(map(ord, name)))
+    ytr, yte = _balanced(rng, n_train), _balanced(rng, n_test)
+    # at test each class gets either spurious form in equal numbers: the form says nothing
+    other = np.zeros(n_test, dtype=np.int64)
+    for c in (0, 1):
+        idx = np.flatnonzero(yte == c)
+        other[idx] = _balanced(rng, len(idx))
+
+    def reviews(labels: np.ndarray, forms: Optional[np.ndarray]) -> list[tuple[str, list[tuple[int, int]]]]:
+        return [_review(rng, int(y), None if forms is None else insert(rng, int(f)), extra, n_extra)
+                for y, f in zip(labels, labels if forms is None else forms)]
+
+    def split(items: list, labels: np.ndarray, first: int) -> Split:
+        tasks: list[dict[str, Any]] = [{"id": first + i, "data": {"text": t}} for i, (t, _) in enumerate(items)]
+        return Split(tasks, labels, [s for _, s in items])
+
+    return Problem(
+        name=name, title=title, kind="text", label_config=TEXT_CONFIG.read_text(), image_size=0,
+        train=split(reviews(ytr, ytr), ytr, 1),
+        test=split(reviews(yte, other), yte, 100_000),
+        clean_train=split(reviews(ytr, None), ytr, 200_000),
+        clean_test=split(reviews(yte, None), yte, 300_000),
+        notes=[f"{n_train} training / {n_test} test reviews (balanced); label = majority of 2-3 vs 0-1 sentiment "
+               f"words; {note}"],
+    )
+
+
+def text_variants(seed: int, n_train: int = 1000, n_test: int = 500) -> Problem:
+    return _problem("text_variants", "Text variants: a spurious token in changing surface forms", seed, variant,
+                    (), (0, 1), f"spurious {SPURIOUS[0]!r} (Positive) / {SPURIOUS[1]!r} (Negative) in a random "
+                    "case, split (zor-bly, zor bly) and punctuation per review", n_train, n_test)
+
+
+def text_phrase(seed: int, n_train: int = 1000, n_test: int = 500) -> Problem:
+    return _problem("text_phrase", "Text phrase: a spurious multi-word phrase anywhere", seed, phrase,
+                    PHRASE_WORDS, (2, 5), f"spurious phrases {PHRASES[0]!r} (Positive) / {PHRASES[1]!r} (Negative); "
+                    "2-4 of their words also appear loose in every review", n_train, n_test)
+
+
+TEXT_PROBLEMS = {
+    "text_variants": lambda seed, quick=False: text_variants(seed),
+    "text_phrase": lambda seed, quick=False: text_phrase(seed),
+}

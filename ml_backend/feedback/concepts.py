@@ -1,0 +1,286 @@
+"""Image corrections generalise by what was marked, not only where (ProtoPDebug's idea, for any CNN).
+
+An Irrelevant mark defines a concept. Three rules carry a concept from the corrected tasks to every
+labelled task:
+
+- ``template``: each marked region, cut out with a one-pixel margin, is matched anywhere in every
+  image by normalised cross-correlation. NCC ignores gain and offset, so a swatch, stripe or stamp
+  whose shade follows the class still matches in every class, wherever it sits.
+- ``background``: a marked region larger than a quarter of the image is matched as "pixels close
+  to the image's own border colour", the husky's snow in every image whatever its shade.
+- ``position``: pixels marked on at least half of the corrected tasks (a tag printed at the same
+  place on every scan).
+
+A rule is used only if it predicts the annotators' own marks: each corrected task is predicted from
+the others' marks (leave one out), and a rule whose predicted pixels are not mostly marked ones
+(``min_precision``) is dropped. A rule that would spread marks onto the object, and so teach the
+model to ignore it, never runs; with fewer than two corrected tasks nothing generalises. A task's
+Relevant pixels are never marked Irrelevant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+RULES = ("template", "background", "position")
+WORK_SIDE = 64  # matching runs on images at most this big: marks are coarse, NCC is quadratic in size
+LARGE_REGION = 0.25  # share of the image above which a region is a background, not an object
+MAX_TEMPLATES = 48
+THRESHOLDS = (0.8, 0.85, 0.9, 0.95)  # NCC; each template takes the loosest that validates
+
+
+@dataclass
+class Generalised:
+    """Marks after generalisation; ``added`` (N,) flags tasks that had no Irrelevant mark of their own."""
+
+    irrelevant: torch.Tensor
+    added: torch.Tensor
+    rules: dict[str, float] = field(default_factory=dict)  # rule -> leave-one-out precision, for rules used
+    rejected: dict[str, float] = field(default_factory=dict)  # rule -> precision, for rules dropped
+    pixels: int = 0  # pixels marked beyond the annotators' own marks
+
+
+@dataclass
+class _Template:
+    weight: torch.Tensor  # (C, h, w) zero-mean, unit-norm
+    mask: torch.Tensor  # (h, w) bool: the marked pixels inside the window
+    source: int  # corrected task it came from
+
+
+def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.Tensor, *,
+                     min_precision: float = 0.85) -> Generalised:
+    """Own Irrelevant marks plus the concept matches that pass leave-one-out validation.
+
+    ``x`` (N, C, H, W) float images at the masks' resolution; masks (N, H, W) bool.
+    """
+    if x.dim() != 4 or irrelevant.shape != (x.shape[0], *x.shape[2:]) or relevant.shape != irrelevant.shape:
+        raise ValueError(f"x must be (N, C, H, W) with masks (N, H, W); got {tuple(x.shape)}, "
+                         f"{tuple(irrelevant.shape)}, {tuple(relevant.shape)}")
+    own = irrelevant.flatten(1).any(dim=1)
+    corrected = torch.nonzero(own).flatten()
+    out = Generalised(irrelevant, torch.zeros_like(own))
+    if len(corrected) < 2:
+        return out
+    work, factor = _working(x.float())
+    marks = _shrink(irrelevant, factor)
+    matched = torch.zeros((x.shape[0], *work.shape[2:]), dtype=torch.bool)
+    for rule in RULES:
+        predict = partial(_RULES[rule], min_precision=min_precision) if rule == "template" else _RULES[rule]
+        # templates validate one by one against the other corrected tasks (``_template_rule``)
+        precision = (_own_precision(predict, work, marks, corrected) if rule == "template"
+                     else _leave_one_out(predict, work, marks, corrected))
+        if rule == "template" and precision is not None:
+            precision = max(precision, min_precision)  # own regions match themselves: not a test
+        if precision is None:
+            continue
+        if precision < min_precision:
+            out.rejected[rule] = precision
+            continue
+        out.rules[rule] = precision
+        matched |= predict(work, marks, corrected, None)
+    if not out.rules:
+        return out
+    spread = _grow(matched, factor, irrelevant.shape[1:]) & ~relevant
+    marks_out = irrelevant | spread
+    out.irrelevant = marks_out
+    out.added = marks_out.flatten(1).any(dim=1) & ~own
+    out.pixels = int((marks_out & ~irrelevant).sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- rules
+# Each rule: (work images, work marks, corrected task indices, target indices or None = all)
+# -> (N or len(targets), h, w) bool predicted marks. Only the corrected tasks' marks are read.
+
+def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                   targets: Optional[torch.Tensor], min_precision: float = 0.85) -> torch.Tensor:
+    """Regions matching a marked region's template. Each template takes the loosest NCC threshold
+    at which it finds the other corrected tasks' marks with ``min_precision``; templates join the
+    rule, most precise first, only while their union keeps that precision on the corrected tasks."""
+    images = work if targets is None else work[targets]
+    out = torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.bool)
+    padded_sources = _pad(work[sources])
+    truth = marks[sources]
+    candidates = []
+    for t in _templates(work, marks, sources):
+        others = sources != t.source
+        if not others.any():
+            continue
+        found = _calibrate(t, padded_sources, truth, others, min_precision)
+        if found is not None:
+            candidates.append((t, *found))
+    union = torch.zeros_like(truth)
+    chosen = []
+    for t, threshold, precision, predicted in sorted(candidates, key=lambda c: -c[2]):
+        merged = union | predicted
+        total = int(merged.sum())
+        if total and int((merged & truth).sum()) >= min_precision * total:
+            union = merged
+            chosen.append((t, threshold))
+    if chosen:
+        padded = _pad(images)
+        for t, threshold in chosen:
+            out |= _paint(padded, t, threshold)
+    return out
+
+
+def _paint(padded: torch.Tensor, t: "_Template", threshold: float, ncc: Optional[torch.Tensor] = None
+           ) -> torch.Tensor:
+    """(M, H, W) bool: the template's marked pixels wherever its window matches."""
+    ncc = _ncc(padded, t.weight.unsqueeze(0)) if ncc is None else ncc  # (M, 1, H', W') top-left corners
+    painted = F.conv_transpose2d((ncc >= threshold).float(), t.mask.float()[None, None])  # (M, 1, H + 2, W + 2)
+    return painted[:, 0, 1:-1, 1:-1] > 0  # without the one-pixel margin
+
+
+def _calibrate(t: "_Template", padded: torch.Tensor, marks: torch.Tensor, others: torch.Tensor,
+               min_precision: float) -> Optional[tuple[float, float, torch.Tensor]]:
+    """(threshold, precision, predicted marks on the corrected tasks but its own) or None.
+
+    Of the thresholds at which the template finds the other tasks' marks precisely, the strictest
+    that keeps 80% of the loosest one's recall: a few validation tasks cannot show every look-alike,
+    so the margin goes to precision."""
+    ncc = _ncc(padded, t.weight.unsqueeze(0))
+    valid = []
+    for threshold in THRESHOLDS:
+        predicted = _paint(padded, t, threshold, ncc) & others[:, None, None]
+        total, hit = int(predicted.sum()), int((predicted & marks).sum())
+        if total and hit >= min_precision * total:
+            valid.append((threshold, hit / total, predicted, hit))
+    if not valid:
+        return None
+    best_recall = max(v[3] for v in valid)
+    threshold, precision, predicted, _ = max((v for v in valid if v[3] >= 0.8 * best_recall), key=lambda v: v[0])
+    return threshold, precision, predicted
+
+
+def _background_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                     targets: Optional[torch.Tensor]) -> torch.Tensor:
+    images = work if targets is None else work[targets]
+    out = torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.bool)
+    area = marks[0].numel()
+    large = [int(i) for i in sources if marks[i].sum() > LARGE_REGION * area]
+    if not large:
+        return out
+    # how far from its border colour a marked background pixel strays, over the corrected tasks
+    distances = torch.cat([_border_distance(work[i:i + 1])[0][marks[i]] for i in large])
+    tolerance = float(torch.quantile(distances, 0.95)) + 1e-3
+    return _border_distance(images) <= tolerance
+
+
+def _position_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                   targets: Optional[torch.Tensor]) -> torch.Tensor:
+    n = len(sources)
+    area = marks[0].numel()
+    small = [int(i) for i in sources if marks[i].sum() <= LARGE_REGION * area]  # backgrounds move with the object
+    count = marks[small].sum(dim=0) if small else torch.zeros_like(marks[0], dtype=torch.long)
+    recurring = count >= max(1, int(np.ceil(0.5 * n)))
+    size = work.shape[0] if targets is None else len(targets)
+    return recurring.unsqueeze(0).expand(size, -1, -1).clone()
+
+
+_RULES = {"template": _template_rule, "background": _background_rule, "position": _position_rule}
+
+
+def _leave_one_out(predict, work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor) -> Optional[float]:
+    """Share of the pixels a rule predicts on each corrected task, from the others, that its
+    annotator marked; None when the rule predicts nothing there."""
+    hit = total = 0
+    for k in range(len(corrected)):
+        others = torch.cat([corrected[:k], corrected[k + 1:]])
+        target = corrected[k:k + 1]
+        predicted = predict(work, marks, others, target)[0]
+        hit += int((predicted & marks[target[0]]).sum())
+        total += int(predicted.sum())
+    return None if total == 0 else hit / total
+
+
+def _own_precision(predict, work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor) -> Optional[float]:
+    predicted = predict(work, marks, corrected, corrected)
+    total = int(predicted.sum())
+    return None if total == 0 else int((predicted & marks[corrected]).sum()) / total
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _working(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    factor = max(1, int(np.ceil(max(x.shape[2:]) / WORK_SIDE)))
+    return (F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x), factor
+
+
+def _shrink(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    if factor == 1:
+        return mask.clone()
+    return F.avg_pool2d(mask.float().unsqueeze(1), factor, ceil_mode=True).squeeze(1) > 0.5
+
+
+def _grow(mask: torch.Tensor, factor: int, shape: tuple[int, ...]) -> torch.Tensor:
+    if factor == 1:
+        return mask
+    grown = mask.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    return grown[:, :shape[0], :shape[1]]
+
+
+def border_colour(images: torch.Tensor) -> torch.Tensor:
+    """(M, C) per-channel median of each image's outermost pixels: its background colour."""
+    top, bottom = images[:, :, 0, :], images[:, :, -1, :]
+    left, right = images[:, :, :, 0], images[:, :, :, -1]
+    return torch.cat([top, bottom, left, right], dim=2).median(dim=2).values
+
+
+def _border_distance(images: torch.Tensor) -> torch.Tensor:
+    """(M, H, W) largest per-channel distance of each pixel from its image's border colour."""
+    return (images - border_colour(images)[:, :, None, None]).abs().amax(dim=1)
+
+
+def _pad(images: torch.Tensor) -> torch.Tensor:
+    """One pixel of the image's border colour around it: a region at the edge keeps its margin."""
+    colour = border_colour(images)[:, :, None, None]
+    padded = colour.expand(-1, -1, images.shape[2] + 2, images.shape[3] + 2).clone()
+    padded[:, :, 1:-1, 1:-1] = images
+    return padded
+
+
+def _templates(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor) -> list[_Template]:
+    """Each marked region with a one-pixel margin, normalised; flat and duplicate ones dropped."""
+    area = marks[0].numel()
+    out: list[_Template] = []
+    for i in sources.tolist():
+        padded = _pad(work[i:i + 1])[0]
+        labels, n = ndimage.label(marks[i].numpy())
+        for k, box in enumerate(ndimage.find_objects(labels), start=1):
+            region = torch.from_numpy(labels[box] == k)
+            if region.sum() > LARGE_REGION * area:
+                continue  # a background: the background rule's case
+            r0, r1, c0, c1 = box[0].start, box[0].stop + 2, box[1].start, box[1].stop + 2
+            window = padded[:, r0:r1, c0:c1]
+            centred = window - window.mean()
+            norm = centred.norm()
+            if norm < 1e-3 * np.sqrt(window.numel()):
+                continue  # flat: matches nothing in particular
+            mask = torch.zeros(window.shape[1:], dtype=torch.bool)
+            mask[1:-1, 1:-1] = region
+            weight = centred / norm
+            if any(t.mask.shape == mask.shape and float((t.weight * weight).sum()) > 0.98 for t in out):
+                continue  # the same concept again (another shade of it, say)
+            out.append(_Template(weight, mask, i))
+            if len(out) >= MAX_TEMPLATES:
+                return out
+    return out
+
+
+def _ncc(images: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(M, K, H', W') normalised cross-correlation of each window with each template."""
+    _, c, h, w = weight.shape
+    n = c * h * w
+    dot = F.conv2d(images, weight)
+    ones = torch.ones((1, c, h, w), dtype=images.dtype)
+    total = F.conv2d(images, ones)
+    total_sq = F.conv2d(images * images, ones)
+    spread = (total_sq - total * total / n).clamp_min(0).sqrt()
+    return torch.where(spread > 1e-3 * np.sqrt(n), dot / spread.clamp_min(1e-12), torch.zeros_like(dot))

@@ -1,0 +1,110 @@
+"""Image corrections generalise by what was marked (feedback/concepts.py), never onto the object."""
+import numpy as np
+import pytest
+import torch
+
+from ml_backend.feedback.concepts import generalise_marks
+
+SIZE = 28
+
+
+def scene(rng: np.random.Generator, n: int, swatch: str = "corner") -> tuple[torch.Tensor, torch.Tensor]:
+    """Dark images with a bright blurry blob (the object) and a flat square of a random shade
+    (the confounder) at a random corner or anywhere; returns images (N, 1, S, S) and truth masks."""
+    x = np.zeros((n, 1, SIZE, SIZE), dtype=np.float32)
+    truth = np.zeros((n, SIZE, SIZE), dtype=bool)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for i in range(n):
+        cy, cx = rng.uniform(10, 18, 2)
+        x[i, 0] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2.5, 4) ** 2))
+        if swatch == "corner":
+            r, c = [(0, 0), (0, SIZE - 4), (SIZE - 4, 0), (SIZE - 4, SIZE - 4)][rng.integers(4)]
+        else:
+            r, c = rng.integers(0, SIZE - 4, 2)
+        x[i, 0, r:r + 4, c:c + 4] = rng.uniform(0.2, 1.0)
+        truth[i, r:r + 4, c:c + 4] = True
+    return torch.from_numpy(x), torch.from_numpy(truth)
+
+
+def marked(truth: torch.Tensor, tasks: list[int]) -> torch.Tensor:
+    out = torch.zeros_like(truth)
+    out[tasks] = truth[tasks]
+    return out
+
+
+def precision_recall(pred: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    hit = int((pred & truth).sum())
+    return hit / max(int(pred.sum()), 1), hit / max(int(truth.sum()), 1)
+
+
+# a swatch over the object is a different picture from one on the background: fewer are found
+@pytest.mark.parametrize("where, min_recall", [("corner", 0.9), ("anywhere", 0.6)])
+def test_a_marked_swatch_is_found_wherever_it_sits_and_whatever_its_shade(where, min_recall):
+    x, truth = scene(np.random.default_rng(0), 60, where)
+    irrelevant = marked(truth, [0, 1, 2, 3])
+    out = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant))
+    assert "template" in out.rules
+    precision, recall = precision_recall(out.irrelevant[4:], truth[4:])
+    assert precision >= 0.9 and recall >= min_recall, (precision, recall)
+    assert out.added[4:].float().mean() >= min_recall and not out.added[:4].any()
+    # the swatch moves: "the same pixels" is not a rule the marks support
+    assert "position" not in out.rules
+
+
+def test_marks_that_name_no_recurring_concept_stay_where_they_are():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.random((40, 1, SIZE, SIZE)).astype(np.float32))  # texture everywhere
+    irrelevant = torch.zeros(40, SIZE, SIZE, dtype=torch.bool)
+    for i, (r, c) in enumerate([(2, 3), (15, 9), (8, 20)]):
+        irrelevant[i, r:r + 4, c:c + 4] = True  # three unrelated places of unrelated noise
+    out = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant))
+    assert torch.equal(out.irrelevant, irrelevant) and not out.added.any() and out.pixels == 0
+
+
+def test_a_relevant_mark_is_never_overridden():
+    x, truth = scene(np.random.default_rng(2), 30)
+    irrelevant = marked(truth, [0, 1, 2])
+    relevant = torch.zeros_like(irrelevant)
+    relevant[10] = truth[10]  # this task's annotator says its swatch matters
+    out = generalise_marks(x, irrelevant, relevant)
+    assert not (out.irrelevant & relevant).any()
+    assert (out.irrelevant[11:] & truth[11:]).any()
+
+
+def test_a_background_shaded_by_class_is_found_in_every_image_but_not_the_object():
+    rng = np.random.default_rng(3)
+    x, _ = scene(rng, 40)
+    obj = x[:, 0] > 0.5
+    shades = torch.from_numpy(rng.uniform(0.05, 0.3, 40).astype(np.float32))
+    background = ~obj
+    images = torch.where(obj, x[:, 0], shades[:, None, None]).unsqueeze(1)
+    irrelevant = marked(background, [0, 1, 2])
+    out = generalise_marks(images, irrelevant, torch.zeros_like(irrelevant))
+    assert "background" in out.rules
+    precision, recall = precision_recall(out.irrelevant[3:], background[3:])
+    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
+    assert not (out.irrelevant[3:] & obj[3:]).any()
+
+
+def test_one_correction_is_not_enough_to_generalise():
+    x, truth = scene(np.random.default_rng(4), 10)
+    irrelevant = marked(truth, [0])
+    out = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant))
+    assert torch.equal(out.irrelevant, irrelevant) and not out.added.any()
+
+
+def test_large_images_match_at_a_working_size_and_return_full_size_marks():
+    x, truth = scene(np.random.default_rng(5), 20)
+    big = torch.nn.functional.interpolate(x, scale_factor=6, mode="nearest")  # 168 px
+    big_truth = truth.repeat_interleave(6, 1).repeat_interleave(6, 2)
+    irrelevant = marked(big_truth, [0, 1, 2])
+    out = generalise_marks(big, irrelevant, torch.zeros_like(irrelevant))
+    assert out.irrelevant.shape == big_truth.shape
+    precision, recall = precision_recall(out.irrelevant[3:], big_truth[3:])
+    assert precision >= 0.85 and recall >= 0.85, (precision, recall)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError):
+        generalise_marks(torch.zeros(2, 1, 8, 8), torch.zeros(2, 4, 4, dtype=torch.bool),
+                         torch.zeros(2, 4, 4, dtype=torch.bool))
