@@ -139,3 +139,17 @@ def test_text_argument_errors():
         text_counterexamples(torch.tensor([1, 2]), torch.tensor([True]), 2, 100)
     with pytest.raises(ValueError):
         text_counterexamples(torch.tensor([1, 2]), torch.tensor([True, False]), 2, 2)
+
+
+def test_a_marked_word_becomes_another_marked_word_never_itself():
+    from ml_backend.data.text import substitute_marked_ids
+
+    ids = torch.tensor([5, 7, 9, 7])
+    marked = torch.tensor([False, True, False, True])
+    pool = torch.tensor([7, 11, 13])
+    out = substitute_marked_ids(ids, marked, 50, pool, torch.Generator().manual_seed(0))
+    assert out.shape == (50, 4)
+    assert torch.equal(out[:, [0, 2]], ids[[0, 2]].expand(50, 2))
+    assert set(out[:, [1, 3]].flatten().tolist()) == {11, 13}
+    with pytest.raises(ValueError):
+        substitute_marked_ids(ids, marked, 1, torch.tensor([7]))

@@ -53,13 +53,17 @@ def replace_marked_ids(ids: torch.Tensor, marked: torch.Tensor, c: int, low: int
 
 def substitute_marked_ids(ids: torch.Tensor, marked: torch.Tensor, c: int, pool: torch.Tensor,
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """(c, *ids.shape) copies of ``ids`` whose ``marked`` ids are drawn from ``pool`` (1-D ids):
-    a marked word becomes one another document's annotators marked, of whatever class."""
+    """(c, *ids.shape) copies of ``ids`` whose ``marked`` ids are drawn from ``pool`` (1-D distinct
+    ids, at least two): a marked word becomes another one that annotators marked, of whatever
+    class, and never stays itself."""
     if c < 0:
         raise ValueError("c must be >= 0")
-    if pool.dim() != 1 or pool.numel() == 0:
-        raise ValueError("pool must be a non-empty 1-D tensor of ids")
+    if pool.dim() != 1 or pool.numel() < 2:
+        raise ValueError("pool must be a 1-D tensor of at least two distinct ids")
     copies = ids.unsqueeze(0).repeat(c, *([1] * ids.dim()))
     device = generator.device if generator is not None else torch.device("cpu")
     picks = torch.randint(pool.numel(), copies.shape, generator=generator, device=device).to(ids.device)
-    return torch.where(marked.to(device=ids.device, dtype=torch.bool), pool.to(ids.device)[picks], copies)
+    pool = pool.to(ids.device)
+    drawn = pool[picks]
+    drawn = torch.where(drawn == copies, pool[(picks + 1) % pool.numel()], drawn)  # distinct ids: a change
+    return torch.where(marked.to(device=ids.device, dtype=torch.bool), drawn, copies)
