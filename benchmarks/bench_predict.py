@@ -5,7 +5,7 @@ Three parts, all with the project's real code:
 1. **Stage breakdown, in process** (one task at a time): decode + resize (data: URI -> tensor),
    forward (the model kind's ``probs``, what serving runs without evidence), attribution
    (the kind's ``relevance``, a pass of its own), evidence (``evidence_mask`` + ``mask_regions``), RLE encode
-   (``brush_result``), and the whole ``rendering.render_predictions``, what /predict runs (Grad-CAM fused
+   (``brush_result``), and the whole ``rendering.render_predictions``, what /predict runs (the served evidence fused
    with the forward pass). The overhead ratio
    is (attribution + evidence + RLE) / forward, all p50 of the same model in the same run.
 2. **End to end over HTTP**: ``ml-backend serve`` (gunicorn, the production command) with a
@@ -456,8 +456,8 @@ def main() -> None:
                 data["memory"] = mem
 
     default_224 = [d for d in stage_data if d["method"] == DEFAULT_METHOD and d["case"].startswith("224")]
-    # The server predicts with Grad-CAM in one pass (explain.attribution.predict_with_gradcam), so its
-    # overhead is render_predictions (forward + Grad-CAM + regions + RLE) minus a bare forward pass.
+    # The server predicts and explains in one pass (explain.attribution.predict_with_evidence), so its
+    # overhead is render_predictions (forward + evidence + regions + RLE) minus a bare forward pass.
     notes = [f"Aim check ({DEFAULT_METHOD}, 224x224, as served: (render_predictions - forward) / forward): " + "; ".join(
         f"{d['case']}: {d['render_overhead_ratio']:.2f}x forward "
         f"({'meets' if d['render_overhead_ratio'] <= 1.5 else 'misses'} the 1.5x aim); "
