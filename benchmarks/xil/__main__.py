@@ -1,7 +1,7 @@
 """Learning from explanation feedback: the whole suite in one command.
 
-    .venv/bin/python -m benchmarks.xil            # full: 4 problems, all methods, 3 seeds (about an hour on 2 cores)
-    .venv/bin/python -m benchmarks.xil --quick    # CI: decoy digits (both variants), none / RRR / CE, 3 seeds
+    .venv/bin/python -m benchmarks.xil            # full: 10 problems (7 image, 3 text), 3 seeds (about 1.5 h on 2 cores)
+    .venv/bin/python -m benchmarks.xil --quick    # CI: four corners, background, token variants; none / default; 3 seeds
     .venv/bin/python -m benchmarks.xil --report-only   # rebuild tables, plots and docs from the results file
 
 Results: benchmarks/results/xil.json (a quick run never overwrites full results: it then writes
@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                  f"acquisitions {plan.acquisitions}; lambdas {plan.lambdas}")
     meta = {"name": "xil", "title": "Learning from explanation feedback (XIL): confounder benchmarks",
             "command": command, "quick": plan.quick, "machine": machine, "plan_text": plan_text,
-            "aims": ["On both decoy-digits variants, recover >= 95% of the gap between no feedback and the clean "
-                     "model while correcting at most 1% of the training images (14 here), chosen by our ranking, "
-                     "with one default setting per strategy."],
+            "aims": ["On every problem with a gap, recover >= 95% of the gap between no feedback and the clean "
+                     "model while correcting at most 1% of the training set, chosen by our ranking; <= 1 point "
+                     "harm where there is no gap; no fall from 1% to 5%; std over seeds <= 3 points; one "
+                     "default for every problem."],
             "notes": NOTES}
 
     def save(recs: list) -> None:
@@ -113,39 +114,37 @@ NOTES = [
     "simulated feedback), whether or not the served evidence touched it; evidence regions that touched it are "
     "deleted, the others kept.",
     "All labels of the training set are known (as in the seeds' experiments); only explanations are corrected, "
-    "up to the budget N. Each round ranks the not-yet-corrected training tasks with the current model.",
-    "Accuracy is taken with the mean weights for the Bayesian CNN (trainer.accuracy, as train_project reports "
-    "it); the served prediction uses the MC average.",
-    "The clean model is tested on the same confounded test set (random swatch values); its accuracy on the "
-    "clean test set is higher (clean_test_accuracy in the records).",
-    "Propagation (feedback/propagate.py, on by default from 2 corrections): the corner pixels marked Irrelevant on "
-    "the corrected tasks count as irrelevant on every training task (at N=14 all 1,424 others), and each such task "
-    "gets one substituted counterexample. The row 'corrections not propagated' is the same default with "
-    "propagate_min_support=0: the corrected tasks alone.",
-    "FINDING, four corners: the default (RRR + counterexamples, substitute fill, propagation) and counterexamples "
-    "alone remove the decoy with 14 corrected explanations (1%) and end above the clean model, which never saw a "
-    "swatch and is thrown by the random test swatches. Without propagation the same strategies stay near no "
-    "feedback, as every strategy did before propagation existed; random fill is a little weaker than "
-    "substitution (noise is easy to tell from a uniform swatch, another task's swatch is not).",
-    "FINDING, RRR alone does not remove the decoy at any lambda (sweep table), even with the propagated masks on "
-    "every task: the network meets the input-gradient penalty by flattening its response around the training "
-    "swatch values rather than by not reading the swatch (gradient masking), and a strong penalty on every "
-    "task costs accuracy on the one-corner variant. It is kept in the default for what it does well (moving "
-    "attribution off the marked region, tests/test_training.py) and paired with counterexamples.",
-    "FINDING, one corner: the backend's CNN (four blocks with batch norm since this round) hardly falls for "
-    "Ross et al.'s one-corner decoy: without feedback it is already at the clean model's accuracy, so there is "
-    "no gap to recover (the ratio is n/a). Feedback does no harm there with the default strategy, and "
-    "counterexamples alone end above both. The thesis' author made the same observation for CNNs, which is "
-    "why the thesis uses four corners.",
-    "The CNN changed in this round: with three plain conv blocks (the previous default) even the clean model "
-    "reached only 0.83 on these digits in 28 epochs and every model took the decoy long before it learned "
-    "shapes; a fourth block and batch norm reach 0.95-0.99.",
-    "The Grad-CAM mass column hardly moves: at 28 px the CNN's last map is 3x3 (one cell per ~9 px), too coarse to "
-    "resolve a 4x4 corner, so Grad-CAM spreads a constant share over it. Accuracy on the confounded test set is "
-    "the measure to read; the input-gradient mass is what RRR constrains (tests/test_training.py).",
-    "Time: seeds 0 and 1 ran without the Bayesian CNN rows and the acquisition and lambda sweeps (the Bayesian "
-    "CNN trains ~10x slower on CPU); those rows have one seed, as their 'seeds' column says. Shards ran three at "
-    "a time on the 2 cores, so wall times are about 1.5x what one run alone takes.",
+    "up to the budget N, in rounds (0.5%, 1%, 5%). Each round ranks the not-yet-corrected training tasks with "
+    "the current model.",
+    "Every confounder's shade follows the class in training and is random at test (a random digit's shade); the "
+    "clean model is tested on the same confounded test set. For the background confounder the clean bound "
+    "trains on backgrounds of random shade (the background independent of the label), as the issue asks.",
+    "Generalisation (feedback/concepts.py, feedback/text_concepts.py): from 2 corrected tasks, the marks reach "
+    "every labelled task by content. Which image rules ran is recorded per version (generalised_by): the "
+    "template rule finds the one-corner swatch, the stripe on either edge, the random patch and the stamp "
+    "where they sit; the background rule finds the shaded background; the position rule the four corners and "
+    "the colors' corners. The row 'corrections not generalised' is the default with propagate_min_support=0.",
+    "Before this round, marks propagated by position only (pixels marked on >= 2 corrected tasks): on a moving "
+    "confounder the union of marks landed on other images' strokes, and RRR + counterexamples lowered accuracy "
+    "(random patch 0.911 -> 0.819 at 5%, background 0.538 -> 0.333). Each rule is now validated on the "
+    "corrected tasks (leave one out, 85% precision) and a rule that would mark the object does not run.",
+    "The default changed from RRR + counterexamples to counterexamples alone: with generalised marks, RRR added "
+    "nothing on the digits problems and lowered accuracy on the background (seed 0, 7 corrections: 0.418 with "
+    "RRR + counterexamples against 0.972 without RRR, in the exploratory runs before this table); its "
+    "gradient-share penalty can also be met by inflating gradients elsewhere (tests/test_training.py). It "
+    "stays available by name (rows 'RRR alone' and 'RRR + counterexamples').",
+    "Text counterexamples substitute: each marked word becomes another word marked Irrelevant anywhere (so a "
+    "positive review's 'zorbly' becomes the negative class's 'quennic'); with random ids instead, "
+    "counterexamples alone left decoy text at chance (0.504 at 5%), since the unmarked class's token still "
+    "decided. A marked background gets a donor's background colour, not its pixels (which pasted another "
+    "class's digit into the copy: 0.919 at 5% against 0.992).",
+    "Entropy ranking can pick one class only in a round (text: every pick positive); the marks then reach that "
+    "class's documents only until a later round marks the other class's token.",
+    "Served evidence is the CNN's smoothed gradient x activation map (docs/benchmarks.md, bench_evidence); the "
+    "mass column is its share on the confounder. Where the model does not use the confounder without "
+    "feedback (one corner, random patch, stamp), there is nothing for the mass to fall from.",
+    "Time: three shards (one per seed) ran at once on the 2 cores beside other jobs, so wall times are several "
+    "times what one run alone takes.",
 ]
 
 

@@ -245,7 +245,7 @@ def published_table(records: list[dict[str, Any]]) -> dict[str, str]:
         clean = _ms([_point(r, 0)["accuracy"] for r in records if r["problem"] == problem and r["method"] == "clean"])
         best = ", ".join(f"{METHODS[m].label}: {v}" for m, v in got.items()
                          if m not in ("none", "senn_none", "bayes_none", "rrr_ce_local", "default_local"))
-        rows.append([f"this backend, {TITLES[problem]}", "backend CNN / SENN / Bayesian CNN",
+        rows.append([f"this backend, {TITLES[problem]}", "backend CNN",
                      f"{n} corrections ({100 * n / TRAIN_SIZE[problem]:.1f}%), entropy ranking, defaults",
                      got.get("none", "n/a"), best, clean + " (confounded test)", ""])
     return {"title": "Published numbers and ours, side by side",

@@ -20,7 +20,6 @@ Relevant pixels are never marked Irrelevant.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -71,19 +70,14 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
     marks = _shrink(irrelevant, factor)
     matched = torch.zeros((x.shape[0], *work.shape[2:]), dtype=torch.bool)
     for rule in RULES:
-        predict = partial(_RULES[rule], min_precision=min_precision) if rule == "template" else _RULES[rule]
-        # templates validate one by one against the other corrected tasks (``_template_rule``)
-        precision = (_own_precision(predict, work, marks, corrected) if rule == "template"
-                     else _leave_one_out(predict, work, marks, corrected))
-        if rule == "template" and precision is not None:
-            precision = max(precision, min_precision)  # own regions match themselves: not a test
+        predicted, precision = _RULES[rule](work, marks, corrected, min_precision)
         if precision is None:
             continue
         if precision < min_precision:
             out.rejected[rule] = precision
             continue
         out.rules[rule] = precision
-        matched |= predict(work, marks, corrected, None)
+        matched |= predicted
     if not out.rules:
         return out
     spread = _grow(matched, factor, irrelevant.shape[1:]) & ~relevant
@@ -95,16 +89,15 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
 
 
 # ----------------------------------------------------------------------------- rules
-# Each rule: (work images, work marks, corrected task indices, target indices or None = all)
-# -> (N or len(targets), h, w) bool predicted marks. Only the corrected tasks' marks are read.
+# Each rule: (work images, work marks, corrected task indices, min precision) -> (predicted marks on
+# every task, precision on the corrected tasks predicted from the others; None if it predicts nothing).
 
-def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
-                   targets: Optional[torch.Tensor], min_precision: float = 0.85) -> torch.Tensor:
-    """Regions matching a marked region's template. Each template takes the loosest NCC threshold
-    at which it finds the other corrected tasks' marks with ``min_precision``; templates join the
-    rule, most precise first, only while their union keeps that precision on the corrected tasks."""
-    images = work if targets is None else work[targets]
-    out = torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.bool)
+def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, min_precision: float
+                   ) -> tuple[torch.Tensor, Optional[float]]:
+    """Regions matching a marked region's template. Each template takes the threshold at which it
+    finds the other corrected tasks' marks with ``min_precision`` (``_calibrate``); templates join
+    the rule, most precise first, only while their union keeps that precision."""
+    out = torch.zeros((work.shape[0], *work.shape[2:]), dtype=torch.bool)
     padded_sources = _pad(work[sources])
     truth = marks[sources]
     candidates = []
@@ -116,18 +109,19 @@ def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tenso
         if found is not None:
             candidates.append((t, *found))
     union = torch.zeros_like(truth)
+    precision: Optional[float] = None
     chosen = []
-    for t, threshold, precision, predicted in sorted(candidates, key=lambda c: -c[2]):
+    for t, threshold, _, predicted in sorted(candidates, key=lambda c: -c[2]):
         merged = union | predicted
-        total = int(merged.sum())
-        if total and int((merged & truth).sum()) >= min_precision * total:
-            union = merged
+        hit, total = int((merged & truth).sum()), int(merged.sum())
+        if total and hit >= min_precision * total:
+            union, precision = merged, hit / total
             chosen.append((t, threshold))
     if chosen:
-        padded = _pad(images)
+        padded = _pad(work)
         for t, threshold in chosen:
             out |= _paint(padded, t, threshold)
-    return out
+    return out, precision
 
 
 def _paint(padded: torch.Tensor, t: "_Template", threshold: float, ncc: Optional[torch.Tensor] = None
@@ -159,10 +153,10 @@ def _calibrate(t: "_Template", padded: torch.Tensor, marks: torch.Tensor, others
     return threshold, precision, predicted
 
 
-def _background_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
-                     targets: Optional[torch.Tensor]) -> torch.Tensor:
-    images = work if targets is None else work[targets]
-    out = torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.bool)
+def _background_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                      targets: torch.Tensor) -> torch.Tensor:
+    """Pixels near their image's border colour, as near as the marked backgrounds are."""
+    out = torch.zeros((len(targets), *work.shape[2:]), dtype=torch.bool)
     area = marks[0].numel()
     large = [int(i) for i in sources if marks[i].sum() > LARGE_REGION * area]
     if not large:
@@ -170,40 +164,37 @@ def _background_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Ten
     # how far from its border colour a marked background pixel strays, over the corrected tasks
     distances = torch.cat([_border_distance(work[i:i + 1])[0][marks[i]] for i in large])
     tolerance = float(torch.quantile(distances, 0.95)) + 1e-3
-    return _border_distance(images) <= tolerance
+    return _border_distance(work[targets]) <= tolerance
 
 
-def _position_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
-                   targets: Optional[torch.Tensor]) -> torch.Tensor:
-    n = len(sources)
+def _position_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
+    """Pixels marked on at least half of the corrected tasks (backgrounds left out: they move with
+    the object)."""
     area = marks[0].numel()
-    small = [int(i) for i in sources if marks[i].sum() <= LARGE_REGION * area]  # backgrounds move with the object
+    small = [int(i) for i in sources if marks[i].sum() <= LARGE_REGION * area]
     count = marks[small].sum(dim=0) if small else torch.zeros_like(marks[0], dtype=torch.long)
-    recurring = count >= max(1, int(np.ceil(0.5 * n)))
-    size = work.shape[0] if targets is None else len(targets)
-    return recurring.unsqueeze(0).expand(size, -1, -1).clone()
+    recurring = count >= max(1, int(np.ceil(0.5 * len(sources))))
+    return recurring.unsqueeze(0).expand(len(targets), -1, -1).clone()
 
 
-_RULES = {"template": _template_rule, "background": _background_rule, "position": _position_rule}
+def _left_out(marks_for):
+    """A rule from a marker: validated by predicting each corrected task from the others."""
+    def rule(work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor, min_precision: float
+             ) -> tuple[torch.Tensor, Optional[float]]:
+        hit = total = 0
+        for k in range(len(corrected)):
+            others = torch.cat([corrected[:k], corrected[k + 1:]])
+            predicted = marks_for(work, marks, others, corrected[k:k + 1])[0]
+            hit += int((predicted & marks[corrected[k]]).sum())
+            total += int(predicted.sum())
+        everywhere = marks_for(work, marks, corrected, torch.arange(work.shape[0]))
+        return everywhere, (None if total == 0 else hit / total)
+    return rule
 
 
-def _leave_one_out(predict, work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor) -> Optional[float]:
-    """Share of the pixels a rule predicts on each corrected task, from the others, that its
-    annotator marked; None when the rule predicts nothing there."""
-    hit = total = 0
-    for k in range(len(corrected)):
-        others = torch.cat([corrected[:k], corrected[k + 1:]])
-        target = corrected[k:k + 1]
-        predicted = predict(work, marks, others, target)[0]
-        hit += int((predicted & marks[target[0]]).sum())
-        total += int(predicted.sum())
-    return None if total == 0 else hit / total
-
-
-def _own_precision(predict, work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor) -> Optional[float]:
-    predicted = predict(work, marks, corrected, corrected)
-    total = int(predicted.sum())
-    return None if total == 0 else int((predicted & marks[corrected]).sum()) / total
+_RULES = {"template": _template_rule, "background": _left_out(_background_marks),
+          "position": _left_out(_position_marks)}
 
 
 # ----------------------------------------------------------------------------- helpers
