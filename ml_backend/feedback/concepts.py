@@ -14,8 +14,11 @@ labelled task:
 A rule is used only if it predicts the annotators' own marks: each corrected task is predicted from
 the others' marks (leave one out), and a rule whose predicted pixels are not mostly marked ones
 (``min_precision``) is dropped. A rule that would spread marks onto the object, and so teach the
-model to ignore it, never runs; with fewer than two corrected tasks nothing generalises. A task's
-Relevant pixels are never marked Irrelevant.
+model to ignore it, never runs. Rules are tried simplest first (position, background, template),
+and one joins only if it finds marks the ones before it miss: a few corrected tasks cannot show
+every look-alike of a template, so a template is not trusted where a position already explains
+the marks. With fewer than two corrected tasks nothing generalises. A task's Relevant pixels are
+never marked Irrelevant.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-RULES = ("template", "background", "position")
+RULES = ("position", "background", "template")  # simplest first; a rule joins only if it finds more
+MIN_GAIN = 0.05  # share of the marked pixels a rule must add to those the rules before it find
 WORK_SIDE = 64  # matching runs on images at most this big: marks are coarse, NCC is quadratic in size
 LARGE_REGION = 0.25  # share of the image above which a region is a background, not an object
 MAX_TEMPLATES = 48
@@ -68,16 +72,23 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
         return out
     work, factor = _working(x.float())
     marks = _shrink(irrelevant, factor)
+    truth = marks[corrected]
+    held = torch.zeros_like(truth)  # what the rules taken so far predict on the corrected tasks
     matched = torch.zeros((x.shape[0], *work.shape[2:]), dtype=torch.bool)
     for rule in RULES:
-        predicted, precision = _RULES[rule](work, marks, corrected, min_precision)
+        everywhere, predicted = _RULES[rule](work, marks, corrected, min_precision)
+        precision = _precision(predicted, truth)
         if precision is None:
             continue
         if precision < min_precision:
             out.rejected[rule] = precision
             continue
+        merged = held | predicted
+        if _recall(merged, truth) - _recall(held, truth) < MIN_GAIN:
+            continue  # the simpler rules before it already explain these marks
+        held = merged
         out.rules[rule] = precision
-        matched |= predicted
+        matched |= everywhere
     if not out.rules:
         return out
     spread = _grow(matched, factor, irrelevant.shape[1:]) & ~relevant
@@ -90,10 +101,10 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
 
 # ----------------------------------------------------------------------------- rules
 # Each rule: (work images, work marks, corrected task indices, min precision) -> (predicted marks on
-# every task, precision on the corrected tasks predicted from the others; None if it predicts nothing).
+# every task, predicted marks on each corrected task from the other corrected tasks alone).
 
 def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, min_precision: float
-                   ) -> tuple[torch.Tensor, Optional[float]]:
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Regions matching a marked region's template. Each template takes the threshold at which it
     finds the other corrected tasks' marks with ``min_precision`` (``_calibrate``); templates join
     the rule, most precise first, only while their union keeps that precision."""
@@ -109,19 +120,18 @@ def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tenso
         if found is not None:
             candidates.append((t, *found))
     union = torch.zeros_like(truth)
-    precision: Optional[float] = None
     chosen = []
     for t, threshold, _, predicted in sorted(candidates, key=lambda c: -c[2]):
         merged = union | predicted
         hit, total = int((merged & truth).sum()), int(merged.sum())
         if total and hit >= min_precision * total:
-            union, precision = merged, hit / total
+            union = merged
             chosen.append((t, threshold))
     if chosen:
         padded = _pad(work)
         for t, threshold in chosen:
             out |= _paint(padded, t, threshold)
-    return out, precision
+    return out, union
 
 
 def _paint(padded: torch.Tensor, t: "_Template", threshold: float, ncc: Optional[torch.Tensor] = None
@@ -181,15 +191,10 @@ def _position_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tens
 def _left_out(marks_for):
     """A rule from a marker: validated by predicting each corrected task from the others."""
     def rule(work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor, min_precision: float
-             ) -> tuple[torch.Tensor, Optional[float]]:
-        hit = total = 0
-        for k in range(len(corrected)):
-            others = torch.cat([corrected[:k], corrected[k + 1:]])
-            predicted = marks_for(work, marks, others, corrected[k:k + 1])[0]
-            hit += int((predicted & marks[corrected[k]]).sum())
-            total += int(predicted.sum())
-        everywhere = marks_for(work, marks, corrected, torch.arange(work.shape[0]))
-        return everywhere, (None if total == 0 else hit / total)
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        held = torch.stack([marks_for(work, marks, torch.cat([corrected[:k], corrected[k + 1:]]),
+                                      corrected[k:k + 1])[0] for k in range(len(corrected))])
+        return marks_for(work, marks, corrected, torch.arange(work.shape[0])), held
     return rule
 
 
@@ -198,6 +203,15 @@ _RULES = {"template": _template_rule, "background": _left_out(_background_marks)
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _precision(predicted: torch.Tensor, truth: torch.Tensor) -> Optional[float]:
+    total = int(predicted.sum())
+    return None if total == 0 else int((predicted & truth).sum()) / total
+
+
+def _recall(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+    return int((predicted & truth).sum()) / max(int(truth.sum()), 1)
+
 
 def _working(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     factor = max(1, int(np.ceil(max(x.shape[2:]) / WORK_SIDE)))
