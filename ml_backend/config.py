@@ -212,6 +212,8 @@ class ProjectSettings:
     train_mode: str = "auto"  # backbone: frozen (head only) | finetune (last blocks too) | auto (finetune on GPU)
     finetune_blocks: int = _setting(2, 1, 100)  # backbone blocks trained in finetune mode
     max_windows: int = _setting(16, 1, 1024)  # text backbone: windows read per document (the rest is cut)
+    # frozen backbone: MB of per-task features kept under the project's state (0 = no cache)
+    feature_cache_mb: int = _setting(2048, 0, 1_000_000)
 
     def validate(self) -> "ProjectSettings":
         """Types and ranges. The names of extension points (model_kind, strategies, attribution,

@@ -70,7 +70,7 @@ class Predictor:
             with self._lock(ctx.key):
                 loaded = self._models.get(ctx.key)
                 if loaded is None or loaded.version != current:
-                    loaded = store.load(current)
+                    loaded = store.load(current, ctx.settings.feature_cache_mb)
                     loaded.model.to(self.device).network.eval()
                     self._models[ctx.key] = loaded
                     log.info("project %s now serves %s", ctx.key, current)

@@ -10,6 +10,7 @@ Layout under MODEL_DIR::
     projects/<project>/queue.json             the last ranking of unlabeled tasks
     projects/<project>/pushed.json            predictions pushed to Label Studio (what is there already)
     projects/<project>/train.lock             one training job per project across serving processes
+    projects/<project>/features/<backbone>/   per-task features of a frozen backbone (models.feature_cache)
 
 Every serving process reads CURRENT on each request (one small read), so a version
 published by a worker on another machine is served without a restart.
@@ -32,6 +33,7 @@ import torch
 
 from ml_backend.models import CheckpointError, from_checkpoint, load_checkpoint_file
 from ml_backend.models.base import ModelKind
+from ml_backend.models.feature_cache import FeatureCache
 
 _VERSION = re.compile(r"^v(\d+)$")
 _PROJECT = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -134,6 +136,11 @@ class ProjectStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    # feature cache ------------------------------------------------------------------
+    def feature_cache(self, max_mb: float) -> Optional[FeatureCache]:
+        """The project's cache of frozen-backbone features, at most ``max_mb`` on disk (0: none)."""
+        return FeatureCache.at(self.root / "features", max_mb) if max_mb > 0 else None
+
     # versions --------------------------------------------------------------------
     def current(self) -> Optional[str]:
         try:
@@ -204,7 +211,9 @@ class ProjectStore:
         self.set_current(version)
         return version
 
-    def load(self, version: str) -> LoadedModel:
+    def load(self, version: str, feature_cache_mb: float = 0) -> LoadedModel:
+        """A version's model, reading a frozen backbone's features from the project's cache
+        (``feature_cache_mb``: its size; 0, no cache)."""
         if not (isinstance(version, str) and _VERSION.fullmatch(version)):
             raise StoreError(f"project {self.project} has no version {version[:80]!r}")
         try:
@@ -212,6 +221,7 @@ class ProjectStore:
             model = from_checkpoint(checkpoint)
         except CheckpointError as exc:
             raise StoreError(str(exc)) from None
+        model.use_feature_cache(self.feature_cache(feature_cache_mb))
         return LoadedModel(version, model, tuple(checkpoint["classes"]), self.meta(version))
 
 

@@ -81,6 +81,8 @@ def test_a_webhook_trained_image_backbone_serves_evidence_at_the_original_size(b
     assert not failed, failed[0]["traceback"]
     meta = ProjectStore(settings.model_dir, "2").list()[-1]
     assert meta["kind"] == "backbone_image" and meta["feedback"]["irrelevant"] == 2 and meta["counterexamples"] > 0
+    # the frozen backbone's features went to the project's feature cache, read back by evaluation
+    assert list((settings.model_dir / "projects" / "2" / "features").rglob("*.safetensors"))
     task = ls_task(50, {"image": png_data_uri(photo(50, 37, 91))})
     prediction = requests.post(server.url + "/predict", json=predict_body([task], image_config)).json()["results"][0]
     assert prediction["model_version"] == meta["version"]

@@ -127,6 +127,7 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     progress(0.1, f"{len(pairs)} annotations")
     store = ProjectStore(settings.model_dir, project)
     model, parent = starting_model(ctx, store)
+    model.use_feature_cache(store.feature_cache(ctx.settings.feature_cache_mb))
     examples, skipped = load_examples(ctx, model, pairs, Fetcher(settings), progress)
     if not examples:
         return {"version": None, "skipped": "no usable annotations", "annotations": len(pairs), **skipped}

@@ -1,5 +1,6 @@
 """Pretrained backbones from local ``transformers`` directories: finding, checking and loading them
-offline, and what each architecture family offers (pooled features, Grad-CAM map, blocks to tune).
+offline, what each architecture family offers (pooled features, Grad-CAM map, blocks to tune), and
+what the backbone kinds share (their config, checkpoints, and a frozen backbone's feature cache).
 
 Loading never contacts a hub (``local_files_only``), even when the network is up.
 ``transformers`` is imported on first use, so projects without a backbone never load it.
@@ -8,20 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ml_backend.config import ConfigError
+from ml_backend.models.feature_cache import Entry, FeatureCache
 
 # model_type -> family: how features, the evidence map and the blocks are found
 IMAGE_FAMILIES = {"resnet": "stages", "convnext": "stages", "convnextv2": "stages", "regnet": "stages",
                   "bit": "stages", "vit": "tokens", "dinov2": "tokens", "deit": "tokens", "beit": "tokens"}
 TEXT_FAMILIES = {"bert": "layer", "distilbert": "layer", "roberta": "layer", "xlm-roberta": "layer",
                  "electra": "layer", "albert": "albert", "deberta-v2": "layer"}
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # what a feature-cache entry holds; a new format starts a new namespace
+FROZEN_BATCH = 64  # inputs per backbone pass when a fit computes its frozen features
 
 _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str], tuple[nn.Module, Any]] = {}
@@ -149,6 +157,41 @@ def train_mode(settings: Any) -> str:
     return settings.train_mode
 
 
+class CachedFeatures:
+    """What the backbone networks share about the feature cache: with a frozen backbone, an input's
+    features come from the project's ``FeatureCache`` (computed once per backbone), never again from
+    the backbone. A backbone that trains, or an input that wants its gradient (RRR, saliency), always
+    runs the backbone."""
+
+    config: dict[str, Any]
+    feature_cache: Optional[FeatureCache] = None
+
+    def feature_entries(self, x: torch.Tensor) -> Entry:
+        """What the cache keeps of each input (batched; ``pooled``: what the head reads)."""
+        raise NotImplementedError
+
+    def use_cache(self, cache: Optional[FeatureCache]) -> None:
+        if cache is not None:
+            try:
+                cache.claim(self.cache_namespace(), self.config["backbone"])
+            except OSError as exc:  # a read-only MODEL_DIR serves without the cache
+                log.warning("feature cache %s is not usable: %s", cache.root, exc)
+                cache = None
+        self.feature_cache = cache
+
+    def cache_namespace(self) -> str:
+        return f"{self.config['fingerprint']}-v{CACHE_FORMAT}"
+
+    def caches(self, x: torch.Tensor) -> bool:
+        """Whether ``x``'s features are read from the cache."""
+        return self.feature_cache is not None and self.config["train_mode"] == "frozen" and not x.requires_grad
+
+    def cached(self, x: torch.Tensor, need: Sequence[str] = ("pooled",)) -> Optional[Entry]:
+        """The ``need``ed entries of a batch (None when the network does not keep one of them)."""
+        assert self.feature_cache is not None
+        return self.feature_cache.lookup(self.cache_namespace(), x, self.feature_entries, need)
+
+
 class BackboneKind:
     """What the backbone kinds share: their config from a project's settings, whether a model still
     fits them, and a checkpoint of the head and any fine-tuned blocks (the backbone's own weights
@@ -172,6 +215,27 @@ class BackboneKind:
     def checkpoint(self, classes: tuple[str, ...]) -> dict[str, Any]:
         return {"kind": self.name, "config": self.config, "classes": list(classes),
                 "state_dict": trainable_state(self.network)}
+
+    def use_feature_cache(self, cache: Optional[FeatureCache]) -> None:
+        self.network.use_cache(cache)
+
+    def frozen_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """A frozen backbone's pooled features of ``x`` (from the cache when there is one): a fit
+        runs the backbone once per example, not once per epoch."""
+        if self.config["train_mode"] != "frozen":
+            return None
+        device = self.device()
+        out = []
+        with torch.no_grad():
+            for chunk in x.split(FROZEN_BATCH):
+                chunk = chunk.to(device)
+                if chunk.dim() == 4 and chunk.is_floating_point():
+                    chunk = chunk.contiguous(memory_format=torch.channels_last)
+                out.append(self.network.features(chunk))
+        return torch.cat(out)
+
+    def logits_from_frozen(self, features: torch.Tensor) -> torch.Tensor:
+        return self.network.head(features)
 
     def load_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         _, unexpected = self.network.load_state_dict(state_dict, strict=False)

@@ -148,6 +148,19 @@ class ModelKind(ABC):
         """(logits, squared input gradient per pixel (N, H, W) or token (N, L)) with the graph
         kept for a second backward pass (right-for-the-right-reasons penalties)."""
 
+    def use_feature_cache(self, cache: Any) -> None:
+        """Read the features of a part that does not train from ``cache`` (the project's
+        ``feature_cache.FeatureCache``; None: compute them); kinds without such a part ignore it."""
+
+    def frozen_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """What the part of the network that does not train computes from ``x``, so that a fit runs
+        it once per example and trains the rest on it (``logits_from_frozen``); None: it all trains."""
+        return None
+
+    def logits_from_frozen(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (in the network's current mode) from ``frozen_features``."""
+        raise NotImplementedError(f"model kind {self.name!r} has no frozen part")
+
     def training_terms(self, batch: Any, n_train: int, settings: Any,
                        parts: dict[str, float]) -> Optional[torch.Tensor]:
         """The kind's own loss terms for a batch (added to cross-entropy), logging into ``parts``."""

@@ -5,10 +5,15 @@ it says); ``estimate_frame`` measures where the processed pixels come from, so e
 the original coordinates and marks land on the input. Evidence is Grad-CAM on the last stage's
 map for CNN families, and gradient x activation over the patch tokens entering the last block
 for ViT families.
+
+With a frozen backbone and a feature cache, each input's pooled features and its evidence map are
+computed once; the head, its MC-dropout samples and the evidence's gradient (which flows through
+the head, and for ViT families the last block) run on the cached map.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -25,10 +30,12 @@ from ml_backend.models import backbones
 from ml_backend.models.base import IMAGE, InputSpec
 from ml_backend.models.common import ImageKind
 
+log = logging.getLogger(__name__)
+
 FRAMES_CACHED = 256
 
 
-class BackboneImageClassifier(nn.Module):
+class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
     """backbone -> pooled features -> dropout + linear head. ``config`` says where the backbone lives."""
 
     def __init__(self, n_classes: int, backbone: str, train_mode: str = "frozen", finetune_blocks: int = 2,
@@ -48,6 +55,7 @@ class BackboneImageClassifier(nn.Module):
         self._frames: OrderedDict[tuple[int, int], Frame] = OrderedDict()
         self._frames_lock = threading.Lock()
         self._levels: Optional[tuple[np.ndarray, np.ndarray]] = None  # the processor's normalisation
+        self.tail_ok: Optional[bool] = None  # whether ``tail`` was checked to give the pooled features
 
     def train(self, mode: bool = True) -> "BackboneImageClassifier":
         super().train(mode)
@@ -68,7 +76,37 @@ class BackboneImageClassifier(nn.Module):
         pooled = hidden.mean(dim=(2, 3)) if pooled is None else pooled
         return pooled.flatten(1), hidden
 
+    def tail(self, activation: torch.Tensor) -> torch.Tensor:
+        """The pooled features from the evidence map: what the backbone computes after it (the
+        pooling, or the last block and final norm of a ViT), so its gradient needs no backbone pass."""
+        backbone = self.backbone
+        if self.family == "tokens":
+            out = backbones.blocks(backbone)[-1](activation)
+            out = out[0] if isinstance(out, tuple) else out
+            norm = getattr(backbone, "layernorm", None)
+            return (out if norm is None else norm(out))[:, 0]
+        pooler = getattr(backbone, "pooler", None)
+        if pooler is not None:
+            return pooler(activation).flatten(1)
+        norm = getattr(backbone, "layernorm", None)  # ConvNeXt: norm of the mean
+        pooled = activation.mean(dim=(2, 3))
+        return pooled if norm is None else norm(pooled)
+
+    @torch.no_grad()
+    def feature_entries(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pooled features and, where ``tail`` rebuilds them from it, the evidence map."""
+        pooled, activation = self.features_and_map(x)
+        if self.tail_ok is None:  # checked on the first inputs the backbone sees
+            try:
+                self.tail_ok = bool(torch.allclose(self.tail(activation), pooled, rtol=1e-3, atol=1e-5))
+            except Exception as exc:  # a family whose last block wants more than its input (BEiT)
+                log.info("%s: evidence maps are not cached (%s)", type(self.backbone).__name__, exc)
+                self.tail_ok = False
+        return {"pooled": pooled, "map": activation} if self.tail_ok else {"pooled": pooled}
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.caches(x):
+            return self.cached(x)["pooled"]
         return self.features_and_map(x)[0]
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
@@ -160,8 +198,13 @@ class BackboneImageKind(backbones.BackboneKind, ImageKind):
         was_training = network.training
         network.eval()
         try:
-            with torch.enable_grad():  # an input that wants a gradient: the frozen backbone keeps its graph
-                features, activation = network.features_and_map(x.detach().requires_grad_(True))
+            with torch.enable_grad():
+                cached = network.cached(x, ("map",)) if network.caches(x) and network.tail_ok is not False else None
+                if cached is not None:  # the gradient flows through the head (and a ViT's last block) only
+                    activation = cached["map"].requires_grad_(True)
+                    features = network.tail(activation)
+                else:  # an input that wants a gradient: the frozen backbone keeps its graph
+                    features, activation = network.features_and_map(x.detach().requires_grad_(True))
                 logits = network.head(features)
                 target = logits.argmax(dim=1)
                 (grads,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), activation)

@@ -5,6 +5,10 @@ A document longer than the encoder's window is read whole, in overlapping window
 ``1 + the index of the document token`` at each position (0 for special and padding tokens), so a
 token that two windows share is one document token. Token masks, relevances and gradients live on
 document tokens, each with its exact character offsets.
+
+With a frozen encoder and a feature cache, each document's pooled features are computed once and the
+head (and its MC-dropout samples) reads them back; evidence, a gradient at the embeddings, still
+runs the encoder.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ log = logging.getLogger(__name__)
 IDS, ATTENTION, TOKEN = 0, 1, 2
 
 
-class BackboneTextClassifier(nn.Module):
+class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
     """encoder -> first-token features per window -> mean over the document's windows -> head."""
 
     def __init__(self, n_classes: int, backbone: str, train_mode: str = "frozen", finetune_blocks: int = 2,
@@ -69,7 +73,13 @@ class BackboneTextClassifier(nn.Module):
         counts = present.sum(dim=1, keepdim=True).clamp_min(1).to(first.dtype)
         return summed.view(n, w, -1).sum(dim=1) / counts
 
+    @torch.no_grad()
+    def feature_entries(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pooled": self.features_embedded(self.embed(x), x)}
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.caches(x):
+            return self.cached(x)["pooled"]
         return self.features_embedded(self.embed(x), x)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:

@@ -46,13 +46,36 @@ class FitReport:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class GatheredBatch(Batch):
+    """A mini-batch whose inputs are gathered from the training set when first read: a fit on a
+    frozen backbone's features reads them only for batches that need input gradients, and
+    copying every epoch's images would cost more than fitting the head."""
+
+    def __init__(self, x: torch.Tensor, idx: torch.Tensor, device: torch.device, *parts: torch.Tensor) -> None:
+        self._source, self._idx, self._device, self._x = x, idx, device, None
+        super().__init__(None, *parts)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def x(self) -> torch.Tensor:
+        if self._x is None:
+            self._x = self._source[self._idx].to(self._device)
+        return self._x
+
+    @x.setter
+    def x(self, value: Optional[torch.Tensor]) -> None:
+        self._x = value
+
+
 def batch_loss(model: ModelKind, batch: Batch, strategies: Sequence[Strategy], settings: ProjectSettings,
-               n_train: int) -> tuple[torch.Tensor, dict[str, float]]:
+               n_train: int, frozen: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy + each strategy's term + the kind's own terms; (loss, parts for logging).
 
-    Input gradients are kept (a double backward pass) only for batches a strategy needs them for."""
+    Input gradients are kept (a double backward pass) only for batches a strategy needs them for;
+    other batches start from the batch's ``frozen`` features when the kind has them."""
     if any(s.needs_input_gradients(batch) for s in strategies):
         forward = Forward(*model.input_gradients(batch.x))
+    elif frozen is not None:
+        forward = Forward(model.logits_from_frozen(frozen))
     else:
         forward = Forward(model.logits(batch.x))
     loss = F.cross_entropy(forward.logits, batch.y)
@@ -78,15 +101,17 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
     best, best_state, stale = float("inf"), None, 0
     has_irr, has_rel = data.has_irrelevant, data.has_relevant
     n = len(data)
+    frozen = model.frozen_features(data.x)  # a frozen backbone runs once per example, not per epoch
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         totals: dict[str, float] = {}
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
-            batch = Batch(data.x[idx].to(device), data.y[idx].to(device),
-                          data.irrelevant[idx].to(device), has_irr[idx].to(device),
-                          data.relevant[idx].to(device), has_rel[idx].to(device))
-            loss, parts = batch_loss(model, batch, strategies, config.project, n)
+            batch = GatheredBatch(data.x, idx, device, data.y[idx].to(device),
+                                  data.irrelevant[idx].to(device), has_irr[idx].to(device),
+                                  data.relevant[idx].to(device), has_rel[idx].to(device))
+            loss, parts = batch_loss(model, batch, strategies, config.project, n,
+                                     None if frozen is None else frozen[idx.to(frozen.device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
