@@ -130,8 +130,8 @@ def problem_tables(records: list[dict[str, Any]], problem: str) -> list[dict[str
                  ""])
     tables.append({
         "title": f"{TITLES.get(problem, problem)}: {n_one} corrected explanations ({share:.1f}% of the training set)",
-        "caption": (f"Test accuracy on the confounded test set and Grad-CAM mass on the confounder (the served "
-                    f"explanation; lower is better), mean ± std over {seeds} seeds. N=0 is the model trained on "
+        "caption": (f"Test accuracy on the confounded test set and the served evidence's mass on the confounder ("
+                    f"lower is better), mean ± std over {seeds} seeds. N=0 is the model trained on "
                     f"the labelled, confounded training set; N={n_one} after ranking with entropy (the backend's "
                     "default), correcting the top tasks' explanations and fine-tuning. Gap recovered = "
                     "(acc - acc(no feedback, CNN)) / (acc(clean) - acc(no feedback, CNN)) at the same N, on the means over "
@@ -287,7 +287,7 @@ def plots(records: list[dict[str, Any]], prefix: str) -> list[Path]:
                 ax.axhline(clean, color="k", linestyle=":", label="clean (upper bound)")
             ax.axvline(one_percent_budget(problem), color="grey", linewidth=0.8, alpha=0.5)
             ax.set_xlabel("corrected explanations N (grey line: 1% of the training set)")
-            ax.set_ylabel("test accuracy" if metric == "accuracy" else "Grad-CAM mass on the confounder")
+            ax.set_ylabel("test accuracy" if metric == "accuracy" else "served evidence mass on the confounder")
             ax.set_title(("per acquisition function (default strategy)" if what == "acquisition" else "per method (entropy)")
                          + (" - accuracy" if metric == "accuracy" else " - confounder mass"))
             ax.grid(alpha=0.3)
