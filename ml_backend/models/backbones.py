@@ -8,6 +8,7 @@ Loading never contacts a hub (``local_files_only``), even when the network is up
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import logging
 import threading
@@ -157,7 +158,7 @@ def train_mode(settings: Any) -> str:
     return settings.train_mode
 
 
-class CachedFeatures:
+class CachedFeatures(ABC):
     """What the backbone networks share about the feature cache: with a frozen backbone, an input's
     features come from the project's ``FeatureCache`` (computed once per backbone), never again from
     the backbone. A backbone that trains, or an input that wants its gradient (RRR, saliency), always
@@ -166,9 +167,9 @@ class CachedFeatures:
     config: dict[str, Any]
     feature_cache: Optional[FeatureCache] = None
 
+    @abstractmethod
     def feature_entries(self, x: torch.Tensor) -> Entry:
         """What the cache keeps of each input (batched; ``pooled``: what the head reads)."""
-        raise NotImplementedError
 
     def use_cache(self, cache: Optional[FeatureCache]) -> None:
         if cache is not None:

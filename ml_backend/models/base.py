@@ -154,12 +154,14 @@ class ModelKind(ABC):
 
     def frozen_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """What the part of the network that does not train computes from ``x``, so that a fit runs
-        it once per example and trains the rest on it (``logits_from_frozen``); None: it all trains."""
+        it once per example and trains the rest on it (``logits_from_frozen``); None: it all trains,
+        nothing is worth computing ahead."""
         return None
 
     def logits_from_frozen(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits (in the network's current mode) from ``frozen_features``."""
-        raise NotImplementedError(f"model kind {self.name!r} has no frozen part")
+        """Logits (in the network's current mode) from ``frozen_features``. Without a frozen part
+        the features are the input itself."""
+        return self.logits(features)
 
     def training_terms(self, batch: Any, n_train: int, settings: Any,
                        parts: dict[str, float]) -> Optional[torch.Tensor]:
