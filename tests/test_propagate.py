@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ml_backend.config import ProjectSettings
-from ml_backend.feedback.propagate import propagate, recurring_pixels, recurring_tokens
+from ml_backend.feedback.propagate import propagate, recurring_tokens
 from ml_backend.project import make_context, new_model
 from ml_backend.training.fit import fit_set
 from ml_backend.training.sets import TrainingSet
@@ -19,33 +19,25 @@ def corner_masks(n: int, marked: list[int], size: int = 8) -> torch.Tensor:
     return masks
 
 
-def test_a_pixel_recurs_when_enough_corrections_mark_it():
-    masks = corner_masks(3, [0, 1])
-    masks[2, 5, 5] = True  # marked once only
-    region = recurring_pixels(masks, min_support=2)
-    assert region[:2, :2].all() and int(region.sum()) == 4
-    assert int(recurring_pixels(masks, min_support=1).sum()) == 5
-
-
-def test_recurring_marks_reach_every_task_without_one():
-    x = torch.rand(5, 3, 8, 8)
-    irrelevant = corner_masks(5, [0, 1])
-    irrelevant[1, 6:, 6:] = True  # task 1's own extra mark stays its own
-    relevant = torch.zeros_like(irrelevant)
-    relevant[4, 0, 0] = True  # an annotator said this pixel matters on task 4
-    out = propagate(x, irrelevant, relevant, min_support=2)
-    assert out.added.tolist() == [False, False, True, True, True]
-    assert out.irrelevant[2:4, :2, :2].all() and int(out.irrelevant[2].sum()) == 4
-    assert not out.irrelevant[4, 0, 0] and int(out.irrelevant[4].sum()) == 3
-    assert out.irrelevant[1, 6:, 6:].all() and not out.irrelevant[2, 6:, 6:].any()
-    assert out.support == 2
-
-
 @pytest.mark.parametrize("min_support, marked", [(0, [0, 1, 2]), (2, [0]), (3, [0, 1])])
 def test_nothing_propagates_when_off_or_without_enough_corrections(min_support, marked):
-    irrelevant = corner_masks(4, marked)
-    out = propagate(torch.rand(4, 1, 8, 8), irrelevant, torch.zeros_like(irrelevant), min_support)
+    ids = torch.tensor([[5, 7, 0], [5, 9, 0], [5, 3, 4], [6, 5, 0]])
+    irrelevant = torch.zeros_like(ids, dtype=torch.bool)
+    for i in marked:
+        irrelevant[i, 0] = True  # token 5
+    out = propagate(ids, irrelevant, torch.zeros_like(irrelevant), min_support)
     assert torch.equal(out.irrelevant, irrelevant) and not out.added.any()
+
+
+def test_a_relevant_token_is_never_overridden():
+    ids = torch.tensor([[5, 7], [5, 9], [5, 3], [3, 5]])
+    irrelevant = torch.zeros_like(ids, dtype=torch.bool)
+    irrelevant[0, 0] = irrelevant[1, 0] = True
+    relevant = torch.zeros_like(irrelevant)
+    relevant[3, 1] = True
+    out = propagate(ids, irrelevant, relevant, min_support=2)
+    assert out.irrelevant[2].tolist() == [True, False] and not out.irrelevant[3].any()
+    assert out.added.tolist() == [False, False, True, False]
 
 
 def test_text_propagates_tokens_not_positions():

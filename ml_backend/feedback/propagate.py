@@ -1,18 +1,9 @@
-"""Corrections that recur at the same pixels or token ids generalise to every labelled task.
+"""A token id marked Irrelevant in several documents counts as irrelevant in every document.
 
-Superseded in training by generalisation by content (``feedback.concepts`` for images, whose
-``position`` rule is this one validated; ``feedback.text_concepts`` for text). ``training.fit``
-still uses the token-id form when a caller gives token ids without the documents' text.
-
-A confounder is rarely a one-off: a watermark, a scanner tag or a ruler sits at the same place
-on many images, a boilerplate word recurs across documents. When annotators mark the same
-pixels (at model resolution) or the same token Irrelevant on at least ``min_support``
-corrected tasks, those pixels or that token are treated as irrelevant on every labelled task,
-not only on the few the annotators corrected. One correction alone never propagates, so a
-region that was irrelevant on one image only (a background object) stays local to it.
-
-Without this step a penalty on 1% of the training set leaves the shortcut intact on the other
-99%, and the model keeps it (``docs/xil-benchmarks.md``).
+The fallback of ``training.fit.generalise`` for callers that give token ids without the documents'
+text; with the text, ``feedback.text_concepts`` finds a marked word in any case or spelling and a
+marked phrase, and images generalise by ``feedback.concepts``. One mark alone never propagates here:
+an id says less than the word it hashes.
 """
 from __future__ import annotations
 
@@ -25,24 +16,11 @@ PADDING = 0  # token id 0 is padding in the text models
 
 @dataclass
 class Propagated:
-    """Masks after propagation, and which tasks got marks they did not have."""
+    """Masks after propagation, and which documents got marks they did not have."""
 
-    irrelevant: torch.Tensor  # (N, H, W) or (N, L) bool: own marks | recurring marks
-    added: torch.Tensor  # (N,) bool: tasks with no Irrelevant mark of their own that now have one
-    region: torch.Tensor  # images: (H, W) bool recurring pixels; text: (K,) long recurring token ids
-    support: int  # corrected tasks the recurring marks were drawn from
-
-    @property
-    def region_size(self) -> int:
-        """Recurring pixels (images) or tokens (text)."""
-        return int(self.region.sum()) if self.region.dtype == torch.bool else self.region.numel()
-
-
-def recurring_pixels(irrelevant: torch.Tensor, min_support: int) -> torch.Tensor:
-    """(H, W) bool: pixels marked Irrelevant on at least ``min_support`` of the (N, H, W) masks."""
-    if irrelevant.dim() != 3:
-        raise ValueError(f"image masks must be (N, H, W), got {tuple(irrelevant.shape)}")
-    return irrelevant.sum(dim=0) >= max(min_support, 1)
+    irrelevant: torch.Tensor  # (N, L) bool: own marks | recurring tokens
+    added: torch.Tensor  # (N,) bool: documents with no Irrelevant mark of their own that now have one
+    tokens: torch.Tensor  # (K,) long: the recurring token ids
 
 
 def recurring_tokens(ids: torch.Tensor, irrelevant: torch.Tensor, min_support: int) -> torch.Tensor:
@@ -57,24 +35,12 @@ def recurring_tokens(ids: torch.Tensor, irrelevant: torch.Tensor, min_support: i
     return tokens[counts >= max(min_support, 1)]
 
 
-def propagate(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.Tensor, min_support: int) -> Propagated:
-    """Own Irrelevant marks, plus the recurring ones wherever the task has no Relevant mark there.
-
-    ``x`` is (N, C, H, W) images or (N, L) long token ids; masks are (N, H, W) or (N, L) bool.
-    ``min_support`` < 1 turns propagation off.
-    """
+def propagate(ids: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.Tensor, min_support: int) -> Propagated:
+    """Own Irrelevant marks, plus the recurring token ids wherever the document has no Relevant mark
+    there. ``ids`` and the masks are (N, L); ``min_support`` < 1 turns propagation off."""
     own = irrelevant.flatten(1).any(dim=1)
-    support = int(own.sum())
-    text = x.dtype == torch.long
-    if min_support < 1 or support < min_support:
-        empty = torch.zeros(0, dtype=torch.long) if text else torch.zeros(irrelevant.shape[1:], dtype=torch.bool)
-        return Propagated(irrelevant, torch.zeros_like(own), empty, support)
-    if text:
-        region = recurring_tokens(x, irrelevant, min_support)
-        recurring = torch.isin(x, region) & (x != PADDING)
-    else:
-        region = recurring_pixels(irrelevant, min_support)
-        recurring = region.unsqueeze(0).expand_as(irrelevant)
-    marks = irrelevant | (recurring & ~relevant)
-    added = marks.flatten(1).any(dim=1) & ~own
-    return Propagated(marks, added, region, support)
+    if min_support < 1 or int(own.sum()) < min_support:
+        return Propagated(irrelevant, torch.zeros_like(own), torch.zeros(0, dtype=torch.long))
+    tokens = recurring_tokens(ids, irrelevant, min_support)
+    marks = irrelevant | (torch.isin(ids, tokens) & (ids != PADDING) & ~relevant)
+    return Propagated(marks, marks.flatten(1).any(dim=1) & ~own, tokens)
