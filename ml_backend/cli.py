@@ -39,6 +39,9 @@ def worker(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    from ml_backend.jobs.queue import start_reaper
+
+    start_reaper(settings)  # forked work horses do not inherit it: it stays in this process
     argv = ["rq", "worker", "--url", settings.redis_url, "--with-scheduler", settings.queue_name]
     if args.burst:
         argv.insert(2, "--burst")

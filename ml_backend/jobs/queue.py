@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import threading
 import time
 import traceback
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 TRAIN, RANK = "train", "rank"
 JOB_TIMEOUT = 3600
 ENQUEUE_GRACE = 30  # seconds a fresh queued-marker may point at a job not yet in Redis
-LOCK_TTL = 20  # seconds; refreshed while a training job runs, so a killed worker frees it soon
+ALIVE_TTL = 8  # seconds a running job's heartbeat key lives; refreshed every HEARTBEAT_EVERY
+HEARTBEAT_EVERY = 2
+REAP_EVERY = 3  # seconds between a worker's checks for jobs whose heartbeat stopped
 
 _local = threading.local()
 
@@ -59,7 +62,7 @@ def _run(kind: str, project: str, work: Callable[[Settings, "JobQueue"], dict[st
     started = time.perf_counter()
     queue = make_queue(settings)
     try:
-        with queue.project_lock(kind, project):
+        with queue.running(kind, project):
             result = work(settings, queue)
     except Exception:
         metrics.JOB_FAILURES.labels(kind).inc()
@@ -109,7 +112,9 @@ class JobQueue:
     def mark_started(self, project: str) -> bool:
         """Called when a training job starts; True if a resync was asked for meanwhile."""
         ...
-    def project_lock(self, kind: str, project: str) -> contextlib.AbstractContextManager: ...
+    def running(self, kind: str, project: str) -> contextlib.AbstractContextManager:
+        """Held while a job runs: one training job per project at a time."""
+        ...
 
 
 class EmbeddedQueue(JobQueue):
@@ -189,7 +194,7 @@ class EmbeddedQueue(JobQueue):
         return False  # the pending deque already forgot the job; its reason was updated in place
 
     @contextlib.contextmanager
-    def project_lock(self, kind: str, project: str) -> Iterator[None]:
+    def running(self, kind: str, project: str) -> Iterator[None]:
         """Jobs of one queue never overlap; a file lock keeps several serving processes
         (gunicorn WORKERS > 1 without Redis) from training one project at once."""
         if kind != TRAIN:
@@ -284,30 +289,94 @@ class RedisQueue(JobQueue):
             self.redis.delete(key)
         return bool(self.redis.getdel(f"{key}:resync"))
 
+    def _alive_key(self, job_id: str) -> str:
+        return f"ml_backend:{self.settings.queue_name}:alive:{job_id}"
+
+    def _lock_key(self, project: str) -> str:
+        return f"ml_backend:{self.settings.queue_name}:lock:{project}"
+
     @contextlib.contextmanager
-    def project_lock(self, kind: str, project: str) -> Iterator[None]:
-        """One training job per project across all workers; a dead holder's lock expires."""
-        if kind != TRAIN:
-            yield
-            return
-        lock = self.redis.lock(f"ml_backend:{self.settings.queue_name}:lock:{project}", timeout=LOCK_TTL)
-        if not lock.acquire(blocking=True, blocking_timeout=JOB_TIMEOUT):
-            raise TimeoutError(f"project {project}: another training job held the lock for too long")
+    def running(self, kind: str, project: str) -> Iterator[None]:
+        """One training job per project across all workers, and a heartbeat every HEARTBEAT_EVERY
+        seconds. RQ's own heartbeat notices a dead worker after 60 s or more; `reap_abandoned`
+        uses this one to retry its job within seconds. The project lock's token is the job id,
+        so the reaper can free a dead job's lock at once."""
+        from rq import get_current_job
+
+        job = get_current_job()
+        job_id = job.id if job is not None else f"{kind}-{project}-{uuid.uuid4().hex[:10]}"
+        alive = self._alive_key(job_id)
+        # not thread-local: the heartbeat thread extends the lock the job's thread took
+        lock = self.redis.lock(self._lock_key(project), timeout=ALIVE_TTL, thread_local=False) \
+            if kind == TRAIN else None
+        worker_pid = os.getppid()
+        held = threading.Event()
         stop = threading.Event()
 
-        def keep_alive() -> None:
-            while not stop.wait(LOCK_TTL / 3):
+        def beat() -> None:
+            while True:
+                if job is not None and os.getppid() != worker_pid:
+                    # RQ forks the job into its own process group, so killing the worker leaves this
+                    # horse running unseen; stop it, so the reaper retries the job instead of a twin
+                    log.error("%s: its worker (pid %d) died; stopping", job_id, worker_pid)
+                    os._exit(70)
                 with contextlib.suppress(Exception):
-                    lock.extend(LOCK_TTL, replace_ttl=True)
+                    self.redis.set(alive, project, ex=ALIVE_TTL)
+                    if held.is_set():
+                        lock.extend(ALIVE_TTL, replace_ttl=True)
+                if stop.wait(HEARTBEAT_EVERY):
+                    return
 
-        refresher = threading.Thread(target=keep_alive, daemon=True)
-        refresher.start()
+        beater = threading.Thread(target=beat, name="ml-backend-heartbeat", daemon=True)
+        beater.start()
         try:
+            if lock is not None:
+                if not lock.acquire(blocking=True, blocking_timeout=JOB_TIMEOUT, token=job_id):
+                    raise TimeoutError(f"project {project}: another training job held the lock for too long")
+                held.set()
             yield
         finally:
             stop.set()
+            beater.join(timeout=HEARTBEAT_EVERY + 1)
             with contextlib.suppress(Exception):
-                lock.release()
+                if held.is_set():
+                    lock.release()
+                self.redis.delete(alive)
+
+    def reap_abandoned(self) -> list[str]:
+        """Retry (or fail, once out of retries) every started job whose heartbeat stopped: its
+        worker died. Frees the dead job's project lock. Returns the reaped job ids."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job, JobStatus
+        from rq.utils import parse_composite_key
+
+        registry = self.queue.started_job_registry
+        abandoned: list[Job] = []
+        for member in self.redis.zrange(registry.key, 0, -1):
+            job_id, _ = parse_composite_key(member.decode())
+            if self.redis.exists(self._alive_key(job_id)):
+                continue
+            try:
+                job = Job.fetch(job_id, connection=self.redis)
+            except NoSuchJobError:
+                continue
+            started = _ts(job.started_at)
+            # a job that has just started may not have beaten yet
+            if job.get_status() != JobStatus.STARTED or started is None or time.time() - started < ALIVE_TTL:
+                continue
+            # an expiry in the past makes RQ's own cleanup treat it as abandoned (xx: only if still there)
+            self.redis.zadd(registry.key, {member: 1}, xx=True)
+            abandoned.append(job)
+        if not abandoned:
+            return []
+        registry.cleanup(timestamp=2)  # only the entries marked above (RQ re-checks that each is still started)
+        for job in abandoned:
+            lock_key = self._lock_key((job.meta or {}).get("project", ""))
+            if (self.redis.get(lock_key) or b"").decode() == job.id:
+                self.redis.delete(lock_key)
+            log.warning("%s: its worker stopped beating; retried or failed (retries left: %s)", job.id,
+                        job.retries_left)
+        return [job.id for job in abandoned]
 
     def _record(self, job) -> dict[str, Any]:
         meta = job.meta or {}
@@ -345,6 +414,27 @@ class RedisQueue(JobQueue):
     def depth(self) -> int:
         """Waiting jobs: queued, and scheduled (debounced training jobs, retries)."""
         return self.queue.count + self.queue.scheduled_job_registry.count
+
+
+def start_reaper(settings: Settings) -> threading.Thread:
+    """A daemon thread in an `rq worker`'s parent process that reaps abandoned jobs every
+    REAP_EVERY seconds; a Redis key makes one worker at a time do it."""
+    queue = make_queue(settings)
+    assert isinstance(queue, RedisQueue), "the reaper needs REDIS_URL"
+    turn = f"ml_backend:{settings.queue_name}:reaping"
+
+    def loop() -> None:
+        while True:
+            try:
+                if queue.redis.set(turn, 1, nx=True, ex=REAP_EVERY):
+                    queue.reap_abandoned()
+            except Exception as exc:  # Redis away for a moment: try again next round
+                log.warning("reaping abandoned jobs failed: %s", exc)
+            time.sleep(REAP_EVERY)
+
+    thread = threading.Thread(target=loop, name="ml-backend-reaper", daemon=True)
+    thread.start()
+    return thread
 
 
 def _ts(value) -> Optional[float]:

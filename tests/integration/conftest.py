@@ -57,7 +57,8 @@ def redis_url(redis_server):
 
 
 class Process:
-    """A subprocess in its own process group, so a kill also takes its children (rq's work horse)."""
+    """A subprocess in its own process group. (RQ forks each job into a group of its own; a work
+    horse whose worker died stops itself: see RedisQueue.running.)"""
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log

@@ -116,8 +116,6 @@ def test_duplicate_delivery_changes_nothing_and_deletion_removes(backend, app_se
 
 def test_killed_worker_leaves_the_old_version_serving_and_the_job_is_retried(backend, app_settings, spawn,
                                                                             image_config):
-    from rq.registry import StartedJobRegistry
-
     env = backend_env(app_settings.model_dir, app_settings.redis_url)
     fast = spawn(worker_argv(), env, "worker-1")
     post(backend.url, webhook(1, 1, image_config))
@@ -132,18 +130,20 @@ def test_killed_worker_leaves_the_old_version_serving_and_the_job_is_retried(bac
                    message="the job to start")
     wait_for(lambda: (next(j for j in train_jobs(app_settings) if j["id"] == job["id"])["progress"] or 0) > 0.3, 120,
              message="training to be under way")
+    healthy = spawn(worker_argv(), env, "worker-2")  # idle until the dead worker's job is retried
     slow.kill(signal.SIGKILL)
+    killed_at = time.time()
     task, _ = image_task(50)
     served = requests.post(backend.url + "/predict", json=predict_body([task], image_config)).json()["results"][0]
     assert served["model_version"] == first == current_version(app_settings)
-    # RQ notices an abandoned job once its heartbeat expires (60 s or more); move the clock instead of waiting
-    queue = make_queue(app_settings).queue
-    StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + 3600)
-    record = next(j for j in train_jobs(app_settings) if j["id"] == job["id"])
-    assert record["status"] in ("scheduled", "queued", "failed"), record
-    # a healthy worker picks the retried job up (after the dead one's project lock expires) and finishes it
-    spawn(worker_argv(), env, "worker-2")
+    # the surviving worker's reaper notices the stopped heartbeat (seconds, not RQ's minute), the
+    # job is retried and the healthy worker trains it (after the dead job's project lock is freed)
     wait_for(lambda: current_version(app_settings) != first, 180, message="the retried job's version")
+    assert healthy.alive()
+    # generous: the 30 s aim is measured in benchmarks/bench_recovery.py
+    assert time.time() - killed_at < 120
+    record = next(j for j in train_jobs(app_settings) if j["id"] == job["id"])
+    assert record["status"] == "finished", record
 
 
 def test_every_acknowledged_annotation_survives_a_killed_server(tmp_path, redis_url, spawn, image_config):
