@@ -232,13 +232,16 @@ def http_json(method: str, url: str, body: Optional[dict] = None, timeout: float
 class Server:
     """``ml-backend serve`` (gunicorn, the production command) on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, cpus: Optional[str] = None) -> None:
+        """``cpus``: a CPU list for ``taskset`` (e.g. "0"), so a load generator can have the others."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         exe = Path(sys.executable).with_name("ml-backend")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ml_backend"]
         self.cmd = cmd + ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        if cpus is not None:
+            self.cmd = ["taskset", "-c", cpus, *self.cmd]
         self.env = {**os.environ, **env}
         self.proc: Optional[subprocess.Popen] = None
 

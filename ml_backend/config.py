@@ -276,6 +276,9 @@ class Settings:
     torch_threads: int = _setting(0, 0, env=("TORCH_THREADS",))  # 0 = torch's default (one per core)
     # seconds a training job waits, so a burst of webhooks folds into it
     train_debounce: float = _setting(2.0, 0, env=("TRAIN_DEBOUNCE_SECONDS",))
+    # without Redis: run each job's training or ranking in a child process (false: a thread of the
+    # serving process, whose webhooks and /predict then wait on the GIL while it trains)
+    jobs_in_subprocess: bool = _setting(True, env=("JOBS_IN_SUBPROCESS",))
     log_level: str = _setting("INFO", allowed=_LOG_LEVELS, env=("LOG_LEVEL",))
     # Label Studio's Local Storage root: /data/local-files/ paths are read from there when present
     local_files_root: str = _setting("", env=("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"))

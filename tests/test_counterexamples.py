@@ -153,3 +153,38 @@ def test_a_marked_word_becomes_another_marked_word_never_itself():
     assert set(out[:, [1, 3]].flatten().tolist()) == {11, 13}
     with pytest.raises(ValueError):
         substitute_marked_ids(ids, marked, 1, torch.tensor([7]))
+
+
+def test_a_marked_phrase_becomes_another_whole_marked_phrase_and_the_rest_shifts():
+    from ml_backend.data.text import marked_spans, substitute_marked_spans
+
+    rows = torch.tensor([[5, 21, 22, 23, 6, 0, 0, 0], [31, 32, 8, 9, 0, 0, 0, 0]])
+    marks = torch.tensor([[0, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    spans = marked_spans(rows, marks)
+    assert spans == [(21, 22, 23), (31, 32)]
+    out = substitute_marked_spans(rows[0], marks[0], 20, spans + [(41,)], torch.Generator().manual_seed(0))
+    assert out.shape == (20, 8) and out.dtype == rows.dtype
+    seen = {tuple(r.tolist()) for r in out}
+    # the phrase is never itself; the words around it stay, in order, and the row is re-padded
+    assert seen == {(5, 31, 32, 6, 0, 0, 0, 0), (5, 41, 6, 0, 0, 0, 0, 0)}
+    longer = substitute_marked_spans(rows[1], marks[1], 3, [(1, 2, 3, 4, 5, 6, 7)], torch.Generator())
+    assert longer.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]] * 3  # cut to the row's length
+    # a run with no other span to become: the caller falls back to word-level substitution
+    assert substitute_marked_spans(rows[1], marks[1], 3, [(31, 32)]) is None
+
+
+def test_text_counterexamples_of_the_strategy_swap_whole_phrases_between_classes():
+    from ml_backend.models import adapt
+    from ml_backend.models.text import TextCNN
+    from ml_backend.training.sets import TrainingSet
+    from ml_backend.training.strategies.counterexamples import Counterexamples
+
+    model = adapt(TextCNN(2, n_buckets=64, embed_dim=8, channels=8, dropout=0.0))
+    x = torch.tensor([[5, 21, 22, 23, 6, 0, 0, 0], [7, 31, 32, 33, 8, 0, 0, 0], [9, 10, 11, 0, 0, 0, 0, 0]])
+    irrelevant = torch.zeros_like(x, dtype=torch.bool)
+    irrelevant[0, 1:4] = irrelevant[1, 1:4] = True
+    data = TrainingSet(x, torch.tensor([0, 1, 0]), irrelevant, torch.zeros_like(irrelevant))
+    out = Counterexamples(copies=2).augment(data, model, seed=0)
+    added = out.x[len(data):].tolist()
+    assert added == [[5, 31, 32, 33, 6, 0, 0, 0]] * 2 + [[7, 21, 22, 23, 8, 0, 0, 0]] * 2
+    assert out.y[len(data):].tolist() == [0, 0, 1, 1]

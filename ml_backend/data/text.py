@@ -51,6 +51,53 @@ def replace_marked_ids(ids: torch.Tensor, marked: torch.Tensor, c: int, low: int
     return torch.where(marked, replaced, copies)
 
 
+def marked_spans(ids: torch.Tensor, marked: torch.Tensor) -> list[tuple[int, ...]]:
+    """The runs of consecutive marked, non-padding ids in each row of ``ids`` (N, L), in order."""
+    spans: list[tuple[int, ...]] = []
+    for row, mask in zip(ids.tolist(), (marked & (ids != PAD_ID)).tolist()):
+        run: list[int] = []
+        for token, hit in zip(row + [PAD_ID], mask + [False]):
+            if hit:
+                run.append(token)
+            elif run:
+                spans.append(tuple(run))
+                run = []
+    return spans
+
+
+def substitute_marked_spans(ids: torch.Tensor, marked: torch.Tensor, c: int, spans: list[tuple[int, ...]],
+                            generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+    """(c, L) copies of ``ids`` (L,) whose every run of marked ids is replaced by a whole span
+    that annotators marked elsewhere (another class's phrase or spurious word, in any length),
+    never by itself; the rest shifts and the row is cut or padded to L. None when some run has
+    no other span to become."""
+    if ids.dim() != 1 or marked.shape != ids.shape:
+        raise ValueError(f"ids and marked must both be (L,), got {tuple(ids.shape)} and {tuple(marked.shape)}")
+    distinct = sorted(set(spans))
+    row, hits = ids.tolist(), (marked & (ids != PAD_ID)).tolist()
+    pieces: list[tuple[bool, list[int]]] = []  # (marked run?, ids)
+    for token, hit in zip(row, hits):
+        if pieces and pieces[-1][0] == hit:
+            pieces[-1][1].append(token)
+        else:
+            pieces.append((hit, [token]))
+    choices = [[s for s in distinct if s != tuple(run)] if hit else None for hit, run in pieces]
+    if any(options == [] for options in choices):
+        return None
+    out = []
+    for _ in range(c):
+        copy: list[int] = []
+        for (hit, run), options in zip(pieces, choices):
+            if hit:
+                pick = int(torch.randint(len(options), (1,), generator=generator))
+                copy.extend(options[pick])
+            else:
+                copy.extend(run)
+        copy = [t for t in copy if t != PAD_ID][:len(row)]
+        out.append(copy + [PAD_ID] * (len(row) - len(copy)))
+    return torch.tensor(out, dtype=ids.dtype, device=ids.device).reshape(c, len(row))
+
+
 def substitute_marked_ids(ids: torch.Tensor, marked: torch.Tensor, c: int, pool: torch.Tensor,
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(c, *ids.shape) copies of ``ids`` whose ``marked`` ids are drawn from ``pool`` (1-D distinct

@@ -39,7 +39,7 @@ def train_job(project: str, reason: str = "annotations") -> dict[str, Any]:
 
     def work(settings: Settings, queue: "JobQueue") -> dict[str, Any]:
         resync = queue.mark_started(project) or reason == "resync"
-        return train_project(settings, project, reason="resync" if resync else reason, progress=report_progress)
+        return queue.execute(train_project, settings, project, reason="resync" if resync else reason)
 
     return _run(TRAIN, project, work)
 
@@ -47,7 +47,7 @@ def train_job(project: str, reason: str = "annotations") -> dict[str, Any]:
 def rank_job(project: str) -> dict[str, Any]:
     from ml_backend.jobs.rank import rank_project
 
-    return _run(RANK, project, lambda settings, queue: rank_project(settings, project, progress=report_progress))
+    return _run(RANK, project, lambda settings, queue: queue.execute(rank_project, settings, project))
 
 
 def follow_up(kind: str, result: dict[str, Any]) -> list[str]:
@@ -105,6 +105,10 @@ def make_queue(settings: Settings) -> "JobQueue":
 
 
 class JobQueue:
+    def execute(self, function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run a job's core (``train_project``, ``rank_project``), its progress reported."""
+        return function(*args, progress=report_progress, **kwargs)
+
     def enqueue_train(self, project: str, reason: str = "annotations") -> dict[str, Any]: ...
     def enqueue_rank(self, project: str) -> dict[str, Any]: ...
     def jobs(self, project: Optional[str] = None, limit: int = 50) -> list[dict[str, Any]]: ...
@@ -157,6 +161,43 @@ class EmbeddedQueue(JobQueue):
     def enqueue_rank(self, project: str) -> dict[str, Any]:
         return self._enqueue(RANK, project, "new version")
 
+    def execute(self, function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The job's core runs in a child process: training holds the GIL for seconds at a time,
+        which would stall every webhook and /predict of the serving process meanwhile. Children
+        fork from a forkserver that imported the job code once (a fresh fork costs milliseconds; a
+        fork of the serving process itself could inherit a lock held by one of its threads)."""
+        if not self.settings.jobs_in_subprocess:
+            return super().execute(function, *args, **kwargs)
+        context = _job_context()
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_child_job, args=(sender, function, args, kwargs), daemon=True,
+                                name=f"ml-backend-{function.__name__}")
+        child.start()
+        sender.close()
+        try:
+            while True:
+                if receiver.poll(0.5):
+                    try:
+                        what, payload = receiver.recv()
+                    except EOFError:
+                        what, payload = "died", None
+                    if what == "progress":
+                        report_progress(*payload)
+                        continue
+                    child.join(10)
+                    if what == "result":
+                        return payload
+                    if what == "error":
+                        raise JobFailed(*payload)
+                    raise JobFailed(f"the job's process ended without a result (exit code {child.exitcode})", "")
+                if not child.is_alive():
+                    raise JobFailed(f"the job's process died (exit code {child.exitcode})", "")
+        finally:
+            receiver.close()
+            if child.is_alive():
+                child.kill()
+                child.join(5)
+
     def _work(self) -> None:
         while True:
             with self._cond:
@@ -175,6 +216,9 @@ class EmbeddedQueue(JobQueue):
                     else function(record["project"])
                 record["status"] = "finished"
                 record["progress"] = 1.0
+            except JobFailed as exc:
+                record.update(status="failed", error=str(exc), traceback=exc.remote_traceback or traceback.format_exc())
+                log.error("%s job for project %s failed: %s", record["kind"], record["project"], exc)
             except Exception as exc:
                 record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
                 log.error("%s job for project %s failed: %s", record["kind"], record["project"], exc)
@@ -213,6 +257,42 @@ class EmbeddedQueue(JobQueue):
                 return True
             time.sleep(0.05)
         return False
+
+
+class JobFailed(Exception):
+    """A job's core failed in its child process; the message reads like the exception's own."""
+
+    def __init__(self, message: str, remote_traceback: str) -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+
+_job_context_guard = threading.Lock()
+
+
+def _job_context():
+    import multiprocessing
+
+    with _job_context_guard:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["ml_backend.jobs.train", "ml_backend.jobs.rank"])
+        return context
+
+
+def _child_job(sender, function: Callable[..., dict[str, Any]], args: tuple, kwargs: dict) -> None:
+    """A job's core in a child process; progress, then the result or the error, go up the pipe."""
+    def progress(fraction: float, message: str = "") -> None:
+        sender.send(("progress", (fraction, message)))
+
+    try:
+        from ml_backend.serving import configure_torch
+
+        configure_torch(args[0])
+        sender.send(("result", function(*args, progress=progress, **kwargs)))
+    except BaseException as exc:  # noqa: B902 - whatever it was, the parent must hear of it
+        sender.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+    finally:
+        sender.close()
 
 
 def _new_record(kind: str, project: str, reason: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import torch
 
 from ml_backend.data.images import image_to_tensor
 from ml_backend.data.text import (PAD_ID, Token, encode_tokens, replace_marked_ids, substitute_marked_ids,
-                                  tokenize)
+                                  substitute_marked_spans, tokenize)
 from ml_backend.explain.attribution import explain_images, explain_tokens
 from ml_backend.models.base import IMAGE, TEXT, InputSpec, ModelKind, squared_gradients
 
@@ -65,11 +65,17 @@ class TextKind(ModelKind):
         return x
 
     def replace_tokens(self, x: torch.Tensor, marked: torch.Tensor, copies: int,
-                       generator: torch.Generator, pool: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(copies, *x.shape) with the marked tokens replaced (counterexamples): by ids drawn from
-        ``pool`` (ids marked elsewhere), or by random others."""
-        if pool is not None:
-            return substitute_marked_ids(x, marked & (x != PAD_ID), copies, pool, generator)
+                       generator: torch.Generator, pool: Optional[list[tuple[int, ...]]] = None) -> torch.Tensor:
+        """(copies, *x.shape) with the marked tokens replaced (counterexamples): each marked run by
+        another span from ``pool`` (spans marked elsewhere), else each token by an id from the
+        pool, or by random others."""
+        if pool:
+            spliced = substitute_marked_spans(x, marked, copies, pool, generator)
+            if spliced is not None:
+                return spliced
+            ids = torch.unique(torch.tensor([t for span in pool for t in span], dtype=x.dtype))
+            if ids.numel() >= 2:
+                return substitute_marked_ids(x, marked & (x != PAD_ID), copies, ids, generator)
         return replace_marked_ids(x, marked, copies, 1, self.input_spec().n_buckets, generator)
 
     def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:

@@ -180,17 +180,20 @@ class BackboneTextKind(backbones.BackboneKind, TextKind):
         return logits, per_token(grads.pow(2).sum(-1), x, self.input_spec().max_len, "sum")
 
     def replace_tokens(self, x: torch.Tensor, marked: torch.Tensor, copies: int,
-                       generator: torch.Generator, pool: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Every word piece of a marked document token gets another id: one drawn from ``pool``
-        (a piece of a token marked elsewhere; ``mask_ids`` gives one per token), or a random one."""
+                       generator: torch.Generator, pool: Optional[list[tuple[int, ...]]] = None) -> torch.Tensor:
+        """Every word piece of a marked document token gets another id: one drawn from the ids of
+        ``pool``'s spans (a piece of a token marked elsewhere; ``mask_ids`` gives one per token),
+        or a random one. (Pieces keep their positions: splicing whole spans would need the word
+        pieces re-laid.)"""
         index = x[:, TOKEN]
         positions = torch.zeros_like(index, dtype=torch.bool)
         hit = torch.nonzero(marked).flatten() + 1
         positions |= torch.isin(index, hit)
         tokenizer = self.network.tokenizer
         low = max(tokenizer.all_special_ids, default=-1) + 1  # special tokens sit at the vocabulary's start
-        if pool is not None:
-            ids = substitute_marked_ids(x[:, IDS], positions, copies, pool, generator)
+        pooled = torch.unique(torch.tensor([t for span in pool or () for t in span], dtype=torch.long))
+        if pooled.numel() >= 2:
+            ids = substitute_marked_ids(x[:, IDS], positions, copies, pooled, generator)
         else:
             ids = replace_marked_ids(x[:, IDS], positions, copies, low, max(tokenizer.vocab_size, low + 2), generator)
         out = x.unsqueeze(0).repeat(copies, 1, 1, 1)

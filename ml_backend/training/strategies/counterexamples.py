@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from ml_backend.data.text import replace_marked_ids
+from ml_backend.data.text import marked_spans, replace_marked_ids
 from ml_backend.feedback.concepts import LARGE_REGION, border_colour
 from ml_backend.models.base import ModelKind
 from ml_backend.training.sets import TrainingSet
@@ -137,19 +137,17 @@ class Counterexamples(Strategy):
                 xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
                                                 donors=donors(data.x, i, generator), generator=generator))
         x = torch.cat(xs)
-        y = data.y[idx].repeat_interleave(copies[idx])
+        y = data.y[idx].repeat_interleave(copies[idx], dim=0)  # class indices or multi-hot rows
         empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
         return TrainingSet.concat([data, TrainingSet(x, y, empty, empty.clone())])
 
 
-    def word_pool(self, data: TrainingSet, model: ModelKind) -> Optional[torch.Tensor]:
-        """Substitute fill for text: the ids marked Irrelevant anywhere, so a review's spurious word
-        becomes another class's (random ids when fewer than two distinct ones were marked)."""
+    def word_pool(self, data: TrainingSet, model: ModelKind) -> Optional[list[tuple[int, ...]]]:
+        """Substitute fill for text: the spans marked Irrelevant anywhere (a word, its pieces, or
+        a phrase), so a review's spurious phrase becomes another class's whole phrase."""
         if self.fill != "substitute":
             return None
-        ids = model.mask_ids(data.x)[data.irrelevant]
-        pool = torch.unique(ids[ids != 0])
-        return pool if pool.numel() >= 2 else None
+        return marked_spans(model.mask_ids(data.x), data.irrelevant) or None
 
 
 def donors(x: torch.Tensor, i: int, generator: torch.Generator, k: int = 16) -> Optional[torch.Tensor]:

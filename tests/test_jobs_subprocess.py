@@ -1,0 +1,55 @@
+"""Embedded jobs run their core in a child process (forkserver): results, progress, failures."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ml_backend.config import Settings
+from ml_backend.jobs import queue as jobs_queue
+from ml_backend.jobs.queue import EmbeddedQueue, JobFailed
+
+
+def core_reporting_its_pid(settings: Settings, project: str, progress=None) -> dict:
+    progress(0.5, "half way")
+    return {"pid": os.getpid(), "project": project}
+
+
+def core_that_raises(settings: Settings, project: str, progress=None) -> dict:
+    raise ValueError(f"bad data in project {project}")
+
+
+def core_that_dies(settings: Settings, project: str, progress=None) -> dict:
+    os._exit(3)
+
+
+@pytest.fixture
+def queue(tmp_path):
+    return EmbeddedQueue(Settings(model_dir=tmp_path))
+
+
+def test_the_core_runs_in_another_process_and_its_progress_reaches_the_record(queue, tmp_path):
+    record = {"progress": 0.0, "message": ""}
+    jobs_queue._local.record = record
+    try:
+        result = queue.execute(core_reporting_its_pid, Settings(model_dir=tmp_path), "7")
+    finally:
+        jobs_queue._local.record = None
+    assert result["project"] == "7" and result["pid"] != os.getpid()
+    assert record == {"progress": 0.5, "message": "half way"}
+
+
+def test_an_error_in_the_child_fails_the_job_with_its_message_and_traceback(queue, tmp_path):
+    with pytest.raises(JobFailed, match="ValueError: bad data in project 7") as info:
+        queue.execute(core_that_raises, Settings(model_dir=tmp_path), "7")
+    assert "core_that_raises" in info.value.remote_traceback
+
+
+def test_a_child_that_dies_fails_the_job_instead_of_hanging(queue, tmp_path):
+    with pytest.raises(JobFailed, match="exit code 3"):
+        queue.execute(core_that_dies, Settings(model_dir=tmp_path), "7")
+
+
+def test_in_a_thread_when_asked(tmp_path):
+    queue = EmbeddedQueue(Settings(model_dir=tmp_path, jobs_in_subprocess=False))
+    assert queue.execute(core_reporting_its_pid, Settings(model_dir=tmp_path), "7")["pid"] == os.getpid()
