@@ -51,7 +51,7 @@ def worker(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def trial(k: int, tmp: Path, redis_url: str, label_config: str, annotations: int) -> dict[str, Any]:
     from ml_backend.config import Settings
-    from ml_backend.jobs import make_queue
+    from ml_backend.jobs import RedisQueue
     from ml_backend.store import ProjectStore
 
     model_dir = tmp / f"models-{k}"
@@ -61,7 +61,7 @@ def trial(k: int, tmp: Path, redis_url: str, label_config: str, annotations: int
     for key, value in env.items():
         os.environ[key] = value
     settings = Settings.from_env()
-    queue = make_queue(settings)
+    queue = RedisQueue(settings)  # not make_queue: its per-process cache would keep trial 0's queue name
     store = ProjectStore(settings.model_dir, str(PROJECT))
 
     def job(job_id: str) -> Optional[dict]:
