@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         meta["command"] = (".venv/bin/python -m benchmarks.xil  (run here as parallel shards "
                            "`--only-seeds S --out benchmarks/results/_xil_sS.json --no-docs`, one per seed, then "
-                           "merged with `--out benchmarks/results/xil.json --fresh --merge benchmarks/results/_xil_s*.json`)")
+                           "merged with `--out benchmarks/results/xil.json --fresh --merge benchmarks/results/_xil_text_s*.json "
+                           "benchmarks/results/_xil_s*.json`; the first file holding a record wins)")
     if not args.report_only:
         device = torch.device(args.device)
         records = run_plan(plan, device, save, records)
@@ -133,11 +134,13 @@ NOTES = [
     "RRR + counterexamples against 0.972 without RRR, in the exploratory runs before this table); its "
     "gradient-share penalty can also be met by inflating gradients elsewhere (tests/test_training.py). It "
     "stays available by name (rows 'RRR alone' and 'RRR + counterexamples').",
-    "Text counterexamples substitute: each marked word becomes another word marked Irrelevant anywhere (so a "
-    "positive review's 'zorbly' becomes the negative class's 'quennic'); with random ids instead, "
-    "counterexamples alone left decoy text at chance (0.504 at 5%), since the unmarked class's token still "
-    "decided. A marked background gets a donor's background colour, not its pixels (which pasted another "
-    "class's digit into the copy: 0.919 at 5% against 0.992).",
+    "Text counterexamples substitute whole spans: each run of marked tokens becomes another span marked "
+    "Irrelevant anywhere, never itself, the words around it shifting (so a positive review's 'free shipping "
+    "included' becomes the negative class's whole 'order number follows', and 'zor-bly!' becomes 'quennic'). "
+    "Word by word substitution, as before, mostly permuted the phrase's own words (phrase 84% of the gap at "
+    "1%); with random ids instead, counterexamples alone left decoy text at chance (0.504 at 5%), since the "
+    "unmarked class's token still decided. A marked background gets a donor's background colour, not its "
+    "pixels (which pasted another class's digit into the copy: 0.919 at 5% against 0.992).",
     "Entropy ranking can pick one class only in a round (text: every pick positive); the marks then reach that "
     "class's documents only until a later round marks the other class's token.",
     "Served evidence is the CNN's smoothed gradient x activation map (docs/benchmarks.md, bench_evidence); the "
@@ -145,18 +148,19 @@ NOTES = [
     "feedback (one corner, random patch, stamp), there is nothing for the mass to fall from.",
     "MISSED, background: 92% of the gap at 1% (0.941 +- 0.035; spread 3.5 points) and 98% at 5%. Seed 1 dips "
     "from 0.953 at 0.5% to 0.905 at 1% and recovers to 0.983 at 5%; the marks are right (the background rule "
-    "finds 99% of the background, 99.9% precision), the fine-tuning round is what varies. More copies per "
-    "corrected task or a longer fine-tuning round are the next things to measure.",
-    "MISSED, text: token variants reach 94.6% of the gap at 1% (0.953) and 100% at 5%; the phrase 84% at 1% "
-    "(0.909 +- 0.041) and 94% at 5%. With entropy ranking the 0.5% round often corrects one class only (picked "
-    "labels in the records), so the other class's token is unmarked until the next round. On the phrase, RRR + "
-    "counterexamples (one round of 10) reached 0.974 +- 0.009: RRR helps where the counterexample's "
-    "substituted words (single words of the other phrase) leave an n-gram to read; it lowered accuracy on "
-    "images, so it is not in the one default. A text default with RRR is the measured candidate for next.",
+    "finds 99% of the background, 99.9% precision), the fine-tuning round is what varies. Measured next "
+    "(exploratory, not in the tables): a generalised task's counterexample *replacing* its original, so the "
+    "class shade no longer follows the class in half the set, reached 0.981 / 0.986 / 0.981 at 1% (seeds 0-2), "
+    "but on random patch (seed 1) 0.914 at 1% and 0.939 at 5% against 0.947 without feedback: where a "
+    "generalised mark covers strokes, the task's only copy loses them. Not in the default for that reason.",
+    "Text rows (decoy text, token variants, phrase) were re-run with span substitution: at 1% token variants "
+    "and the phrase now recover the gap (see the aims table). The 0.5% round can still correct one class only "
+    "under entropy ranking (one seed at chance there).",
     "The served-evidence mass falls to <= 0.3x on every image problem with a gap (four corners 0.09x, edge "
     "stripe 0.15x, background 0.30x, one corner 0.24x). On random patch, stamp and toy colors it stays: the "
     "model without feedback hardly uses those confounders (no gap), so there is nothing to fall from.",
-    "Code versions: colors and background ran after the rule-order change (position, background, template; "
+    "Code versions: the text problems ran after span substitution (shards "
+    "benchmarks/results/_xil_text_sS.json, merged first); colors and background ran after the rule-order change (position, background, template; "
     "commit 6a1e262); the other problems ran just before it, with the template rule also on for four corners "
     "(its marks there equal the position rule's to 0.2% of the pixels, so the rows would not move). Text "
     "substitution then could draw the marked word itself (1 draw in the pool size); it now never does.",
