@@ -188,3 +188,23 @@ def test_text_counterexamples_of_the_strategy_swap_whole_phrases_between_classes
     added = out.x[len(data):].tolist()
     assert added == [[5, 31, 32, 33, 6, 0, 0, 0]] * 2 + [[7, 21, 22, 23, 8, 0, 0, 0]] * 2
     assert out.y[len(data):].tolist() == [0, 0, 1, 1]
+
+
+def test_a_propagated_background_mark_replaces_its_original_and_a_small_one_keeps_it():
+    from ml_backend.models import adapt
+    from ml_backend.models.cnn import ImageCNN
+    from ml_backend.training.sets import TrainingSet
+    from ml_backend.training.strategies.counterexamples import Counterexamples
+
+    x = torch.rand(4, 1, 8, 8)
+    irrelevant = torch.zeros(4, 8, 8, dtype=torch.bool)
+    irrelevant[0, :4] = True  # corrected by the annotator: a background, original kept
+    irrelevant[1, :4] = True  # the same background, propagated: replaced by its copy
+    irrelevant[2, :1, :2] = True  # a small propagated mark: original kept
+    propagated = torch.tensor([False, True, True, False])
+    data = TrainingSet(x, torch.tensor([0, 1, 0, 1]), irrelevant, torch.zeros_like(irrelevant), propagated)
+    out = Counterexamples(copies=2).augment(data, adapt(ImageCNN(2, 1, 8)), seed=0)
+    originals = [i for i in range(4) if any(torch.equal(x[i], row) for row in out.x)]
+    assert originals == [0, 2, 3]
+    assert len(out) == 3 + 2 + 1 + 1  # three originals; copies: 2 (corrected), 1 and 1 (propagated)
+    assert out.y.tolist() == [0, 0, 1, 0, 0, 1, 0]

@@ -108,7 +108,11 @@ class Counterexamples(Strategy):
     """CAIPI: c copies of each corrected example with its irrelevant part changed, same label.
 
     Examples whose marks were only propagated from other tasks get one copy each: enough to break
-    the shortcut across the whole set without multiplying its size by c.
+    the shortcut across the whole set without multiplying its size by c. Where such a mark covers
+    over a quarter of an image (a background), the copy replaces the original: an added copy
+    would leave the class's background in half the set, and the mark cannot hold the object
+    (the background rule never marks it). Smaller propagated marks may cover strokes, so their
+    originals stay.
     """
 
     name = "counterexamples"
@@ -139,6 +143,9 @@ class Counterexamples(Strategy):
         x = torch.cat(xs)
         y = data.y[idx].repeat_interleave(copies[idx], dim=0)  # class indices or multi-hot rows
         empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
+        if data.x.dtype != torch.long:
+            background = data.propagated & (data.irrelevant.flatten(1).float().mean(dim=1) > LARGE_REGION)
+            data = data.subset(torch.nonzero(~background).flatten())
         return TrainingSet.concat([data, TrainingSet(x, y, empty, empty.clone())])
 
 
