@@ -13,10 +13,11 @@ from ml_backend import __version__, metrics
 from ml_backend.auth import basic_auth_ok, webhook_ok
 from ml_backend.config import ConfigError, Settings
 from ml_backend.errors import ApiError
+from ml_backend.labelstudio.interactive import ContextError, context_marks
 from ml_backend.labelstudio.schema import SchemaError
 from ml_backend.project import ProjectIdError, check_names, project_key
 from ml_backend.serving import Predictor
-from ml_backend.store import ProjectStore, StoreError, all_versions, project_ids
+from ml_backend.store import ProjectStore, StoreError, all_versions, project_ids, version_number
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ def _json_body() -> dict[str, Any]:
 def observe_versions(settings: Settings) -> None:
     """The serving version number of every project (one small file read each)."""
     for project in project_ids(settings.model_dir):
-        current = ProjectStore(settings.model_dir, project).current()
-        if current and current[1:].isdigit():
-            metrics.MODEL_VERSION.labels(project).set(int(current[1:]))
+        current = version_number(project, ProjectStore(settings.model_dir, project).current())
+        if current is not None:
+            metrics.MODEL_VERSION.labels(project).set(current)
 
 
 def create_app(settings: Optional[Settings] = None, predictor: Optional[Predictor] = None,
@@ -132,13 +133,24 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
             raise ApiError(400, str(exc)) from None
         except (SchemaError, ConfigError, StoreError) as exc:
             raise ApiError(422, str(exc)) from None
+        try:  # interactive pre-annotation: the regions the annotator drew (contract row D)
+            marks = context_marks(params.get("context"), ctx.schema)
+        except ContextError as exc:
+            raise ApiError(400, str(exc)) from None
+        if marks and len(tasks) != 1:
+            raise ApiError(400, f"params.context marks regions of one task; got {len(tasks)} tasks")
         try:
-            results = predictor.predict(ctx, tasks)
+            results = predictor.predict(ctx, tasks, marks)
+        except ContextError as exc:  # Label Studio shows the annotator only "422 Client Error": log why
+            log.info("project %s: interactive context refused: %s", ctx.key, exc)
+            raise ApiError(422, str(exc)) from None
         except (StoreError, ConfigError) as exc:
             raise ApiError(422, str(exc)) from None
-        served = sum(1 for r in results if r["result"])
+        served = sum(1 for r in results if isinstance(r, dict) and r["result"])
+        unreadable = sum(1 for r in results if not isinstance(r, dict))  # no prediction: data unreadable
         metrics.PREDICTIONS.labels(ctx.key, "served").inc(served)
-        metrics.PREDICTIONS.labels(ctx.key, "empty").inc(len(results) - served)
+        metrics.PREDICTIONS.labels(ctx.key, "empty").inc(len(results) - served - unreadable)
+        metrics.PREDICTIONS.labels(ctx.key, "unreadable").inc(unreadable)
         return jsonify(results=results)
 
     @app.post("/webhook")
@@ -169,14 +181,15 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
                 raise ApiError(400, str(exc)) from None
         else:
             listed = all_versions(settings.model_dir)
-        names = sorted({v["version"] for vs in listed.values() for v in vs}, key=lambda n: int(n[1:]))
+        # Label Studio sends no project: each name says whose it is ("p3-v2"), oldest first per project
+        names = [v["version"] for vs in listed.values() for v in vs]
         return jsonify(versions=names, projects=listed)
 
     @app.post("/versions/rollback")
     def rollback():
         body = _json_body()
         if "project" not in body:
-            raise ApiError(400, "send {'project': N, 'version': 'vK'} (version optional: the previous one)")
+            raise ApiError(400, "send {'project': N, 'version': 'pN-vK'} (version optional: the previous one)")
         try:
             key = project_key(body["project"])
         except ProjectIdError as exc:

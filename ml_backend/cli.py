@@ -77,13 +77,21 @@ def rollback(args: argparse.Namespace) -> int:
 
 
 def versions(args: argparse.Namespace) -> int:
-    from ml_backend.store import all_versions
+    """Each project's versions by their served names ("p3-v2"), the serving one starred."""
+    from ml_backend.store import ProjectStore, StoreError, all_versions
 
-    for project, listed in all_versions(Settings.from_env().model_dir).items():
-        for v in listed:
+    model_dir = Settings.from_env().model_dir
+    try:
+        listed = ({args.project: ProjectStore(model_dir, args.project).list()} if args.project
+                  else all_versions(model_dir))
+    except StoreError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for project, entries in listed.items():
+        for v in entries:
             mark = "*" if v["current"] else " "
             acc = (v.get("metrics") or {}).get("holdout_accuracy")
-            print(f"{mark} project {project} {v['version']:>5}  examples={v.get('examples')}  holdout_accuracy={acc}")
+            print(f"{mark} project {project} {v['version']:>8}  examples={v.get('examples')}  holdout_accuracy={acc}")
     return 0
 
 
@@ -105,9 +113,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.set_defaults(func=worker)
     p = sub.add_parser("rollback", help="serve an earlier model version")
     p.add_argument("project")
-    p.add_argument("version", nargs="?", help="default: the version before the current one")
+    p.add_argument("version", nargs="?", help="p<project>-v<N> (or vN); default: the version before the current one")
     p.set_defaults(func=rollback)
     p = sub.add_parser("versions", help="list model versions")
+    p.add_argument("project", nargs="?", help="default: every project")
     p.set_defaults(func=versions)
     args = parser.parse_args(argv)
     _configure_logging(settings.log_level)

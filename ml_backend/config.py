@@ -175,6 +175,8 @@ class ProjectSettings:
     # share of attribution mass kept as evidence (the thesis' lambda_1)
     evidence_mass: float = _setting(0.2, 0, 1, low_open=True)
     evidence_regions: str = "merged"  # "merged" (one mask) or "components" (one region per component)
+    # <Choices choice="multiple">: every class whose probability (a sigmoid per class) is above this is served
+    multi_label_threshold: float = _setting(0.5, 0, 1, low_open=True, high_open=True)
     slic_segments: int = _setting(0, 0, 10_000)  # >0 snaps evidence to SLIC superpixels
     # counterexamples alone: RRR's gradient-share penalty lowered accuracy on confounders it was not
     # tuned on (docs/xil-benchmarks.md); it stays available by name
@@ -195,6 +197,11 @@ class ProjectSettings:
     kl_weight: float = _setting(0.01, 0)
     # Bayesian CNN: activation evidence scale (smaller = stronger)
     evidence_sigma: float = _setting(0.5, 0, low_open=True)
+    # Bayesian CNN: the weights' prior N(0, bayes_prior_sigma^2) (the thesis' 0.1) and the posterior's
+    # initial standard deviation (small, so it learns like its deterministic twin; 1e-3 left the weight
+    # samples too alike for BALD)
+    bayes_prior_sigma: float = _setting(0.1, 0, low_open=True)
+    bayes_init_sigma: float = _setting(0.01, 0, 1, low_open=True)
     epochs: int = _setting(30, 1, 1000)
     batch_size: int = _setting(32, 1, 4096)
     learning_rate: float = _setting(1e-3, 0, 10, low_open=True)

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ml_backend.explain.counterfactual import counterfactual_inputs, pool_copies
 from ml_backend.models.base import ModelKind
 
 
@@ -32,3 +33,56 @@ def infer(model: ModelKind, x: torch.Tensor, method: str, explain: bool, mc_samp
         probs, relevance = model.predict_and_explain(x, method, mc_samples)
         return Inference(probs.detach().cpu(), relevance.detach().cpu().numpy())
     return Inference(model.probs(x, mc_samples).cpu(), None)
+
+
+@dataclass
+class CounterfactualInference:
+    before: torch.Tensor  # (K,) probabilities on the task as it is
+    after: torch.Tensor  # (K,) on the counterfactual input (mean over its copies)
+    relevance: np.ndarray  # (H, W) or (L,): the evidence for ``after``'s class on the counterfactual input
+
+
+def infer_counterfactual(model: ModelKind, x: torch.Tensor, replaced: torch.Tensor, method: str, fill: str,
+                         copies: int, mc_samples: int = 10, seed: int = 0) -> CounterfactualInference:
+    """One example ``x``: its prediction, and the prediction and evidence with ``replaced`` filled
+    as counterexamples are (the same answer every time: a seeded fill)."""
+    edited = counterfactual_inputs(model, x, replaced, fill, copies, torch.Generator().manual_seed(seed))
+    before = infer(model, x[None], method, explain=False, mc_samples=mc_samples).probs[0]
+    out = infer(model, edited, method, explain=True, mc_samples=mc_samples)
+    after, relevance = pool_copies(out.probs, out.relevance)
+    return CounterfactualInference(before, after, relevance)
+
+
+@dataclass
+class MultiLabelInference:
+    probs: torch.Tensor  # (N, K) one sigmoid per class, on CPU
+    served: torch.Tensor  # (N, K) bool: the classes above the threshold
+    relevance: Optional[np.ndarray]  # (N, K, H, W) or (N, K, L): each served class's evidence (zeros elsewhere)
+
+
+def infer_multi_label(model: ModelKind, x: torch.Tensor, method: str, threshold: float, explain: bool,
+                      mc_samples: int = 10) -> MultiLabelInference:
+    """One batch of a multi-label model: every class above ``threshold`` and, if asked, each
+    served class's own evidence (a row with none served: its most probable class's, so a
+    ranking that compares explanations still has one)."""
+    x = x.to(model.device())
+    if x.dim() == 4 and x.is_floating_point():
+        x = x.contiguous(memory_format=torch.channels_last)
+    probs = model.probs(x, mc_samples).detach().cpu()
+    served = probs > threshold
+    if not explain:
+        return MultiLabelInference(probs, served, None)
+    wanted = served.clone()
+    wanted[torch.arange(len(probs)), probs.argmax(dim=1)] |= ~served.any(dim=1)
+    relevance: Optional[np.ndarray] = None
+    for k in range(probs.shape[1]):
+        rows = torch.nonzero(wanted[:, k]).flatten()
+        if len(rows) == 0:
+            continue
+        targets = torch.full((len(rows),), k, dtype=torch.long, device=x.device)
+        maps = model.relevance(x[rows.to(x.device)], targets, method).detach().cpu().numpy()
+        if relevance is None:
+            relevance = np.zeros((len(probs), probs.shape[1], *maps.shape[1:]), dtype=np.float32)
+        relevance[rows.numpy(), k] = maps
+    return MultiLabelInference(probs, served, relevance)
+

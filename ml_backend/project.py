@@ -68,6 +68,10 @@ def resolve_kind(schema: TaskSchema, settings: ProjectSettings) -> type[ModelKin
     """The project's model kind, checked against its feedback strategies."""
     check_names(settings)
     kind = kind_for(schema.object_type, settings.model_kind, backbone=bool(settings.backbone))
+    if schema.multi_label and not kind.serves_multi_label:
+        raise ConfigError(f"model_kind {kind.name!r} serves single-label Choices only; for <Choices "
+                          f"name=\"{schema.choices_name}\" choice=\"multiple\"> use the default model_kind "
+                          "(cnn, text_cnn) or a backbone")
     for name in settings.strategies:
         strategy = STRATEGIES.get(name)
         if not kind.supports(strategy):
@@ -118,7 +122,9 @@ def project_context(settings: Settings, project: Any, label_config: Optional[str
 
 
 def new_model(ctx: ProjectContext) -> ModelKind:
-    return ctx.kind.create(ctx.kind.default_config(ctx.schema.n_classes, ctx.settings))
+    model = ctx.kind.create(ctx.kind.default_config(ctx.schema.n_classes, ctx.settings))
+    model.multi_label = ctx.schema.multi_label
+    return model
 
 
 def user_checkpoint(ctx: ProjectContext, model_dir: Path, weights_dirs: tuple[str, ...] = ()) -> ModelKind:
@@ -135,4 +141,6 @@ def user_checkpoint(ctx: ProjectContext, model_dir: Path, weights_dirs: tuple[st
     if classes != ctx.schema.classes or weights["config"].get("n_classes") != ctx.schema.n_classes:
         raise CheckpointError(f"checkpoint {ctx.settings.checkpoint} predicts classes {list(classes)}; "
                               f"the label config has {list(ctx.schema.classes)}")
-    return from_checkpoint(weights)
+    model = from_checkpoint(weights)
+    model.multi_label = ctx.schema.multi_label
+    return model

@@ -10,8 +10,8 @@ import torch
 
 from ml_backend.data.prepare import PreparedTask
 from ml_backend.explain.regions import evidence_mask, mask_regions, token_spans
-from ml_backend.inference import infer
-from ml_backend.labelstudio.results import brush_result, choices_result, span_result
+from ml_backend.inference import infer, infer_multi_label
+from ml_backend.labelstudio.results import brush_result, choices_result, for_class, span_result
 from ml_backend.project import ProjectContext
 from ml_backend.store import LoadedModel
 
@@ -28,6 +28,8 @@ def render_predictions(ctx: ProjectContext, loaded: LoadedModel, prepared: list[
     """Forward pass, explanation and Label Studio results for prepared tasks (same order)."""
     schema, settings = ctx.schema, ctx.settings
     x = torch.stack([p.tensor for p in prepared])
+    if schema.multi_label:
+        return render_multi_label(ctx, loaded, prepared, x, with_relevance)
     inference = infer(loaded.model, x, settings.attribution, schema.has_evidence or with_relevance,
                       settings.mc_samples)
     targets = inference.probs.argmax(dim=1)
@@ -40,6 +42,30 @@ def render_predictions(ctx: ProjectContext, loaded: LoadedModel, prepared: list[
             result += evidence_results(ctx, item, inference.relevance[i])
         out.append({"model_version": loaded.version, "score": float(confidence[i]), "result": result})
     return Rendered(out, inference.probs, inference.relevance)
+
+
+def render_multi_label(ctx: ProjectContext, loaded: LoadedModel, prepared: list[PreparedTask], x: torch.Tensor,
+                       with_relevance: bool) -> Rendered:
+    """Multi-label Choices: every class above ``multi_label_threshold``, each with its own evidence
+    regions. The task's score is its least certain decision, min_k max(p_k, 1 - p_k): lower is
+    more uncertain, as for a single label's confidence."""
+    schema, settings = ctx.schema, ctx.settings
+    inference = infer_multi_label(loaded.model, x, settings.attribution, settings.multi_label_threshold,
+                                  schema.has_evidence or with_relevance, settings.mc_samples)
+    probs, served = inference.probs, inference.served
+    confidence = torch.maximum(probs, 1 - probs).min(dim=1).values
+    out = []
+    for i, item in enumerate(prepared):
+        classes = [k for k in range(schema.n_classes) if bool(served[i, k])]
+        result = [choices_result(schema, [schema.classes[k] for k in classes], float(confidence[i]))] if classes else []
+        if inference.relevance is not None and schema.has_evidence:
+            for k in classes:
+                result += [for_class(region, schema.classes[k], k)
+                           for region in evidence_results(ctx, item, inference.relevance[i, k])]
+        out.append({"model_version": loaded.version, "score": float(confidence[i]), "result": result})
+    # one map per task for ALEX: the served classes' evidence together
+    relevance = None if inference.relevance is None else inference.relevance.sum(axis=1)
+    return Rendered(out, probs, relevance)
 
 
 def evidence_results(ctx: ProjectContext, item: PreparedTask, relevance: np.ndarray) -> list[dict[str, Any]]:

@@ -12,7 +12,10 @@ import torch
 from ml_backend.config import Settings, parse_extra_params
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import PreparedTask, prepare_task
+from ml_backend.data.unreadable import UNREADABLE
 from ml_backend.inference import resolve_device
+from ml_backend.interactive import render_counterfactual
+from ml_backend.labelstudio.interactive import Marks
 from ml_backend.models import CheckpointError
 from ml_backend.project import ProjectContext, project_context, user_checkpoint
 from ml_backend.rendering import render_predictions
@@ -74,9 +77,10 @@ class Predictor:
                     loaded.model.to(self.device).network.eval()
                     self._models[ctx.key] = loaded
                     log.info("project %s now serves %s", ctx.key, current)
-        if loaded.classes != ctx.schema.classes:
-            log.warning("project %s: %s was trained on classes %s, the config now has %s; serving untrained "
-                        "until the next training", ctx.key, loaded.version, loaded.classes, ctx.schema.classes)
+        if loaded.classes != ctx.schema.classes or loaded.model.multi_label != ctx.schema.multi_label:
+            log.warning("project %s: %s was trained on classes %s (multi-label: %s), the config now has %s "
+                        "(multi-label: %s); serving untrained until the next training", ctx.key, loaded.version,
+                        loaded.classes, loaded.model.multi_label, ctx.schema.classes, ctx.schema.multi_label)
             return None
         return loaded
 
@@ -93,14 +97,24 @@ class Predictor:
             return self._locks.setdefault(key, threading.Lock())
 
     # prediction ------------------------------------------------------------------
-    def predict(self, ctx: ProjectContext, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Exactly one prediction per task, in task order."""
+    def predict(self, ctx: ProjectContext, tasks: list[dict[str, Any]], marks: Marks = Marks()
+                ) -> list[Any]:
+        """Exactly one item per task, in task order: a prediction, or an empty list (no prediction) for
+        a task whose data cannot be read; with ``marks`` (the regions an annotator
+        drew on the one task), its counterfactual instead when the marks cover anything."""
         loaded = self.model(ctx)
         if loaded is None:
             # No labels until a model has been trained: an untrained network's argmax
             # would be presented as a label the annotator should trust.
             return [{"model_version": UNTRAINED, "score": 0.0, "result": []} for _ in tasks]
-        results = [{"model_version": loaded.version, "score": 0.0, "result": []} for _ in tasks]
+        if marks and len(tasks) == 1:
+            answer = self.counterfactual(ctx, loaded, tasks[0], marks)
+            if answer is not None:
+                return [answer]
+        # A task whose data cannot be read gets no prediction (an empty list: zero predictions for
+        # it, which Label Studio stores none of): an empty result with a score would sort it first
+        # under uncertainty sampling, as if it were the most informative task.
+        results: list[Any] = [[] for _ in tasks]
         # Label Studio sends a whole Data Manager selection in one request: decode and explain it
         # a chunk at a time, so memory stays bounded by the chunk, not the selection.
         for start in range(0, len(tasks), PREDICT_CHUNK):
@@ -113,6 +127,15 @@ class Predictor:
                 results[start + item.index] = prediction
         return results
 
+    def counterfactual(self, ctx: ProjectContext, loaded: LoadedModel, task: dict[str, Any],
+                       marks: Marks) -> Optional[dict[str, Any]]:
+        """The task's counterfactual; None when its data cannot be read or the marks cover nothing."""
+        prepared = self.prepare(ctx, loaded, [task])
+        if not prepared:
+            return None
+        with self._lock(ctx.key):
+            return render_counterfactual(ctx, loaded, prepared[0], marks)
+
     def prepare(self, ctx: ProjectContext, loaded: LoadedModel, tasks: list[dict[str, Any]]) -> list[PreparedTask]:
         """Read each task's data; a task that cannot be read is logged and left out."""
         keep = ctx.settings.slic_segments > 0
@@ -124,5 +147,5 @@ class Predictor:
                 prepared.append(future.result())
             except DataError as exc:
                 task_id = tasks[i].get("id") if isinstance(tasks[i], dict) else None
-                log.warning("project %s task %s: cannot read data: %s", ctx.key, task_id, exc)
+                UNREADABLE.report(ctx.key, task_id, str(exc))
         return prepared

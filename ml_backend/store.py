@@ -6,7 +6,7 @@ Layout under MODEL_DIR::
     projects/<project>/project.json           label config + extra params (from /setup and webhooks)
     projects/<project>/versions/v3/model.pt   checkpoint (kind, config, classes, state_dict)
     projects/<project>/versions/v3/meta.json  metrics and provenance
-    projects/<project>/CURRENT                the serving version's name (replaced atomically)
+    projects/<project>/CURRENT                the serving version's directory, "v3" (replaced atomically)
     projects/<project>/queue.json             the last ranking of unlabeled tasks
     projects/<project>/pushed.json            predictions pushed to Label Studio (what is there already)
     projects/<project>/train.lock             one training job per project across serving processes
@@ -14,6 +14,13 @@ Layout under MODEL_DIR::
 
 Every serving process reads CURRENT on each request (one small read), so a version
 published by a worker on another machine is served without a restart.
+
+Version names. On disk a version is ``v<N>``, per project. Everywhere else (/setup, /predict,
+/versions, the predictions the ranking job pushes, Label Studio's project ``model_version``) it
+is named with its project, ``p<project>-v<N>`` (``<key>-v<N>`` for a non-numeric key): Label
+Studio asks ``GET /versions`` with no project, so a bare ``v3`` would not say whose it is.
+Methods that take a version accept either form of the project's own versions, so ``v3`` still
+names it (checkpoints and CURRENT files written before the rename load unchanged).
 """
 from __future__ import annotations
 
@@ -35,8 +42,9 @@ from ml_backend.models import CheckpointError, from_checkpoint, load_checkpoint_
 from ml_backend.models.base import ModelKind
 from ml_backend.models.feature_cache import FeatureCache
 
-_VERSION = re.compile(r"^v(\d+)$")
+_VERSION = re.compile(r"^v(\d+)$")  # a version's directory (and, before project-named versions, its name)
 _PROJECT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NUMBER = re.compile(r"[1-9]\d{0,17}")
 
 
 class StoreError(Exception):
@@ -49,6 +57,29 @@ class LoadedModel:
     model: ModelKind
     classes: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def version_prefix(project: str) -> str:
+    """What a project's version names start with: "p3" for Label Studio's project 3."""
+    return f"p{project}" if project.isdigit() else project
+
+
+def version_name(project: str, number: int) -> str:
+    """The public name of a project's version ``number``: "p3-v2"."""
+    return f"{version_prefix(project)}-v{int(number)}"
+
+
+def version_number(project: str, name: Any) -> Optional[int]:
+    """The number of ``name`` if it names one of ``project``'s versions ("p3-v2" or the legacy
+    "v2"); None for anything else, another project's versions included."""
+    if not isinstance(name, str) or len(name) > 200:
+        return None
+    prefix, sep, number = name.rpartition("-v")
+    if not sep:  # the legacy name
+        prefix, number = (version_prefix(project), name[1:]) if name.startswith("v") else ("", "")
+    if prefix != version_prefix(project) or not _NUMBER.fullmatch(number):
+        return None
+    return int(number)
 
 
 def annotation_store_path(model_dir: Path) -> Path:
@@ -142,12 +173,24 @@ class ProjectStore:
         return FeatureCache.at(self.root / "features", max_mb) if max_mb > 0 else None
 
     # versions --------------------------------------------------------------------
+    def name(self, number: int) -> str:
+        return version_name(self.project, number)
+
+    def number(self, version: Any) -> int:
+        """The number of one of this project's versions, named either way; StoreError otherwise."""
+        number = version_number(self.project, version)
+        if number is None or not (self.versions_dir / f"v{number}" / "model.pt").exists():
+            raise StoreError(f"project {self.project} has no version {str(version)[:80]!r}")
+        return number
+
     def current(self) -> Optional[str]:
+        """The serving version's public name ("p3-v2"), or None."""
         try:
-            name = (self.root / "CURRENT").read_text().strip()
+            stored = (self.root / "CURRENT").read_text().strip()
         except FileNotFoundError:
             return None
-        return name or None
+        number = version_number(self.project, stored)
+        return self.name(number) if number is not None else None
 
     def list(self) -> list[dict[str, Any]]:
         """Versions, oldest first, each with its meta and whether it serves."""
@@ -158,32 +201,36 @@ class ProjectStore:
         for path in self.versions_dir.iterdir():
             match = _VERSION.match(path.name)
             if match and (path / "model.pt").exists():
-                meta = self.meta(path.name)
-                out.append({"version": path.name, "number": int(match.group(1)),
-                            "current": path.name == current, **meta})
+                number = int(match.group(1))
+                name = self.name(number)
+                out.append({**self.meta(name), "version": name, "number": number, "current": name == current})
         return sorted(out, key=lambda v: v["number"])
 
     def meta(self, version: str) -> dict[str, Any]:
+        number = version_number(self.project, version)
+        if number is None:
+            return {}
         try:
-            return json.loads((self.versions_dir / version / "meta.json").read_text())
+            meta = json.loads((self.versions_dir / f"v{number}" / "meta.json").read_text())
         except FileNotFoundError:
             return {}
+        return {**meta, "version": self.name(number)}  # meta of an older release says "v3"
 
     def publish(self, model: ModelKind, classes: tuple[str, ...], meta: dict[str, Any]) -> str:
         """Write a new version and make it current; returns its name."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=".staging-"))
         try:
-            torch.save(model.checkpoint(classes), staging / "model.pt")
+            torch.save({**model.checkpoint(classes), "multi_label": model.multi_label}, staging / "model.pt")
             numbers = [v["number"] for v in self.list()]
             number = max(numbers, default=0) + 1
             while True:
-                name = f"v{number}"
+                name = self.name(number)
                 meta = {**meta, "version": name, "created_at": time.time(), "classes": list(classes),
                         "kind": model.name}
                 (staging / "meta.json").write_text(json.dumps(meta, sort_keys=True, default=float))
-                try:
-                    os.rename(staging, self.versions_dir / name)  # fails if another publisher took the name
+                try:  # fails if another publisher took the number
+                    os.rename(staging, self.versions_dir / f"v{number}")
                     break
                 except OSError:
                     number += 1
@@ -194,14 +241,12 @@ class ProjectStore:
         return name
 
     def set_current(self, version: str) -> None:
-        """Serve one of this project's own versions (a name like v3, never a path)."""
-        if not (isinstance(version, str) and _VERSION.fullmatch(version)
-                and (self.versions_dir / version / "model.pt").exists()):
-            raise StoreError(f"project {self.project} has no version {str(version)[:80]!r}")
-        write_atomic(self.root / "CURRENT", version.encode())
+        """Serve one of this project's own versions ("p3-v2" or "v2", never a path)."""
+        # CURRENT keeps the directory name: processes of an older release read it too
+        write_atomic(self.root / "CURRENT", f"v{self.number(version)}".encode())
 
     def rollback(self, version: Optional[str] = None) -> str:
-        """Serve ``version``, or the one before the current one."""
+        """Serve ``version``, or the one before the current one; returns its public name."""
         if version is None:
             names = [v["version"] for v in self.list()]
             current = self.current()
@@ -209,20 +254,20 @@ class ProjectStore:
                 raise StoreError(f"project {self.project} has no earlier version to roll back to")
             version = names[names.index(current) - 1]
         self.set_current(version)
-        return version
+        return self.name(self.number(version))
 
     def load(self, version: str, feature_cache_mb: float = 0) -> LoadedModel:
         """A version's model, reading a frozen backbone's features from the project's cache
         (``feature_cache_mb``: its size; 0, no cache)."""
-        if not (isinstance(version, str) and _VERSION.fullmatch(version)):
-            raise StoreError(f"project {self.project} has no version {version[:80]!r}")
+        number = self.number(version)
         try:
-            checkpoint = load_checkpoint_file(self.versions_dir / version / "model.pt")
+            checkpoint = load_checkpoint_file(self.versions_dir / f"v{number}" / "model.pt")
             model = from_checkpoint(checkpoint)
         except CheckpointError as exc:
             raise StoreError(str(exc)) from None
         model.use_feature_cache(self.feature_cache(feature_cache_mb))
-        return LoadedModel(version, model, tuple(checkpoint["classes"]), self.meta(version))
+        name = self.name(number)
+        return LoadedModel(name, model, tuple(checkpoint["classes"]), self.meta(name))
 
 
 def project_ids(model_dir: Path) -> list[str]:

@@ -46,7 +46,7 @@ def test_setup_returns_the_current_model_version(backend, settings, image_config
     response = requests.post(backend.url + "/setup", json=setup_body(image_config))
     assert response.status_code == 200 and response.json() == {"model_version": "untrained"}
     publish(settings, image_config)
-    assert requests.post(backend.url + "/setup", json=setup_body(image_config)).json() == {"model_version": "v1"}
+    assert requests.post(backend.url + "/setup", json=setup_body(image_config)).json() == {"model_version": "p2-v1"}
 
 
 def test_untrained_project_returns_no_labels(backend, image_config):
@@ -64,7 +64,7 @@ def test_image_predictions_carry_class_score_and_brush_evidence(backend, setting
     results = response.json()["results"]
     assert len(results) == len(tasks)
     for img, prediction in zip(imgs, results):
-        assert prediction["model_version"] == "v1"
+        assert prediction["model_version"] == "p2-v1"
         assert 0.5 <= prediction["score"] <= 1.0  # two classes: the top probability
         choices = [r for r in prediction["result"] if r["type"] == "choices"]
         assert len(choices) == 1
@@ -85,26 +85,28 @@ def test_image_predictions_carry_class_score_and_brush_evidence(backend, setting
             assert 0 < (alpha == 255).mean() < 1
 
 
-def test_unreadable_task_gets_an_empty_prediction_and_the_batch_is_served(backend, settings, image_config):
+def test_unreadable_task_gets_no_prediction_and_the_batch_is_served(backend, settings, image_config):
+    """No prediction (an empty list: Label Studio stores none), never an empty result with a score
+    that uncertainty sampling would serve first."""
     publish(settings, image_config)
     good = png_data_uri(images()[0])
     tasks = [ls_task(1, {"image": good}), ls_task(2, {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}),
              ls_task(3, {"other": good}), ls_task(4, {"image": good})]
     results = requests.post(backend.url + "/predict", json=predict_body(tasks, image_config)).json()["results"]
-    assert [bool(r["result"]) for r in results] == [True, False, False, True]
-    assert all(r["model_version"] == "v1" and "score" in r for r in results)
+    assert results[1] == [] and results[2] == []
+    assert all(r["model_version"] == "p2-v1" and "score" in r and r["result"] for r in (results[0], results[3]))
 
 
 def test_text_predictions_have_exact_spans(backend, settings, text_config):
     publish(settings, text_config)
-    texts = ["I loved this film, the acting was wonderful!", "Terrible plot.  Boring, slow and far too long.", ""]
+    texts = ["I loved this film, the acting was wonderful!", "Terrible plot.  Boring, slow and far too long.", " "]
     tasks = [ls_task(i, {"text": t}) for i, t in enumerate(texts, 1)]
     results = requests.post(backend.url + "/predict", json=predict_body(tasks, text_config)).json()["results"]
-    for text, prediction in zip(texts, results):
+    assert results[2] == []  # empty text: nothing to classify, no prediction
+    for text, prediction in zip(texts[:2], results):
         assert prediction["result"][0]["type"] == "choices"
         spans = [r for r in prediction["result"] if r["type"] == "labels"]
-        if text:
-            assert spans
+        assert spans
         for span in spans:
             value = span["value"]
             assert text[value["start"]:value["end"]] == value["text"] and value["text"].strip() == value["text"]
@@ -172,11 +174,11 @@ def test_versions_lists_published_versions(backend, settings, image_config):
     publish(settings, image_config)
     publish(settings, image_config)
     body = requests.get(backend.url + "/versions").json()
-    assert body["versions"] == ["v1", "v2"]
+    assert body["versions"] == ["p2-v1", "p2-v2"]
     assert [v["current"] for v in body["projects"]["2"]] == [False, True]
     rolled = requests.post(backend.url + "/versions/rollback", json={"project": "2.123"}).json()
-    assert rolled == {"project": "2", "model_version": "v1"}
-    assert requests.post(backend.url + "/setup", json=setup_body(image_config)).json()["model_version"] == "v1"
+    assert rolled == {"project": "2", "model_version": "p2-v1"}
+    assert requests.post(backend.url + "/setup", json=setup_body(image_config)).json()["model_version"] == "p2-v1"
 
 
 @pytest.mark.parametrize("project", ["1;DROP", "a/b", "../../etc", "x" * 300, "2.x", [2], {"id": "x"}, True, -1, 2.5])
@@ -198,7 +200,7 @@ def test_project_ids_other_than_label_studios_are_a_400(backend, image_config, p
         assert response.status_code == 400 and "invalid project id" in response.json()["error"]
 
 
-@pytest.mark.parametrize("version", ["../../6/versions/v1", "/tmp", "v1/../../6/versions/v1", 5, ["v1"],
+@pytest.mark.parametrize("version", ["../../6/versions/v1", "/tmp", "v1/../../6/versions/v1", 5, ["v1"], "p6-v1", "p2-v2",
                                      {"v": 1}, True, "x" * 500])
 def test_rollback_names_only_the_projects_own_versions(backend, settings, image_config, version):
     other = ProjectStore(settings.model_dir, "6")
@@ -206,7 +208,7 @@ def test_rollback_names_only_the_projects_own_versions(backend, settings, image_
     publish(settings, image_config)
     response = requests.post(backend.url + "/versions/rollback", json={"project": 2, "version": version})
     assert response.status_code == 404 and "has no version" in response.json()["error"]
-    assert ProjectStore(settings.model_dir, "2").current() == "v1"
+    assert ProjectStore(settings.model_dir, "2").current() == "p2-v1"
 
 
 def test_metrics_parse_and_move_with_traffic(backend, settings, image_config):
@@ -230,7 +232,7 @@ def test_large_batches_are_served_in_chunks_in_task_order(backend, settings, ima
     tasks = [ls_task(i, {"image": good} if i % 3 else {"missing": 1}) for i in range(70)]
     results = requests.post(backend.url + "/predict", json=predict_body(tasks, image_config)).json()["results"]
     assert len(results) == 70
-    assert [bool(r["result"]) for r in results] == [bool(i % 3) for i in range(70)]
+    assert [r != [] and bool(r["result"]) for r in results] == [bool(i % 3) for i in range(70)]
 
 
 @pytest.mark.parametrize("path", ["/setup", "/predict", "/webhook", "/versions/rollback"])
@@ -261,4 +263,4 @@ def test_unreadable_text_and_urls_do_not_fail_a_request(backend, settings, image
     for url in ("http://[", "http://[::1", "https://exa mple.com/\x00.png"):
         body = predict_body([ls_task(1, {"image": url})], image_config, project="3.1")
         response = requests.post(backend.url + "/predict", json=body)
-        assert response.status_code == 200 and response.json()["results"][0]["result"] == [], url
+        assert response.status_code == 200 and response.json()["results"] == [[]], url

@@ -18,7 +18,7 @@ from ml_backend.feedback.parse import Feedback
 from ml_backend.jobs import make_queue
 from ml_backend.models.hf_image import estimate_frame
 from ml_backend.project import make_context, new_model
-from ml_backend.store import ProjectStore
+from ml_backend.store import ProjectStore, version_number
 from ml_backend.training.fit import Example, evaluate, fit_examples
 from ml_backend.training.sets import Batch
 from ml_backend.training.strategies import strategies_for
@@ -94,7 +94,7 @@ def test_a_webhook_trained_image_backbone_serves_evidence_at_the_original_size(b
         alpha = decode_rle(region["value"]["rle"]).reshape(37, 91, 4)[:, :, 3]
         assert alpha.any()
     # the version stores the head, not the backbone's weights
-    version_dir = ProjectStore(settings.model_dir, "2").versions_dir / meta["version"]
+    version_dir = ProjectStore(settings.model_dir, "2").versions_dir / f"v{version_number('2', meta['version'])}"
     state = torch.load(version_dir / "model.pt", weights_only=True)["state_dict"]
     assert all(k.startswith("classifier.") for k in state)
 

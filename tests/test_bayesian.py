@@ -4,21 +4,22 @@ Training here runs through ``trainer.batch_loss``: the kind's own KL term and th
 strategy, exactly what a project's fit runs."""
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerAttribution, LayerGradCam
 from sklearn.datasets import load_digits
 
 from ml_backend.config import ProjectSettings
-from ml_backend.explain.quality import irrelevant_mass
 from ml_backend.models import adapt
 from ml_backend.models.bayesian import BayesConv2d, BayesianCNN, BayesianCNNKind, BayesLinear
+from ml_backend.ranking.acquisition.bald import BALD
 from ml_backend.training.losses import activation_evidence_loss, activation_evidence_scale, pool_mask
 from ml_backend.training.sets import Batch
-from ml_backend.training.strategies.activation_evidence import ActivationEvidence
 from ml_backend.training.trainer import batch_loss
-from tests.support.data import bars
+from tests.support import learning
 
 S = 16
 TEMPERED = ProjectSettings(kl_weight=0.01)  # 360 examples cannot outweigh the full KL of a useful posterior
@@ -49,7 +50,7 @@ def test_kl_is_positive_finite_and_matches_closed_form():
     kl = model.kl()
     assert torch.isfinite(kl) and kl > 0
     kl.backward()  # differentiable in mu and rho
-    assert model.last_conv.weight_rho.grad.abs().sum() > 0
+    assert model.body[0].weight_rho.grad.abs().sum() > 0
 
 
 def test_training_adds_the_tempered_kl_per_example():
@@ -64,11 +65,13 @@ def test_training_adds_the_tempered_kl_per_example():
         settings = ProjectSettings(kl_weight=kl_weight)
         loss, parts = batch_loss(model, batch(x, y), [], settings, n_train)
         torch.testing.assert_close(loss, ce + kl_weight * kl / n_train)
-        assert parts["kl"] == pytest.approx(kl.item()) and parts["ce"] == pytest.approx(ce.item())
+        # the monitor logs KL per weight; the loss uses the whole KL
+        assert parts["kl"] == pytest.approx(kl.item() / model.network.n_weights())
+        assert parts["ce"] == pytest.approx(ce.item())
     term = model.training_terms(batch(x, y), 360, TEMPERED, {})
     torch.testing.assert_close(term, 0.01 * kl / 360)
     term.backward()  # the KL term trains the posterior's spread
-    assert model.network.last_conv.weight_rho.grad.abs().sum() > 0
+    assert model.network.body[0].weight_rho.grad.abs().sum() > 0
 
 
 def test_lrt_matches_weight_sampling_moments():
@@ -116,13 +119,29 @@ def test_preactivation_access_and_clamping():
     torch.manual_seed(0)
     model = BayesianCNN(2, image_size=S, in_channels=1, width=4).eval()
     x = torch.rand(3, 1, S, S)
-    logits, preact = model.forward_with_preact(x)
-    assert preact.shape == (3, 8, S // 4, S // 4)
-    torch.testing.assert_close(preact, model.last_conv_preactivation(x))
+    logits, preact = model.forward_clamped(x, 1)
+    assert preact.shape == (3, 8, S // 2, S // 2)
     torch.testing.assert_close(logits, model(x))
-    clamped, _ = model.forward_with_preact(x, torch.ones(1, 1, S // 4, S // 4, dtype=torch.bool))
-    zero_features = model.head(torch.zeros(3, 8))
-    torch.testing.assert_close(clamped, zero_features)
+    everything = torch.ones(1, 1, S // 2, S // 2, dtype=torch.bool)
+    clamped, unclamped = model.forward_clamped(x, 1, everything)
+    torch.testing.assert_close(unclamped, preact)  # the evidence term reads the unclamped units
+    constant = model.head(model.pool(model.body[7:](torch.zeros(3, 8, S // 2, S // 2))).flatten(1))
+    torch.testing.assert_close(clamped, constant)  # nothing of x reaches the logits
+    with pytest.raises(ValueError):
+        model.forward_clamped(x, 4)
+
+
+def test_marked_cells_are_those_whose_receptive_field_touches_the_mask():
+    model = BayesianCNN(2, image_size=S, in_channels=1, width=4)
+    mask = torch.zeros(1, S, S, dtype=torch.bool)
+    mask[0, 0, 0] = True  # the top-left pixel
+    assert model.marked_cells(mask, 0)[0, 0].nonzero().tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]  # 3x3 conv
+    # block 1: pool (cells 0), then a 3x3 conv: cells (0..1, 0..1) of the 8x8 map
+    assert model.marked_cells(mask, 1)[0, 0].nonzero().tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    kind = adapt(model)
+    x = torch.rand(1, 1, S, S)
+    logits, preact, cells = kind.evidence_forward(x, mask)
+    assert cells.shape == preact.shape and cells.dtype == torch.bool
 
 
 def test_activation_evidence_loss_values():
@@ -167,50 +186,40 @@ def test_predictive_entropy_higher_out_of_distribution():
     h_train = entropy(p_train).mean()
     assert entropy(model.mc_probs(unseen_digits, T=20).mean(0)).mean() > 3 * h_train
     assert entropy(model.mc_probs(noise, T=20).mean(0)).mean() > 3 * h_train
+    # what ranking reads: the kind's weight samples, scored by BALD (mutual information)
+    bald = BALD()
+    info_train = bald.scores(mc_probs=kind.mc_probs(x, 20)).mean()
+    assert bald.scores(mc_probs=kind.mc_probs(unseen_digits, 20)).mean() > 3 * info_train
 
 
-def confounded_bars(n: int, g: torch.Generator, confound: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    return bars(n, g, S, confound)
+# --- learning, not mechanics: small generated problems through the trainer (tests/support/learning.py)
+
+def test_bayesian_cnn_learns_digits():
+    """Without feedback the tempered posterior learns ten digits, and its weight samples differ (BALD)."""
+    data = learning.decoy_digits(0, n_train=600)
+    settings = ProjectSettings(image_size=learning.SIZE, model_kind="bayesian_cnn", strategies=())
+    torch.manual_seed(0)
+    model = learning.new_model("bayesian_cnn", "image", 10, settings)
+    learning.train(model, data["clean"], data["y"], settings, epochs=12, seed=0)
+    assert learning.test_accuracy(model, data["clean_test"], data["y_test"]) >= 0.9  # 0.956-0.968 on seeds 0-3
+    mc = model.mc_probs(data["clean_test"][:50], 8)  # BALD's samples: the posterior's spread
+    assert mc.shape == (8, 50, 10) and mc.std(0).max() > 0
 
 
-def test_activation_evidence_moves_gradcam_off_a_planted_confounder():
-    g = torch.Generator().manual_seed(0)
-    x, y = confounded_bars(300, g)
-    x_test, y_test = confounded_bars(200, g)
-    corner = torch.zeros(S, S, dtype=torch.bool)
-    corner[:4, :4] = True
-
-    def train(with_evidence: bool) -> BayesianCNN:
-        torch.manual_seed(0)
-        kind = adapt(BayesianCNN(2, image_size=S, in_channels=1, width=8))
-        model = kind.network
-        strategies = [ActivationEvidence(sigma=0.1)] if with_evidence else []
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        model.train()
-        for _ in range(10):
-            for b in torch.randperm(len(x)).split(64):
-                loss, parts = batch_loss(kind, batch(x[b], y[b], corner.expand(len(b), S, S)), strategies, TEMPERED,
-                                         len(x))
-                assert ("activation_evidence" in parts) is with_evidence
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        return model.eval()
-
-    def gradcam_mass(model: BayesianCNN) -> float:
-        cam = LayerGradCam(model, model.cam_layer).attribute(x_test, target=y_test, relu_attributions=True)
-        cam = LayerAttribution.interpolate(cam, (S, S))[:, 0].detach()
-        return irrelevant_mass(cam.clamp_min(0), corner.expand(len(x_test), S, S))
-
-    plain, corrected = train(False), train(True)
-    for model in (plain, corrected):
-        assert (model(x_test).argmax(1) == y_test).float().mean() > 0.95
-    mass_plain, mass_corrected = gradcam_mass(plain), gradcam_mass(corrected)
-    assert mass_plain > 0.02  # the uncorrected model looks at the corner
-    assert mass_corrected < 0.5 * mass_plain
-    masks = corner.expand(len(x_test), S, S)
-    with torch.no_grad():
-        scale_plain = activation_evidence_scale(plain.last_conv_preactivation(x_test), masks, positive_only=True)
-        scale_corrected = activation_evidence_scale(corrected.last_conv_preactivation(x_test), masks,
-                                                    positive_only=True)
-    assert scale_corrected < 0.5 * scale_plain
+def test_activation_evidence_removes_the_four_corner_decoy():
+    """A model trained on digits whose four corner swatches give away the label, fine-tuned with the
+    corners marked Irrelevant, reads the digits: on a test set with random swatches it beats the same
+    fine-tuning without the evidence by a wide margin (seeds 0-3: 0.875-0.924 against 0.607-0.649)."""
+    data = learning.decoy_digits(1, n_train=600)
+    settings = ProjectSettings(image_size=learning.SIZE, model_kind="bayesian_cnn", strategies=())
+    torch.manual_seed(1)
+    base = learning.new_model("bayesian_cnn", "image", 10, settings)
+    learning.train(base, data["x"], data["y"], settings, epochs=8, seed=1)
+    results = {}
+    for strategies in ((), ("activation_evidence",)):
+        model = copy.deepcopy(base)
+        learning.train(model, data["x"], data["y"], dataclasses.replace(settings, strategies=strategies),
+                       epochs=6, seed=1, irrelevant=data["mask"])
+        results[strategies] = learning.test_accuracy(model, data["x_test"], data["y_test"])
+    assert results[("activation_evidence",)] >= 0.8
+    assert results[("activation_evidence",)] >= results[()] + 0.15

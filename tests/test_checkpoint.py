@@ -35,9 +35,9 @@ def test_project_starts_from_an_ml_backend_checkpoint(backend, tmp_path, image_c
     path = _weights_file(tmp_path, "weights.pt")
     torch.save(adapt(model).checkpoint(("Class A", "Class B")), path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
-    assert response.json() == {"model_version": "v1"}
+    assert response.json() == {"model_version": "p2-v1"}
     prediction = requests.post(backend.url + "/predict", json=predict_body([_task()], image_config)).json()["results"][0]
-    assert prediction["model_version"] == "v1"
+    assert prediction["model_version"] == "p2-v1"
     x = torch.rand(1, 3, 32, 32)
     served = ProjectStore(tmp_path / "models", "2").load("v1").model.network
     assert torch.allclose(served(x), model.eval()(x))  # the very weights the user supplied
@@ -48,7 +48,7 @@ def test_project_starts_from_a_bare_state_dict(backend, tmp_path, image_config):
     path = _weights_file(tmp_path, "state.pt")
     torch.save(model.state_dict(), path)
     response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
-    assert response.json() == {"model_version": "v1"}
+    assert response.json() == {"model_version": "p2-v1"}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -99,4 +99,4 @@ def test_weights_dirs_allow_another_directory(tmp_path, image_config):
     with LiveServer(create_app(settings)) as server:
         response = requests.post(server.url + "/setup",
                                  json=setup_body(image_config, extra_params={"checkpoint": str(shared / "w.pt")}))
-        assert response.json() == {"model_version": "v1"}
+        assert response.json() == {"model_version": "p2-v1"}

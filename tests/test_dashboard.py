@@ -119,10 +119,10 @@ def test_status_reports_serving_version_curve_feedback_jobs_and_queue(seeded):
     assert body["queue_depth"] == 1
     [project] = body["projects"]
     assert project["project"] == "3"
-    assert project["serving"]["version"] == "v3"
+    assert project["serving"]["version"] == "p3-v3"
     assert project["serving"]["metrics"]["holdout_accuracy"] == 0.81
     curve = project["versions"]
-    assert [p["version"] for p in curve] == ["v1", "v2", "v3"]
+    assert [p["version"] for p in curve] == ["p3-v1", "p3-v2", "p3-v3"]
     assert [p["holdout_accuracy"] for p in curve] == [0.55, 0.68, 0.81]
     assert [p["train_accuracy"] for p in curve] == [0.70, 0.85, 0.93]
     assert [p["irrelevant_attribution_mass"] for p in curve] == [0.42, 0.25, 0.09]
@@ -206,7 +206,7 @@ def test_dashboard_has_charts_and_tables(seeded):
     page = requests.get(seeded.url + "/dashboard")
     assert page.status_code == 200
     html = page.text
-    assert "Project 3" in html and "serving v3" in html
+    assert "Project 3" in html and "serving p3-v3" in html
     svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
     assert len(svgs) == 2
     accuracy, mass = svgs
@@ -214,7 +214,7 @@ def test_dashboard_has_charts_and_tables(seeded):
     for svg in svgs:
         assert len(re.findall(r"<polyline points=\"([^\"]+)\"", svg)) == 2
         assert all(len(points.split()) == 3 for points in re.findall(r"<polyline points=\"([^\"]+)\"", svg))
-        assert ">v1<" in svg and ">v3<" in svg  # x axis labels
+        assert ">p3-v1<" in svg and ">p3-v3<" in svg  # x axis labels
     assert '<table class="feedback">' in html and "<td>irrelevant</td>" in html
     assert '<table class="jobs">' in html and "ConnectionError: Label Studio unreachable" in html
     assert 'style="width: 42.0%"' in html and "epoch 12/30" in html
@@ -277,5 +277,5 @@ def test_status_still_answers_when_redis_is_down(settings, image_config):
         body = requests.get(server.url + "/status").json()
         page = requests.get(server.url + "/dashboard")
     assert body["queue_depth"] is None and "ConnectionError" in body["queue_error"]
-    assert body["projects"][0]["serving"]["version"] == "v2"
+    assert body["projects"][0]["serving"]["version"] == "p3-v2"
     assert page.status_code == 200 and "job queue unavailable" in page.text

@@ -116,7 +116,7 @@ def test_dashboard_renders_in_chromium(trained_backend, tmp_path):
     assert queue_table.count("<tr>") == 11  # header + top 10
     assert 'href="http://localhost:8080/projects/5/data?task=100"' in queue_table
     jobs_table = re.search(r'<table class="jobs">.*?</table>', card, flags=re.S).group(0)
-    assert "finished" in jobs_table and "published v" in jobs_table
+    assert "finished" in jobs_table and "published p5-v" in jobs_table
     failed = dom[dom.index('id="project-4"'):dom.index('id="project-5"')]
     assert "failed" in failed and "no label config" in failed and "<svg" not in failed
 

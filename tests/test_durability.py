@@ -61,7 +61,7 @@ def test_a_due_training_survives_kill_9(tmp_path, image_config):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not requests.get(url + "/versions").json()["versions"]:
             time.sleep(0.5)
-        assert requests.get(url + "/versions").json()["versions"] == ["v1"], log.read_text()[-3000:]
+        assert requests.get(url + "/versions").json()["versions"] == ["p2-v1"], log.read_text()[-3000:]
         version = requests.get(url + "/versions").json()["projects"]["2"][0]
         assert version["examples"] == 3
     finally:

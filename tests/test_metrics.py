@@ -71,13 +71,13 @@ def test_predictions_served_count_each_task(backend):
                                                           schema.classes, {})
     before = requests.get(backend.url + "/metrics").text
     tasks = [ls_task(i, {"image": png_data_uri(np.full((20, 24, 3), 40 * i))}) for i in range(1, 4)]
-    tasks.append(ls_task(9, {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}))  # unreadable: an empty prediction
+    tasks.append(ls_task(9, {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}))  # unreadable: no prediction
     assert requests.post(backend.url + "/predict", json=predict_body(tasks, backend.config)).ok
     after = requests.get(backend.url + "/metrics").text
     assert sample(after, "ml_backend_predictions_total", project="2", outcome="served") == \
         sample(before, "ml_backend_predictions_total", project="2", outcome="served") + 3
-    assert sample(after, "ml_backend_predictions_total", project="2", outcome="empty") == \
-        sample(before, "ml_backend_predictions_total", project="2", outcome="empty") + 1
+    assert sample(after, "ml_backend_predictions_total", project="2", outcome="unreadable") == \
+        sample(before, "ml_backend_predictions_total", project="2", outcome="unreadable") + 1
 
 
 def test_webhook_events_are_counted_by_action(backend):

@@ -140,7 +140,7 @@ def test_corrections_train_a_new_version_that_predict_serves(backend, hook_setti
     assert queue.wait_idle(120)
     jobs = [j for j in queue.jobs("2") if j["kind"] == "train"]
     assert 1 <= len(jobs) <= 3 and all(j["status"] == "finished" for j in jobs)
-    assert jobs[0]["progress"] == 1.0 and jobs[0]["result"]["version"].startswith("v")
+    assert jobs[0]["progress"] == 1.0 and jobs[0]["result"]["version"].startswith("p2-v")
     version = requests.post(backend.url + "/setup", json=setup_body(image_config)).json()["model_version"]
     assert version == jobs[0]["result"]["version"]
     listed = requests.get(backend.url + "/versions?project=2").json()["projects"]["2"]

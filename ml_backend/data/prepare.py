@@ -49,6 +49,8 @@ def prepare_task(schema: TaskSchema, model: Any, task: Any, fetcher: Fetcher, in
                             image=np.asarray(image) if keep_image else None, frame=frame)
     if not isinstance(value, str):
         raise DataError(f"{schema.data_key!r} must be text")
+    if not value.strip():
+        raise DataError(f"{schema.data_key!r} is empty: no text to classify")
     value = _LONE_SURROGATE.sub("\ufffd", value)  # unencodable; one character each, so offsets hold
     tensor, tokens = model.encode_text(value)
     return PreparedTask(index, tensor, text=value, tokens=tokens)

@@ -34,11 +34,26 @@ class CancelledAnnotation(FeedbackError):
     """The annotator skipped the task (``was_cancelled``): no label, nothing to learn."""
 
 
+@dataclass(frozen=True)
+class LabelSet:
+    """A multi-label Choices answer (``choice="multiple"``): the chosen classes' indices."""
+
+    indices: tuple[int, ...]
+    n_classes: int
+
+    def multi_hot(self) -> np.ndarray:
+        """(K,) float32, 1 for each chosen class."""
+        out = np.zeros(self.n_classes, dtype=np.float32)
+        out[list(self.indices)] = 1.0
+        return out
+
+
 @dataclass
 class Feedback:
     task_id: int
     annotation_id: int
-    label: Optional[int]  # class index from the Choices result, None if no choice
+    # class index from the Choices result (a LabelSet for multi-label Choices), None if no choice
+    label: Optional[int | LabelSet]
     irrelevant: Optional[np.ndarray]  # bool, (S, S) for images, (L,) for text; None if nothing marked
     relevant: Optional[np.ndarray]
     kind: str
@@ -138,7 +153,7 @@ def _task_id(annotation: dict, task: dict) -> int:
     raise FeedbackError("no task id: neither task['id'] nor annotation['task'] is set")
 
 
-def _label(results: list, schema: TaskSchema, annotation_id: int) -> Optional[int]:
+def _label(results: list, schema: TaskSchema, annotation_id: int) -> Optional[int | LabelSet]:
     for result in results:
         if not isinstance(result, dict):
             continue
@@ -149,17 +164,20 @@ def _label(results: list, schema: TaskSchema, annotation_id: int) -> Optional[in
             raise FeedbackError(f"annotation {annotation_id}: choices result without a 'value.choices' list")
         if not choices:
             return None
-        if len(choices) > 1:
+        if len(choices) > 1 and not schema.multi_label:
             raise FeedbackError(f"annotation {annotation_id}: expected one choice, got {choices}")
-        if choices[0] not in schema.classes:
+        unknown = [c for c in choices if c not in schema.classes]
+        if unknown:
             raise FeedbackError(
-                f"annotation {annotation_id}: label {choices[0]!r} is not one of the config's classes {list(schema.classes)}"
+                f"annotation {annotation_id}: label {unknown[0]!r} is not one of the config's classes {list(schema.classes)}"
             )
+        if schema.multi_label:
+            return LabelSet(tuple(sorted({schema.classes.index(c) for c in choices})), schema.n_classes)
         return schema.classes.index(choices[0])
     return None
 
 
-def _predicted_label(annotation: dict, schema: TaskSchema) -> Optional[int]:
+def _predicted_label(annotation: dict, schema: TaskSchema) -> Optional[int | LabelSet]:
     """The label of the prediction the annotation started from, when LS sends it."""
     prediction = annotation.get("prediction")
     if not isinstance(prediction, dict) or not isinstance(prediction.get("result"), list):

@@ -53,9 +53,11 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
         spool = Path(tmp) / "predictions.jsonl"
         tasks = client.iter_tasks(int(project), only_unlabeled=True, with_predictions=True)
-        ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, spool, progress, labeled)
+        unreadable: dict[int, dict[str, Any]] = {}
+        ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, spool, progress, labeled, unreadable)
         pushed, unchanged = push_predictions(client, int(project), version, ids, scores, spool, store.pushed(),
                                              store.save_pushed, progress)
+    removed = drop_unreadable(client, project, unreadable, (store.ranking() or {}).get("unreadable") or {})
     fields: dict[str, Any] = {}
     if ids:  # Label Studio refuses (400) a model_version that no prediction of the project carries
         fields["model_version"] = version
@@ -67,10 +69,28 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     ranking = {"project": project, "model_version": version, "acquisition": ctx.settings.acquisition,
                "computed_at": time.time(), "seconds": round(time.perf_counter() - started, 3),
                "tasks": [{"task": ids[i], "score": float(scores[i]), "acquisition_value": float(values[i])}
-                         for i in order]}
+                         for i in order],
+               "unreadable": {str(task): item["reason"] for task, item in unreadable.items()}}
     store.save_ranking(ranking)
     log.info("project %s: ranked %d unlabeled tasks with %s (%d pushed, %d unchanged) in %.1fs", project, len(ids),
              ctx.settings.acquisition, pushed, unchanged, ranking["seconds"])
     progress(1.0, f"ranked {len(ids)} tasks")
     return {"version": version, "ranked": len(ids), "pushed": pushed, "unchanged": unchanged,
-            "acquisition": ctx.settings.acquisition, "top": ranking["tasks"][:5]}
+            "unreadable": len(unreadable), "removed": removed, "acquisition": ctx.settings.acquisition,
+            "top": ranking["tasks"][:5]}
+
+
+def drop_unreadable(client: Any, project: str, unreadable: dict[int, dict[str, Any]],
+                    before: dict[str, str]) -> int:
+    """Unreadable tasks get no prediction: remove any of this version they still have, so none
+    sorts by a stale score. Logs each task's reason once: when it was not unreadable, or not for
+    that reason, at the previous ranking. Returns how many predictions were removed."""
+    removed = 0
+    for task_id, item in unreadable.items():
+        if before.get(str(task_id)) != item["reason"]:
+            log.warning("project %s task %s: cannot read data (not ranked, no prediction): %s", project, task_id,
+                        item["reason"])
+        for prediction_id in item["existing"]:
+            client.delete_prediction(prediction_id)
+            removed += 1
+    return removed

@@ -106,7 +106,8 @@ def starting_model(ctx: ProjectContext, store: ProjectStore) -> tuple[ModelKind,
     if current:
         try:
             loaded = store.load(current)
-            same_kind = type(loaded.model) is ctx.kind and loaded.model.fits(ctx.settings)
+            same_kind = (type(loaded.model) is ctx.kind and loaded.model.fits(ctx.settings)
+                         and loaded.model.multi_label == ctx.schema.multi_label)
             if loaded.classes == ctx.schema.classes and same_kind:
                 return loaded.model, current
         except StoreError as exc:

@@ -1,7 +1,7 @@
 """Label Studio result dicts: Choices, BrushLabels and Labels regions."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -9,14 +9,21 @@ from ml_backend.labelstudio import rle
 from ml_backend.labelstudio.schema import TaskSchema
 
 
-def choices_result(schema: TaskSchema, label: str, score: float) -> dict[str, Any]:
+def choices_result(schema: TaskSchema, label: str | Sequence[str], score: float) -> dict[str, Any]:
+    """The predicted class, or (multi-label Choices) every predicted class."""
     return {
         "from_name": schema.choices_name,
         "to_name": schema.object_name,
         "type": "choices",
-        "value": {"choices": [label]},
+        "value": {"choices": [label] if isinstance(label, str) else list(label)},
         "score": float(score),
     }
+
+
+def for_class(region: dict[str, Any], label: str, index: int) -> dict[str, Any]:
+    """An evidence region of one class among several (multi-label): the class index in its id,
+    the class in the region's meta text, which the labeling UI shows with the region."""
+    return {**region, "id": f"{region['id']}-c{index}", "meta": {"text": [f"evidence for {label}"]}}
 
 
 def brush_result(schema: TaskSchema, mask: np.ndarray, score: float, region_id: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class TaskSchema:
     data_key: str  # task["data"][data_key] holds the image URL or the text
     choices_name: str
     classes: tuple[str, ...]
+    multi_label: bool = False  # <Choices choice="multiple">: any number of classes per task
     evidence_name: Optional[str] = None
     evidence_type: Optional[str] = None  # "brushlabels" | "labels" | None
     evidence_label: Optional[str] = None
@@ -109,6 +110,7 @@ def _parse(label_config: str) -> TaskSchema:
             data_key=value[1:],
             choices_name=control.name,
             classes=tuple(control.labels),
+            multi_label=str(control.attr.get("choice", "")).strip().lower() == "multiple",
             evidence_name=ev_name,
             evidence_type=evidence_tag.lower() if ev_name else None,
             evidence_label=ev_label,

@@ -75,6 +75,7 @@ def from_checkpoint(checkpoint: dict[str, Any]) -> ModelKind:
     try:
         model = kind_named(checkpoint["kind"]).create(checkpoint["config"])
         model.load_state(checkpoint["state_dict"])
+        model.multi_label = bool(checkpoint.get("multi_label", False))
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint does not fit its model: {exc}") from None
     model.network.eval()

@@ -58,6 +58,9 @@ class ModelKind(ABC):
     selected_by: ClassVar[tuple[str, ...]] = ()
     uses_backbone: ClassVar[bool] = False  # selected when the project names a pretrained backbone
     network_class: ClassVar[type[nn.Module]]
+    # whether the kind can train and serve multi-label Choices (a sigmoid per class, ``multi_label``)
+    serves_multi_label: ClassVar[bool] = True
+    multi_label: bool = False  # this model's outputs are independent per-class sigmoids (set per project)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,16 +123,20 @@ class ModelKind(ABC):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> probabilities: a softmax over classes, or a sigmoid per class (multi-label)."""
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+
     @torch.no_grad()
     def probs(self, x: torch.Tensor, mc_samples: int = 10) -> torch.Tensor:
         """(N, K) predictive probabilities in eval mode."""
         self.network.eval()
-        return torch.softmax(self.network(x), dim=1)
+        return self.activate(self.network(x))
 
     def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
         """(T, N, K) samples of the predictive distribution (for BALD): MC dropout, the features once
         and the dropout head T times."""
-        return mc_dropout_probs(self.network, x, T)
+        return mc_dropout_probs(self.network, x, T, sigmoid=self.multi_label)
 
     # evidence -----------------------------------------------------------------------------
     @abstractmethod
@@ -188,9 +195,12 @@ class ModelKind(ABC):
         return [p for p in self.network.parameters() if p.requires_grad]
 
 
-def squared_gradients(logits: torch.Tensor, wrt: torch.Tensor, reduce_dim: int) -> torch.Tensor:
-    """d sum_k log p_k / d wrt, squared and summed over ``reduce_dim``; graph kept."""
-    (grads,) = torch.autograd.grad(F.log_softmax(logits, dim=1).sum(), wrt, create_graph=True)
+def squared_gradients(logits: torch.Tensor, wrt: torch.Tensor, reduce_dim: int,
+                      multi_label: bool = False) -> torch.Tensor:
+    """d sum_k log p_k / d wrt, squared and summed over ``reduce_dim``; graph kept. Multi-label:
+    p_k is each class's own sigmoid."""
+    log_p = F.logsigmoid(logits) if multi_label else F.log_softmax(logits, dim=1)
+    (grads,) = torch.autograd.grad(log_p.sum(), wrt, create_graph=True)
     return grads.pow(2).sum(dim=reduce_dim)
 
 
@@ -207,10 +217,16 @@ class ConceptExplainer(ABC):
     def concept_mask(self, mask: torch.Tensor) -> Optional[torch.Tensor]:
         """A pixel (N, H, W) or token (N, L) mask as a concept mask (N, D); None if not mappable."""
 
+    @abstractmethod
+    def without_concepts(self, x: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        """``x`` with the concepts marked in ``concepts`` (N, D) bool removed (h = 0 for them)."""
+
 
 class ActivationEvidenceModel(ABC):
-    """A kind whose last-conv pre-activations can take the thesis' activation evidence."""
+    """A kind whose conv pre-activations can take the thesis' activation evidence."""
 
     @abstractmethod
-    def evidence_preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) pre-activations of the layer the evidence constrains."""
+    def evidence_forward(self, x: torch.Tensor, irrelevant: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits with the marked units clamped to 0, the layer's unclamped pre-activations
+        (N, C, h, w), the marked units (N, C, h, w) bool) for pixel masks ``irrelevant`` (N, H, W)."""

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_backend.models.base import ActivationEvidenceModel
-from ml_backend.models.common import ImageKind
+from ml_backend.models.cnn import CNNKind, ImageCNN
 
 
 class _BayesLayer(nn.Module, ABC):
     """Shared parameters, KL and sampling switch; subclasses define the mean op ``_op``."""
 
     def __init__(self, weight_shape: tuple[int, ...], fan_in: int, prior_sigma: float,
-                 init_sigma: float) -> None:
+                 init_sigma: float, bias: bool = True) -> None:
         super().__init__()
         self.prior_sigma = prior_sigma
         self.sample: bool | None = None
@@ -36,11 +36,14 @@ class _BayesLayer(nn.Module, ABC):
         rho = math.log(math.expm1(init_sigma))
         self.weight_mu = nn.Parameter(torch.empty(weight_shape).uniform_(-bound, bound))
         self.weight_rho = nn.Parameter(torch.full(weight_shape, rho))
-        self.bias_mu = nn.Parameter(torch.empty(weight_shape[0]).uniform_(-bound, bound))
-        self.bias_rho = nn.Parameter(torch.full((weight_shape[0],), rho))
+        if bias:
+            self.bias_mu = nn.Parameter(torch.empty(weight_shape[0]).uniform_(-bound, bound))
+            self.bias_rho = nn.Parameter(torch.full((weight_shape[0],), rho))
+        else:
+            self.bias_mu = self.bias_rho = None
 
     @abstractmethod
-    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """The deterministic layer (linear or convolution) with the given weights."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +51,8 @@ class _BayesLayer(nn.Module, ABC):
         sampling = self.training if self.sample is None else self.sample
         if not sampling:
             return mean
-        var = self._op(x * x, F.softplus(self.weight_rho) ** 2, F.softplus(self.bias_rho) ** 2)
+        bias_var = None if self.bias_rho is None else F.softplus(self.bias_rho) ** 2
+        var = self._op(x * x, F.softplus(self.weight_rho) ** 2, bias_var)
         return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
     def kl(self) -> torch.Tensor:
@@ -56,6 +60,8 @@ class _BayesLayer(nn.Module, ABC):
         s = self.prior_sigma
         total = 0.0
         for mu, rho in ((self.weight_mu, self.weight_rho), (self.bias_mu, self.bias_rho)):
+            if mu is None:
+                continue
             sigma = F.softplus(rho)
             total = total + (math.log(s) - torch.log(sigma) + (sigma ** 2 + mu ** 2) / (2 * s * s) - 0.5).sum()
         return total
@@ -66,51 +72,62 @@ class BayesLinear(_BayesLayer):
                  init_sigma: float = 1e-3) -> None:
         super().__init__((out_features, in_features), in_features, prior_sigma, init_sigma)
 
-    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return F.linear(x, weight, bias)
 
 
 class BayesConv2d(_BayesLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, prior_sigma: float = 0.1, init_sigma: float = 1e-3) -> None:
+                 padding: int = 0, prior_sigma: float = 0.1, init_sigma: float = 1e-3, bias: bool = True) -> None:
         super().__init__((out_channels, in_channels, kernel_size, kernel_size),
-                         in_channels * kernel_size ** 2, prior_sigma, init_sigma)
+                         in_channels * kernel_size ** 2, prior_sigma, init_sigma, bias)
         self.stride, self.padding = stride, padding
 
-    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
 
 
 class BayesianCNN(nn.Module):
-    """Three conv blocks (the earlier ImageCNN's shape, without batch norm) with Bayesian layers and
-    no dropout (stochasticity is in the weights).
+    """``ImageCNN``'s shape with Bayesian layers: four conv blocks (Bayesian conv, batch norm, ReLU;
+    max-pool after the first three) -> global average pool -> Bayesian MLP head. No dropout: the
+    stochasticity is in the weights.
 
-    - ``cam_layer``: the ReLU after the last conv (Grad-CAM target); ``last_conv`` is the conv
-      itself, whose output is the pre-activation the activation-evidence loss acts on.
-    - ``features`` / ``head`` exist for interface parity, but both are stochastic when sampling, so
-      MC samples must redo the whole pass: use ``mc_probs`` (``stochastic_features`` says so).
+    Conventions shared with ``ImageCNN`` (so its served evidence works unchanged): ``body``,
+    ``cam_layer``, ``cam_layers``, ``evidence_grid``, ``features`` / ``head``. Both halves are
+    stochastic when sampling, so MC samples redo the whole pass (``mc_logits``).
+    ``forward_clamped`` gives a block's pre-activations (batch norm's output, before the ReLU), the
+    units the thesis' activation evidence observes, and ``marked_cells`` which of them a mask reaches.
     """
 
     kind = "bayesian_cnn"
     stochastic_features = True
 
-    def __init__(self, n_classes: int, image_size: int = 64, in_channels: int = 3,
-                 width: int = 32, prior_sigma: float = 0.1) -> None:
+    def __init__(self, n_classes: int, image_size: int = 64, in_channels: int = 3, width: int = 16,
+                 prior_sigma: float = 0.1, init_sigma: float = 0.01) -> None:
         super().__init__()
         self.config = dict(n_classes=n_classes, image_size=image_size, in_channels=in_channels,
-                           width=width, prior_sigma=prior_sigma)
-        w, p = width, prior_sigma
+                           width=width, prior_sigma=prior_sigma, init_sigma=init_sigma)
+        w, p, s0 = width, prior_sigma, init_sigma
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [BayesConv2d(c_in, c_out, 3, padding=1, prior_sigma=p, init_sigma=s0, bias=False),
+                    nn.BatchNorm2d(c_out), nn.ReLU()]
+
         self.body = nn.Sequential(
-            BayesConv2d(in_channels, w, 3, padding=1, prior_sigma=p), nn.ReLU(), nn.MaxPool2d(2),
-            BayesConv2d(w, 2 * w, 3, padding=1, prior_sigma=p), nn.ReLU(), nn.MaxPool2d(2),
-            BayesConv2d(2 * w, 2 * w, 3, padding=1, prior_sigma=p), nn.ReLU(),
+            *block(in_channels, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w),
         )
-        self.last_conv = self.body[-2]
         self.cam_layer = self.body[-1]
+        self.cam_layers = tuple(m for m in self.body if isinstance(m, nn.ReLU))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            BayesLinear(2 * w, 2 * w, prior_sigma=p), nn.ReLU(), BayesLinear(2 * w, n_classes, prior_sigma=p)
+            BayesLinear(4 * w, 2 * w, prior_sigma=p, init_sigma=s0), nn.ReLU(),
+            BayesLinear(2 * w, n_classes, prior_sigma=p, init_sigma=s0),
         )
+
+    evidence_grid = ImageCNN.evidence_grid  # the same map choice as ImageCNN's served evidence
 
     def bayes_layers(self) -> list[_BayesLayer]:
         return [m for m in self.modules() if isinstance(m, _BayesLayer)]
@@ -137,21 +154,48 @@ class BayesianCNN(nn.Module):
     def kl(self) -> torch.Tensor:
         return sum(layer.kl() for layer in self.bayes_layers())
 
-    def last_conv_preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 2w, H/4, W/4) output of the last conv before its ReLU."""
-        return self.body[:-1](x)
+    def n_weights(self) -> int:
+        """How many weights have a posterior (the KL's terms, for per-weight reporting)."""
+        return sum(p.numel() for layer in self.bayes_layers() for p in (layer.weight_mu, layer.bias_mu)
+                   if p is not None)
 
-    def forward_with_preact(self, x: torch.Tensor, clamp: torch.Tensor | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, last-conv pre-activation) from one pass.
+    def forward_clamped(self, x: torch.Tensor, block: int, clamp: Optional[torch.Tensor] = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pre-activation of ``block`` (0-based)) from one pass.
 
-        ``clamp`` (bool, broadcastable to the pre-activation) sets those units to 0 before the rest
-        of the network, i.e. the class likelihood given a_F = 0 (thesis Eq. 5.15). The returned
-        pre-activation is the unclamped one, for the evidence term.
+        ``clamp`` (bool, broadcastable to that pre-activation) sets those units to 0 before the rest
+        of the network: the class likelihood given a_F = 0 (thesis Eq. 5.15). The pre-activation
+        returned is the unclamped one, for the evidence term.
         """
-        preact = self.last_conv_preactivation(x)
-        a = preact if clamp is None else preact.masked_fill(clamp, 0.0)
-        return self.head(self.pool(self.cam_layer(a)).flatten(1)), preact
+        relus, preact = 0, None
+        for module in self.body:
+            if isinstance(module, nn.ReLU):
+                if relus == block:
+                    preact = x
+                    if clamp is not None:
+                        x = x.masked_fill(clamp, 0.0)
+                relus += 1
+            x = module(x)
+        if preact is None:
+            raise ValueError(f"block must be in [0, {relus}), got {block}")
+        return self.head(self.pool(x).flatten(1)), preact
+
+    def marked_cells(self, mask: torch.Tensor, block: int) -> torch.Tensor:
+        """(N, 1, h, w) bool: the cells of ``block``'s map whose receptive field touches a marked pixel
+        of ``mask`` (N, H, W): the mask sent through the body with each conv a 3x3 max and each
+        pool a 2x2 max."""
+        m = mask[:, None].float()
+        relus = 0
+        for module in self.body:
+            if isinstance(module, BayesConv2d):
+                m = F.max_pool2d(m, 3, stride=1, padding=1)
+            elif isinstance(module, nn.MaxPool2d):
+                m = F.max_pool2d(m, 2)
+            elif isinstance(module, nn.ReLU):
+                if relus == block:
+                    return m > 0
+                relus += 1
+        raise ValueError(f"no block {block}")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.body(x)).flatten(1)
@@ -163,34 +207,65 @@ class BayesianCNN(nn.Module):
         return self.head(self.features(x))
 
     @torch.no_grad()
+    def mc_logits(self, x: torch.Tensor, T: int = 20) -> torch.Tensor:
+        """(T, N, K) logits from T weight samples (sampling forced on, batch norm in eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with self.sampling(True):
+                return torch.stack([self(x) for _ in range(T)])
+        finally:
+            self.train(was_training)
+
     def mc_probs(self, x: torch.Tensor, T: int = 20) -> torch.Tensor:
-        """(T, N, K) softmax probabilities from T weight samples (sampling forced on)."""
-        with self.sampling(True):
-            return torch.stack([F.softmax(self(x), dim=-1) for _ in range(T)])
+        """(T, N, K) softmax probabilities of ``mc_logits``."""
+        return F.softmax(self.mc_logits(x, T), dim=-1)
 
 
-class BayesianCNNKind(ImageKind, ActivationEvidenceModel):
-    """``BayesianCNN``: predicts and samples with its weight posterior; trained on a tempered ELBO."""
+class BayesianCNNKind(CNNKind, ActivationEvidenceModel):
+    """``BayesianCNN``: predicts with its posterior's MC average, samples weights for BALD, explains
+    with the CNN's served evidence on the posterior mean, and trains on a tempered ELBO."""
 
     name = "bayesian_cnn"
+    serves_multi_label = False  # its posterior average and activation evidence are single-label
     selected_by = ("bayesian_cnn",)
     network_class = BayesianCNN
+
+    @classmethod
+    def default_config(cls, n_classes: int, settings: Any) -> dict[str, Any]:
+        return {"n_classes": n_classes, "image_size": settings.image_size,
+                "prior_sigma": settings.bayes_prior_sigma, "init_sigma": settings.bayes_init_sigma}
 
     @torch.no_grad()
     def probs(self, x: torch.Tensor, mc_samples: int = 10) -> torch.Tensor:
         """The posterior's MC average."""
-        self.network.eval()
-        return self.network.mc_probs(x, mc_samples).mean(0)
+        return self.activate(self.network.mc_logits(x, mc_samples)).mean(0)
+
+    def predict_and_explain(self, x: torch.Tensor, method: str, mc_samples: int = 10
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MC average, and the evidence of its class on the posterior mean."""
+        probs = self.probs(x, mc_samples)
+        return probs, self.relevance(x, probs.argmax(dim=1), method)
 
     def mc_probs(self, x: torch.Tensor, T: int) -> np.ndarray:
         """Weight samples: the whole pass is stochastic, so each sample redoes it."""
-        return self.network.mc_probs(x, T).cpu().numpy()
+        return self.activate(self.network.mc_logits(x, T)).cpu().numpy()
 
-    def evidence_preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.last_conv_preactivation(x)
+    def evidence_block(self, size: tuple[int, int]) -> int:
+        """The block whose pre-activations take the evidence: the one the served evidence reads
+        (``evidence_grid``: the deepest with >= ``EVIDENCE_CELLS`` cells a side), else the first."""
+        layer, _ = self.network.evidence_grid(size)
+        return 0 if layer is None else self.network.cam_layers.index(layer)
+
+    def evidence_forward(self, x: torch.Tensor, irrelevant: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        block = self.evidence_block(tuple(x.shape[-2:]))
+        cells = self.network.marked_cells(irrelevant, block)
+        logits, preact = self.network.forward_clamped(x, block, cells)
+        return logits, preact, cells.expand_as(preact)
 
     def training_terms(self, batch: Any, n_train: int, settings: Any, parts: dict[str, float]) -> Optional[torch.Tensor]:
         """The ELBO's KL, tempered by ``kl_weight`` (the exact 1.0 collapses on small projects)."""
         kl = self.network.kl()
-        parts["kl"] = kl.item()
+        parts["kl"] = kl.item() / self.network.n_weights()
         return settings.kl_weight * kl / max(n_train, 1)

@@ -39,7 +39,7 @@ class ImageKind(ModelKind):
     def input_gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         wrt = x if x.requires_grad else x.detach().requires_grad_(True)
         logits = self.network(wrt)
-        return logits, squared_gradients(logits, wrt, reduce_dim=1)
+        return logits, squared_gradients(logits, wrt, reduce_dim=1, multi_label=self.multi_label)
 
 
 class TextKind(ModelKind):
@@ -84,7 +84,7 @@ class TextKind(ModelKind):
     def input_gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.network.embedding(x)
         logits = self.network.forward_embedded(emb, x != PAD_ID)
-        return logits, squared_gradients(logits, emb, reduce_dim=2)
+        return logits, squared_gradients(logits, emb, reduce_dim=2, multi_label=self.multi_label)
 
 
 def fill_empty_with_saliency(network: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,

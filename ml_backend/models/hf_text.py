@@ -156,7 +156,8 @@ class BackboneTextKind(backbones.BackboneKind, TextKind):
             emb = emb.detach().requires_grad_(True)
         logits = self.network.forward_embedded(emb, x)
         if targets is None:
-            objective = torch.log_softmax(logits, dim=1).sum()
+            log_p = torch.nn.functional.logsigmoid(logits) if self.multi_label else torch.log_softmax(logits, dim=1)
+            objective = log_p.sum()
         else:
             objective = logits.gather(1, targets[:, None]).sum()
         (grads,) = torch.autograd.grad(objective, emb, create_graph=create_graph)

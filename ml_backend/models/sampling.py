@@ -46,8 +46,9 @@ def _modes(model: nn.Module, dropout: bool):
 
 
 def mc_dropout_probs(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor], T: int,
-                     batch_size: int = 256, split: bool = True) -> np.ndarray:
-    """(T, N, K) float32 softmax probabilities of T MC-dropout samples.
+                     batch_size: int = 256, split: bool = True, sigmoid: bool = False) -> np.ndarray:
+    """(T, N, K) float32 softmax probabilities of T MC-dropout samples (``sigmoid``: one per
+    class, for multi-label outputs).
 
     ``x`` is an input tensor (N, ...) or an iterable of such batches (e.g. a generator that loads
     tasks lazily, so not all inputs are in memory at once). Features are computed once per batch in
@@ -74,7 +75,8 @@ def mc_dropout_probs(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor],
             else:
                 with _modes(model, dropout=True):
                     logits = torch.stack([model(xb) for _ in range(T)])
-            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            probs = torch.sigmoid(logits.float()) if sigmoid else torch.softmax(logits.float(), dim=-1)
+            out.append(probs.cpu().numpy())
     if not out:
         raise ValueError("no inputs")
     return np.concatenate(out, axis=1)

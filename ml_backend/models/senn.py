@@ -26,6 +26,7 @@ from ml_backend.models.base import ConceptExplainer
 from ml_backend.models.common import ImageKind, TextKind
 
 CONCEPT_KINDS = ("pixels", "patches", "learned")
+EMBEDDING_INIT = 0.1  # scale of the text SENN's initial token embeddings (N(0, 1) * this)
 Target = int | torch.Tensor
 
 
@@ -60,6 +61,10 @@ def _dropout_on(module: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in zip(drops, modes):
             m.train(mode)
+
+
+def _block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
 class SENN(nn.Module):
@@ -102,19 +107,23 @@ class SENN(nn.Module):
         self.n_concepts = self.grid[0] * self.grid[1] if self.grid else (n_concepts or 10)
 
         w = width
+        # the parameterizer: ImageCNN's blocks (conv, batch norm, ReLU); theta reads the third
+        # block's map (local) and the fourth block's pooled output (global)
         self.trunk = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+            *_block(in_channels, w), nn.MaxPool2d(2),
+            *_block(w, 2 * w), nn.MaxPool2d(2),
+            *_block(2 * w, 2 * w),
         )
+        self.summary = nn.Sequential(nn.MaxPool2d(2), *_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1))
         self.cam_layer = self.trunk[-1]
         self.trunk_size = max(image_size // 4, 1)
         self.trunk_channels = 2 * w
+        self.summary_channels = 4 * w
         self.theta_dropout = nn.Dropout(dropout)
         if self.grid is not None:
-            self.theta_out = nn.Conv2d(4 * w, n_classes, 1)
+            self.theta_out = nn.Conv2d(2 * w + 4 * w, n_classes, 1)
         else:
-            self.theta_out = nn.Linear(2 * w, self.n_concepts * n_classes)
+            self.theta_out = nn.Linear(4 * w, self.n_concepts * n_classes)
             s = image_size // 4
             self.encoder = nn.Sequential(
                 nn.Conv2d(in_channels, w, 4, stride=2, padding=1), nn.ReLU(),
@@ -144,20 +153,23 @@ class SENN(nn.Module):
 
     # -- features / head split ------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic part: [h(x), flattened trunk(x)] as (N, D + 2w*s*s)."""
-        t = F.adaptive_avg_pool2d(self.trunk(x), self.trunk_size)
-        return torch.cat([self.concepts(x), t.flatten(1)], dim=1)
+        """Deterministic part: [h(x), flattened trunk(x), summary(x)] as (N, D + 2w*s*s + 4w)."""
+        t = self.trunk(x)
+        g = self.summary(t).flatten(1)
+        t = F.adaptive_avg_pool2d(t, self.trunk_size)
+        return torch.cat([self.concepts(x), t.flatten(1), g], dim=1)
 
-    def _split(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, t = f[:, :self.n_concepts], f[:, self.n_concepts:]
-        return h, t.view(-1, self.trunk_channels, self.trunk_size, self.trunk_size)
+    def _split(self, f: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        h, rest = f[:, :self.n_concepts], f[:, self.n_concepts:]
+        t, g = rest[:, :-self.summary_channels], rest[:, -self.summary_channels:]
+        return h, (t.reshape(-1, self.trunk_channels, self.trunk_size, self.trunk_size), g)
 
-    def _theta(self, t: torch.Tensor) -> torch.Tensor:
-        t = self.theta_dropout(t)
-        g = t.mean((2, 3))
+    def _theta(self, tg: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        t, g = tg
+        t, g = self.theta_dropout(t), self.theta_dropout(g)
         if self.grid is None:
             return self.theta_out(g).view(-1, self.n_concepts, self.n_classes)
-        z = torch.cat([t, g[:, :, None, None].expand_as(t)], dim=1)
+        z = torch.cat([t, g[:, :, None, None].expand(-1, -1, *t.shape[2:])], dim=1)
         maps = F.interpolate(self.theta_out(z), size=self.grid, mode="bilinear", align_corners=False)
         return maps.flatten(2).transpose(1, 2)  # (N, D, K), D in row-major grid order like h
 
@@ -203,6 +215,15 @@ class SENN(nn.Module):
             (grad,) = torch.autograd.grad((theta * self.concepts(xg)).sum(), xg)
         return (grad * xg).sum(1).detach()
 
+    def without(self, x: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        """``x`` with the marked concepts (N, D) bool removed, h_i(x) = 0: their pixels set to 0."""
+        if self.grid is None:
+            raise ValueError("learned concepts cannot be removed from the input")
+        keep = ~concepts.view(-1, 1, *self.grid)
+        if self.concept_kind == "patches":
+            keep = F.interpolate(keep.float(), scale_factor=self.patch, mode="nearest") > 0
+        return x * keep.to(x.dtype)
+
     def mc_logits(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """(T, N, K) logits with dropout on theta, concepts and trunk computed once."""
         f = self.features(x)
@@ -227,6 +248,8 @@ class TextSENN(nn.Module):
                            embed_dim=embed_dim, channels=channels, dropout=dropout)
         self.n_classes, self.max_len, self.channels = n_classes, max_len, channels
         self.embedding = nn.Embedding(n_buckets, embed_dim, padding_idx=PAD_ID)
+        with torch.no_grad():  # a token never seen in training stays close to padding: ~no evidence
+            self.embedding.weight.mul_(EMBEDDING_INIT)
         self.conv1 = nn.Conv1d(embed_dim, channels, 3, padding=1)
         self.conv2 = nn.Conv1d(channels, channels, 3, padding=1)
         self.theta_dropout = nn.Dropout(dropout)
@@ -281,6 +304,10 @@ class TextSENN(nn.Module):
     def evidence_map(self, ids: torch.Tensor, target: Target) -> torch.Tensor:
         """Same as ``evidence``: tokens are already the input units."""
         return self.evidence(ids, target)
+
+    def without(self, ids: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        """``ids`` with the marked tokens (N, L) bool removed (h_i = 0: padding in place)."""
+        return ids.masked_fill(concepts, PAD_ID)
 
     def mc_logits(self, ids: torch.Tensor, T: int) -> torch.Tensor:
         f = self.features(ids)
@@ -342,9 +369,13 @@ class _SENNAdapter(ConceptExplainer):
     """What image and text SENNs share: exact relevances as evidence, CALI, quality metrics."""
 
     network: Any
+    serves_multi_label = False  # its relevances explain one softmax class (CALI, the robustness term)
 
     def explanation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.network.forward_with_explanation(x)
+
+    def without_concepts(self, x: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        return self.network.without(x, concepts)
 
     def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
         """The network's own evidence, whatever attribution method the project names."""

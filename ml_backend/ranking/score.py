@@ -81,7 +81,7 @@ class Scorer:
 
     def scores(self, labeled_explanations: Optional[np.ndarray] = None) -> np.ndarray:
         probs = np.concatenate(self.probs) if self.probs else np.zeros((0, self.ctx.schema.n_classes))
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"multi_label": True} if self.ctx.schema.multi_label else {}
         if self.mc:
             kwargs["mc_probs"] = np.concatenate(self.mc, axis=1)
         if self.explanations:
@@ -122,12 +122,16 @@ def existing_predictions(task: dict[str, Any], version: str) -> list[int]:
 
 
 def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[str, Any]], fetcher: Fetcher,
-               spool: Path, progress: Progress = _quiet,
-               labeled: Optional[np.ndarray] = None) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(task ids, acquisition values, Label Studio scores) for the tasks; predictions spooled to disk."""
+               spool: Path, progress: Progress = _quiet, labeled: Optional[np.ndarray] = None,
+               unreadable: Optional[dict[int, dict[str, Any]]] = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(task ids, acquisition values, Label Studio scores) for the tasks; predictions spooled to disk.
+
+    A task whose data cannot be read is not ranked: it gets no prediction, so it never sorts as
+    the most informative. ``unreadable`` (when given) receives each such task's id -> {"reason",
+    "existing": ids of its predictions of this version}, for the caller to log and remove."""
     scorer = Scorer(ctx, loaded)
     ids: list[int] = []
-    unreadable = 0
+    unreadable = {} if unreadable is None else unreadable
     with spool.open("w") as out:
         for batch in _batches(tasks, BATCH):
             prepared, batch_ids, existing = [], [], []
@@ -138,8 +142,10 @@ def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[st
                     batch_ids.append(int(task["id"]))
                     existing.append(existing_predictions(task, loaded.version))
                 except DataError as exc:
-                    unreadable += 1
-                    log.warning("project %s task %s: cannot read data: %s", ctx.key, task.get("id"), exc)
+                    task_id = task.get("id") if isinstance(task, dict) else None
+                    if isinstance(task_id, int):
+                        unreadable[task_id] = {"reason": str(exc),
+                                               "existing": existing_predictions(task, loaded.version)}
             if not prepared:
                 continue
             for task_id, old, prediction in zip(batch_ids, existing, scorer.add(prepared)):
@@ -147,7 +153,7 @@ def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[st
             ids += batch_ids
             progress(0.05 + 0.6 * min(1.0, len(ids) / max(len(ids) + BATCH, 1)), f"scored {len(ids)} tasks")
     if unreadable:
-        log.warning("project %s: %d unlabeled tasks could not be read and were not ranked", ctx.key, unreadable)
+        log.info("project %s: %d unlabeled tasks could not be read and were not ranked", ctx.key, len(unreadable))
     values = scorer.scores(labeled) if ids else np.zeros(0)
     return ids, values, ls_scores(values) if ids else np.zeros(0)
 

@@ -20,7 +20,7 @@ from ml_backend.feedback.concepts import generalise_marks
 from ml_backend.feedback.propagate import propagate
 from ml_backend.feedback.text_concepts import match_marked_text
 from ml_backend.models.base import ModelKind
-from ml_backend.training.sets import TrainingSet
+from ml_backend.training.sets import TrainingSet, label_tensor
 from ml_backend.training.strategies import Strategy, strategies_for
 from ml_backend.training.trainer import FitConfig, FitReport, accuracy, fit
 
@@ -61,7 +61,7 @@ def split_holdout(examples: list[Example], share: float) -> tuple[list[Example],
 
 def to_training_set(examples: list[Example], model: ModelKind) -> TrainingSet:
     x = torch.stack([e.x for e in examples])
-    y = torch.tensor([e.feedback.label for e in examples], dtype=torch.long)
+    y = label_tensor([e.feedback.label for e in examples])
     mask_shape = model.mask_shape(x)
 
     def masks(attr: str) -> torch.Tensor:
@@ -84,7 +84,7 @@ def fit_set(data: TrainingSet, model: ModelKind, settings: ProjectSettings, stra
     for strategy in strategies:
         out = strategy.augment(out, model, seed)
     info = {"propagated_to": int(spread.added.sum()), "generalised_by": spread.rules,
-            "counterexamples": len(out) - len(data)}
+            "counterexamples": len(out) - len(data)}  # net: a background's copy replaces its original
     return out, info
 
 

@@ -22,6 +22,15 @@ import torch.nn.functional as F
 EPS = 1e-12
 
 
+def label_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The labels' term: cross-entropy for class indices ``y`` (N,); for multi-hot ``y`` (N, K)
+    (multi-label Choices) a binary cross-entropy per class on its own sigmoid, summed over
+    classes and averaged over examples (so its scale matches cross-entropy's)."""
+    if y.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="sum") / max(len(y), 1)
+    return F.cross_entropy(logits, y)
+
+
 def masked_gradient_share(grad_sq: torch.Tensor, mask: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """Mean over active examples of (gradient mass inside mask) / (total gradient mass)."""
     if not bool(active.any()):

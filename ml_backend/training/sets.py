@@ -4,13 +4,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
+
+
+def label_tensor(labels: list) -> torch.Tensor:
+    """Answers -> ``TrainingSet.y``: class indices (N,) long, or, for multi-label answers (each
+    with ``multi_hot()``, a ``feedback.parse.LabelSet``), multi-hot rows (N, K) float."""
+    if labels and not isinstance(labels[0], int):
+        return torch.as_tensor(np.stack([label.multi_hot() for label in labels]), dtype=torch.float32)
+    return torch.tensor(labels, dtype=torch.long)
 
 
 @dataclass
 class TrainingSet:
     """Masks are (N, H, W) for images, (N, L) for text; ``propagated`` (N,) marks examples whose
-    Irrelevant marks came from other tasks' corrections, not their own."""
+    Irrelevant marks came from other tasks' corrections, not their own. ``y`` is (N,) class
+    indices, or (N, K) multi-hot for multi-label Choices."""
 
     x: torch.Tensor
     y: torch.Tensor

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ml_backend.config import ProjectSettings
 from ml_backend.inference import resolve_device
 from ml_backend.models.base import ModelKind
+from ml_backend.training.losses import label_loss
 from ml_backend.training.sets import Batch, Forward, TrainingSet
 from ml_backend.training.strategies import Strategy
 
@@ -68,7 +68,8 @@ class GatheredBatch(Batch):
 
 def batch_loss(model: ModelKind, batch: Batch, strategies: Sequence[Strategy], settings: ProjectSettings,
                n_train: int, frozen: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy + each strategy's term + the kind's own terms; (loss, parts for logging).
+    """Cross-entropy (multi-label: a BCE per class) + each strategy's term + the kind's own terms;
+    (loss, parts for logging).
 
     Input gradients are kept (a double backward pass) only for batches a strategy needs them for;
     other batches start from the batch's ``frozen`` features when the kind has them."""
@@ -78,7 +79,7 @@ def batch_loss(model: ModelKind, batch: Batch, strategies: Sequence[Strategy], s
         forward = Forward(model.logits_from_frozen(frozen))
     else:
         forward = Forward(model.logits(batch.x))
-    loss = F.cross_entropy(forward.logits, batch.y)
+    loss = label_loss(forward.logits, batch.y)
     parts = {"ce": loss.item()}
     for term in [s.loss(model, batch, forward, parts) for s in strategies] + \
             [model.training_terms(batch, n_train, settings, parts)]:
@@ -138,13 +139,18 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
 
 @torch.no_grad()
 def accuracy(model: ModelKind, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
-             mc_samples: int = 10) -> Optional[float]:
-    """Share of examples whose served class (the kind's ``probs``) is the label."""
+             mc_samples: int = 10, threshold: float = 0.5) -> Optional[float]:
+    """Share of examples whose served class (the kind's ``probs``) is the label; multi-label
+    (``y`` multi-hot (N, K)): share of (example, class) decisions right at ``threshold``."""
     if len(y) == 0:
         return None
     device = model.device()
     correct = 0
     for start in range(0, len(y), batch_size):
-        probs = model.probs(x[start:start + batch_size].to(device), mc_samples)
-        correct += int((probs.argmax(1).cpu() == y[start:start + batch_size]).sum())
+        probs = model.probs(x[start:start + batch_size].to(device), mc_samples).cpu()
+        target = y[start:start + batch_size]
+        if target.dim() == 2:
+            correct += float(((probs > threshold) == (target > 0.5)).float().mean(1).sum())
+        else:
+            correct += int((probs.argmax(1) == target).sum())
     return correct / len(y)

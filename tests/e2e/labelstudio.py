@@ -341,6 +341,15 @@ class LabelStudio:
         """GET /api/ml?project=N (also refreshes each backend's state via /health + /setup)."""
         return self.api("GET", "/api/ml", params={"project": project_id})
 
+    def patch_ml_backend(self, ml_backend_id: int, url: str, project_id: int, **fields: Any) -> dict[str, Any]:
+        """PATCH /api/ml/{id}; Label Studio needs url and project in every PATCH (contract trap 3)."""
+        return self.api("PATCH", f"/api/ml/{ml_backend_id}", {"url": url, "project": project_id, **fields})
+
+    def interactive_annotating(self, ml_backend_id: int, task_id: int, context: Any) -> dict[str, Any]:
+        """POST /api/ml/{id}/interactive-annotating, what the labeling UI sends when a smart region is drawn:
+        {"data": <the backend's first result>} or {"errors": [...]} (always a 200)."""
+        return self.api("POST", f"/api/ml/{ml_backend_id}/interactive-annotating", {"task": task_id, "context": context})
+
     def train(self, ml_backend_id: int) -> Any:
         """POST /api/ml/{id}/train -> the backend gets a START_TRAINING webhook."""
         return self.api("POST", f"/api/ml/{ml_backend_id}/train", {})

@@ -268,7 +268,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: Backe
 
 
 def version_number(version: str | None) -> int:
-    return int(version[1:]) if version and version.startswith("v") and version[1:].isdigit() else 0
+    """The number of a served version name ("p3-v2"; 0 for none or "untrained")."""
+    number = (version or "").rpartition("-v")[2]
+    return int(number) if number.isdigit() else 0
 
 
 def wait_settled(backend: Backend, pid: int, examples: int, newer_than: str | None, timeout: float = 240.0) -> dict:

@@ -39,9 +39,9 @@ class ALEX(Acquisition):
             raise ValueError("alex's uncertainty must be computable from probs alone")
 
     def candidates(self, probs: np.ndarray | None = None, *,
-                   mc_probs: np.ndarray | None = None) -> np.ndarray:
+                   mc_probs: np.ndarray | None = None, multi_label: bool = False) -> np.ndarray:
         """Indices of the ``k`` most uncertain tasks, most uncertain first."""
-        order = rank(self.uncertainty.scores(probs, mc_probs=mc_probs))
+        order = rank(self.uncertainty.scores(probs, mc_probs=mc_probs, multi_label=multi_label))
         return order[: self.b * self.k_factor]
 
     def divergence(self, explanations: np.ndarray, labeled_explanations: np.ndarray) -> np.ndarray:
@@ -58,8 +58,11 @@ class ALEX(Acquisition):
 
     def scores(self, probs: np.ndarray | None = None, *, mc_probs: np.ndarray | None = None,
                explanations: np.ndarray | None = None,
-               labeled_explanations: np.ndarray | None = None, **_: object) -> np.ndarray:
-        unc = self.uncertainty.scores(probs, mc_probs=mc_probs)
+               labeled_explanations: np.ndarray | None = None, multi_label: bool = False,
+               **_: object) -> np.ndarray:
+        """Multi-label: the uncertainty is over independent labels; explanations are the served
+        classes' evidence together (``rendering.render_multi_label``)."""
+        unc = self.uncertainty.scores(probs, mc_probs=mc_probs, multi_label=multi_label)
         n = len(unc)
         order = rank(unc)
         has_labeled = labeled_explanations is not None and len(labeled_explanations) > 0

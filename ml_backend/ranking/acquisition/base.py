@@ -8,7 +8,10 @@ informative. Inputs:
 - ``mc_probs``: (T, N, K) MC-dropout samples (their mean over T is ``probs``); BALD needs them,
   the others use their mean when only ``mc_probs`` is given;
 - ``explanations`` (N, D) and ``labeled_explanations`` (M, D): non-negative attribution maps
-  (e.g. |Grad-CAM| flattened), for ALEX only.
+  (e.g. |Grad-CAM| flattened), for ALEX only;
+- ``multi_label``: the K columns are independent per-class probabilities (multi-label Choices,
+  a sigmoid each), not one distribution: uncertainty is taken per label (each a Bernoulli) and
+  summed (entropy, BALD) or taken at the least certain label (least confidence, margin).
 
 Each function is one class in one module of this package and registers itself by ``name``
 (``ACQUISITIONS``); a new function is one new module.
@@ -67,6 +70,30 @@ def _normalise(p: np.ndarray) -> np.ndarray:
     k = p.shape[-1]
     uniform = np.full_like(p, 1.0 / max(k, 1))
     return np.where(total > 0, p / np.where(total > 0, total, 1.0), uniform)
+
+
+def _as_bernoulli(probs: np.ndarray | None, mc_probs: np.ndarray | None) -> np.ndarray:
+    """(N, K) float64 per-class probabilities in [0, 1] (multi-label: not renormalised)."""
+    if probs is None:
+        if mc_probs is None:
+            raise ValueError("need probs (N, K) or mc_probs (T, N, K)")
+        probs = np.asarray(mc_probs, dtype=np.float64).mean(axis=0)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 3:
+        p = p.mean(axis=0)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be (N, K), got shape {p.shape}")
+    return _clip01(p)
+
+
+def _clip01(p: np.ndarray) -> np.ndarray:
+    return np.clip(np.nan_to_num(p, nan=0.5, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of independent Bernoulli labels, summed over the last axis."""
+    q = np.clip(p, EPS, 1.0 - EPS)
+    return -(q * np.log(q) + (1 - q) * np.log(1 - q)).sum(axis=-1)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -129,8 +156,8 @@ class Acquisition(ABC):
 
     @abstractmethod
     def scores(self, probs: np.ndarray | None = None, *, mc_probs: np.ndarray | None = None,
-               explanations: np.ndarray | None = None,
-               labeled_explanations: np.ndarray | None = None) -> np.ndarray:
+               explanations: np.ndarray | None = None, labeled_explanations: np.ndarray | None = None,
+               multi_label: bool = False) -> np.ndarray:
         """One value per task; higher = more informative."""
 
     def rank(self, probs: np.ndarray | None = None, **kw: np.ndarray | None) -> np.ndarray:
