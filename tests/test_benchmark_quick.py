@@ -51,7 +51,12 @@ def test_quick_run_goes_through_the_backend_loop(quick_results):
         # ... and the marks reached other training tasks by what was marked (a text round whose
         # picks were all of one class reaches that class's half only)
         assert last["propagated_to"] > 0.4 * (1000 if r["problem"] == "text_variants" else 1438)
-        assert last["counterexamples"] == 3 * last["n"] + last["propagated_to"]
+        # net examples added: 3 copies per corrected task and 1 per propagated task, except that a
+        # propagated background's copy replaces its original
+        if r["problem"] == "background":
+            assert 3 * last["n"] <= last["counterexamples"] < 3 * last["n"] + 0.1 * last["propagated_to"]
+        else:
+            assert last["counterexamples"] == 3 * last["n"] + last["propagated_to"]
     assert quick_results["tables"], "the report has tables"
 
 

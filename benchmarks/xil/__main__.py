@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         meta["command"] = (".venv/bin/python -m benchmarks.xil  (run here as parallel shards "
                            "`--only-seeds S --out benchmarks/results/_xil_sS.json --no-docs`, one per seed, then "
-                           "merged with `--out benchmarks/results/xil.json --fresh --merge benchmarks/results/_xil_text_s*.json "
+                           "merged with `--out benchmarks/results/xil.json --fresh --merge benchmarks/results/_xil_bg_s*.json "
+                           "benchmarks/results/_xil_text_s*.json "
                            "benchmarks/results/_xil_s*.json`; the first file holding a record wins)")
     if not args.report_only:
         device = torch.device(args.device)
@@ -146,13 +147,13 @@ NOTES = [
     "Served evidence is the CNN's smoothed gradient x activation map (docs/benchmarks.md, bench_evidence); the "
     "mass column is its share on the confounder. Where the model does not use the confounder without "
     "feedback (one corner, random patch, stamp), there is nothing for the mass to fall from.",
-    "MISSED, background: 92% of the gap at 1% (0.941 +- 0.035; spread 3.5 points) and 98% at 5%. Seed 1 dips "
-    "from 0.953 at 0.5% to 0.905 at 1% and recovers to 0.983 at 5%; the marks are right (the background rule "
-    "finds 99% of the background, 99.9% precision), the fine-tuning round is what varies. Measured next "
-    "(exploratory, not in the tables): a generalised task's counterexample *replacing* its original, so the "
-    "class shade no longer follows the class in half the set, reached 0.981 / 0.986 / 0.981 at 1% (seeds 0-2), "
-    "but on random patch (seed 1) 0.914 at 1% and 0.939 at 5% against 0.947 without feedback: where a "
-    "generalised mark covers strokes, the task's only copy loses them. Not in the default for that reason.",
+    "Background: a propagated mark over a quarter of the image (the background rule's) now has its "
+    "counterexample replace the original instead of joining it. Added beside the original, the copy left the "
+    "class's own shade on over half of each class's images: 92% of the gap at 1% (0.941 +- 0.035, spread 3.5 "
+    "points; seed 1 dipped from 0.953 at 0.5% to 0.905 at 1%). Replacing every propagated task's original "
+    "(exploratory, not in the tables) did as well on the background but lowered random patch on seed 1 (0.914 "
+    "at 1%, 0.939 at 5%, against 0.947 without feedback): a small propagated mark may cover strokes, so those "
+    "originals stay. The background rows were re-run after this change (shards _xil_bg_sS.json).",
     "Text rows (decoy text, token variants, phrase) were re-run with span substitution: at 1% token variants "
     "and the phrase now recover the gap (see the aims table). The 0.5% round can still correct one class only "
     "under entropy ranking (one seed at chance there).",
@@ -160,7 +161,8 @@ NOTES = [
     "stripe 0.15x, background 0.30x, one corner 0.24x). On random patch, stamp and toy colors it stays: the "
     "model without feedback hardly uses those confounders (no gap), so there is nothing to fall from.",
     "Code versions: the text problems ran after span substitution (shards "
-    "benchmarks/results/_xil_text_sS.json, merged first); colors and background ran after the rule-order change (position, background, template; "
+    "benchmarks/results/_xil_text_sS.json) and the background after the replacement above (_xil_bg_sS.json), "
+    "both merged first; colors ran after the rule-order change (position, background, template; "
     "commit 6a1e262); the other problems ran just before it, with the template rule also on for four corners "
     "(its marks there equal the position rule's to 0.2% of the pixels, so the rows would not move). Text "
     "substitution then could draw the marked word itself (1 draw in the pool size); it now never does.",
