@@ -229,6 +229,21 @@ def http_json(method: str, url: str, body: Optional[dict] = None, timeout: float
     return _http(method, url, body, timeout)
 
 
+def post_bytes(url: str, body: bytes, timeout: float = 60.0) -> tuple[int, bytes]:
+    """POST an already-encoded JSON body (a webhook as Label Studio sends it); status and raw answer."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("POST", parts.path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 class Server:
     """``ml-backend serve`` (gunicorn, the production command) on a free loopback port."""
 

@@ -77,7 +77,7 @@ def trial(k: int, tmp: Path, redis_url: str, label_config: str, annotations: int
             slow = worker({**env, "XIL_EPOCHS": "1000", "XIL_PATIENCE": "1000"}, tmp / f"worker-slow-{k}.log")
             processes.append(slow)
             for body in bodies(annotations, 1 + k * 1000, label_config):
-                conn_status, _ = post_raw(server.url + "/webhook", body)
+                conn_status, _ = C.post_bytes(server.url + "/webhook", body, timeout=30)
                 assert conn_status in (200, 201), conn_status
             started = wait(lambda: next((j for j in queue.jobs(str(PROJECT)) if j["status"] == "started"), None),
                            120, "the training job to start")
@@ -110,20 +110,6 @@ def trial(k: int, tmp: Path, redis_url: str, label_config: str, annotations: int
           flush=True)
     return {"trial": k, "requeued_s": requeued, "running_again_s": running, "version_s": published,
             "fit_s": fit_s}
-
-
-def post_raw(url: str, body: bytes) -> tuple[int, bytes]:
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request("POST", parts.path, body=body, headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def main() -> None:

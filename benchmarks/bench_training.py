@@ -99,10 +99,10 @@ def served_after_feedback(n: int, extra_env: dict[str, str], tmp: Path, device: 
         t_first_webhook = time.perf_counter()
         for body in payloads:
             t0 = time.perf_counter()
-            status, answer = _post(server.url + "/webhook", body)
+            status, answer = C.post_bytes(server.url + "/webhook", body)
             acks.append(time.perf_counter() - t0)
             if status != 200:
-                raise RuntimeError(f"/webhook answered {status}: {answer}")
+                raise RuntimeError(f"/webhook answered {status}: {answer[:500]!r}")
         t_last = time.perf_counter()
         first: Optional[tuple[str, float]] = None
         complete: Optional[tuple[str, float, dict]] = None
@@ -136,20 +136,6 @@ def served_after_feedback(n: int, extra_env: dict[str, str], tmp: Path, device: 
                       "epochs": v.get("epochs")} for v in versions],
         "timed_out": complete is None, "polls": polls,
     }
-
-
-def _post(url: str, body: bytes) -> tuple[int, Any]:
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    try:
-        conn.request("POST", parts.path, body=body, headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        conn.close()
 
 
 # --- (b) ------------------------------------------------------------------------------------

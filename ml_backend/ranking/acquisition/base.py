@@ -49,8 +49,8 @@ EPS = 1e-12
 # ---------------------------------------------------------------------------- helpers
 
 
-def _as_probs(probs: np.ndarray | None, mc_probs: np.ndarray | None) -> np.ndarray:
-    """(N, K) float64 probabilities, clipped and renormalised; the mean of ``mc_probs`` if needed."""
+def _mean_probs(probs: np.ndarray | None, mc_probs: np.ndarray | None) -> np.ndarray:
+    """(N, K) float64: ``probs``, or the mean over the samples of ``mc_probs`` (or of probs passed as samples)."""
     if probs is None:
         if mc_probs is None:
             raise ValueError("need probs (N, K) or mc_probs (T, N, K)")
@@ -60,7 +60,12 @@ def _as_probs(probs: np.ndarray | None, mc_probs: np.ndarray | None) -> np.ndarr
         p = p.mean(axis=0)
     if p.ndim != 2:
         raise ValueError(f"probs must be (N, K), got shape {p.shape}")
-    return _normalise(p)
+    return p
+
+
+def _as_probs(probs: np.ndarray | None, mc_probs: np.ndarray | None) -> np.ndarray:
+    """(N, K) float64 probabilities, clipped and renormalised."""
+    return _normalise(_mean_probs(probs, mc_probs))
 
 
 def _normalise(p: np.ndarray) -> np.ndarray:
@@ -74,16 +79,7 @@ def _normalise(p: np.ndarray) -> np.ndarray:
 
 def _as_bernoulli(probs: np.ndarray | None, mc_probs: np.ndarray | None) -> np.ndarray:
     """(N, K) float64 per-class probabilities in [0, 1] (multi-label: not renormalised)."""
-    if probs is None:
-        if mc_probs is None:
-            raise ValueError("need probs (N, K) or mc_probs (T, N, K)")
-        probs = np.asarray(mc_probs, dtype=np.float64).mean(axis=0)
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim == 3:
-        p = p.mean(axis=0)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be (N, K), got shape {p.shape}")
-    return _clip01(p)
+    return _clip01(_mean_probs(probs, mc_probs))
 
 
 def _clip01(p: np.ndarray) -> np.ndarray:
