@@ -41,18 +41,28 @@ MULTI_CONFIG = """<View>
     <Label value="Relevant" background="#2ca02c"/>
   </BrushLabels>
 </View>"""
-# each class: a bright block at its own place on a noisy 48 x 48 image
+# each class: its own pattern (horizontal bars, vertical bars, a solid block) at its own place on a
+# noisy 48 x 48 image. A global-pooling CNN tells patterns apart from a few examples; places alone it
+# learned from 6 examples in only some seeds' trajectories (one failed CI run).
 BLOCKS = {"Top": (slice(0, 16), slice(16, 32)), "Left": (slice(24, 48), slice(0, 16)),
           "Right": (slice(24, 48), slice(32, 48))}
 COMBOS = [("Top",), ("Left",), ("Right",), ("Top", "Left"), ("Top", "Right"), ("Left", "Right"),
-          ("Top", "Left", "Right"), ("Top", "Right"), ("Left",), ("Top", "Left"), ("Right",), ("Left", "Right")]
-N_LABELED = 8
+          ("Top", "Left", "Right"), ("Top", "Right"), ("Left",), ("Top", "Left"), ("Right",), ("Left", "Right")] * 2
+N_LABELED = 18
 
 
 def blocks_image(labels: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
     img = rng.uniform(0, 60, (SIZE, SIZE))
     for label in labels:
-        img[BLOCKS[label]] = 230
+        rows, cols = BLOCKS[label]
+        pattern = np.zeros((rows.stop - rows.start, cols.stop - cols.start))
+        if label == "Top":
+            pattern[(np.arange(len(pattern)) % 4) < 2] = 230
+        elif label == "Left":
+            pattern[:, (np.arange(pattern.shape[1]) % 4) < 2] = 230
+        else:
+            pattern[:] = 230
+        img[rows, cols] = np.maximum(img[rows, cols], pattern)
     return img.astype(np.uint8)
 
 
@@ -75,7 +85,7 @@ def connect(ls: LabelStudio, backend: Backend, title: str, config: str) -> tuple
 def test_multi_label_project(label_studio: LabelStudio, backend: Backend) -> None:
     ls, step = label_studio, label_studio.timer.step
     schema = parse_label_config(MULTI_CONFIG)
-    backend.env.update(XIL_EPOCHS="40", XIL_PATIENCE="40")
+    backend.env.update(XIL_EPOCHS="100", XIL_PATIENCE="100")  # 14 examples: one batch, one step per epoch
     with step("multi-label: project, backend, tasks"):
         pid, ml = connect(ls, backend, "xil e2e multi-label", MULTI_CONFIG)
         rng = np.random.default_rng(0)
