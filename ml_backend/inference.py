@@ -39,14 +39,22 @@ def infer(model: ModelKind, x: torch.Tensor, method: str, explain: bool, mc_samp
 class CounterfactualInference:
     before: torch.Tensor  # (K,) probabilities on the task as it is
     after: torch.Tensor  # (K,) on the counterfactual input (mean over its copies)
-    relevance: np.ndarray  # (H, W) or (L,): the evidence for ``after``'s class on the counterfactual input
+    # single label: (H, W) or (L,), the evidence for ``after``'s class on the counterfactual input;
+    # multi-label: (K, H, W) or (K, L), each class's evidence where a copy serves it (zeros elsewhere)
+    relevance: np.ndarray
 
 
 def infer_counterfactual(model: ModelKind, x: torch.Tensor, replaced: torch.Tensor, method: str, fill: str,
-                         copies: int, mc_samples: int = 10, seed: int = 0) -> CounterfactualInference:
+                         copies: int, mc_samples: int = 10, seed: int = 0,
+                         threshold: Optional[float] = None) -> CounterfactualInference:
     """One example ``x``: its prediction, and the prediction and evidence with ``replaced`` filled
-    as counterexamples are (the same answer every time: a seeded fill)."""
+    as counterexamples are (the same answer every time: a seeded fill). A ``threshold`` asks for
+    multi-label inference: independent sigmoids, the evidence of every class served."""
     edited = counterfactual_inputs(model, x, replaced, fill, copies, torch.Generator().manual_seed(seed))
+    if threshold is not None:
+        before = infer_multi_label(model, x[None], method, threshold, explain=False, mc_samples=mc_samples).probs[0]
+        out = infer_multi_label(model, edited, method, threshold, explain=True, mc_samples=mc_samples)
+        return CounterfactualInference(before, out.probs.mean(dim=0), out.relevance.mean(axis=0))
     before = infer(model, x[None], method, explain=False, mc_samples=mc_samples).probs[0]
     out = infer(model, edited, method, explain=True, mc_samples=mc_samples)
     after, relevance = pool_copies(out.probs, out.relevance)

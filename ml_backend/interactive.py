@@ -9,8 +9,9 @@ from ml_backend.data.prepare import PreparedTask, marks_on_input
 from ml_backend.explain.counterfactual import replaced_positions
 from ml_backend.feedback.parse import FeedbackError, parse_annotation
 from ml_backend.inference import CounterfactualInference, infer_counterfactual
-from ml_backend.labelstudio.interactive import (ContextError, Marks, as_counterfactual, interactive_schema, summary,
-                                                textarea_result)
+from ml_backend.labelstudio.interactive import (ContextError, Marks, as_counterfactual, interactive_schema,
+                                                label_set_summary, summary, textarea_result)
+from ml_backend.labelstudio.results import for_class
 from ml_backend.project import ProjectContext
 from ml_backend.rendering import evidence_results
 from ml_backend.store import LoadedModel
@@ -25,8 +26,11 @@ def render_counterfactual(ctx: ProjectContext, loaded: LoadedModel, item: Prepar
         return None
     model, settings = loaded.model, ctx.settings
     replaced = replaced_positions(feedback.irrelevant, feedback.relevant, model.mask_shape(item.tensor[None]))
+    threshold = settings.multi_label_threshold if ctx.schema.multi_label else None
     found = infer_counterfactual(model, item.tensor, replaced, settings.attribution, settings.counterexample_fill,
-                                 settings.counterexamples, settings.mc_samples)
+                                 settings.counterexamples, settings.mc_samples, threshold=threshold)
+    if threshold is not None:
+        return multi_label_item(ctx, loaded, item, marks.mode, found, threshold)
     return counterfactual_item(ctx, loaded, item, marks.mode, found)
 
 
@@ -72,3 +76,34 @@ def counterfactual_item(ctx: ProjectContext, loaded: LoadedModel, item: Prepared
     return {"model_version": loaded.version, "score": after[1], "result": result,
             "counterfactual": {"mode": mode, "before": {"label": before[0], "score": before[1]},
                                "after": {"label": after[0], "score": after[1]}, "changed": before[0] != after[0]}}
+
+
+def multi_label_item(ctx: ProjectContext, loaded: LoadedModel, item: PreparedTask, mode: str,
+                     found: CounterfactualInference, threshold: float) -> dict[str, Any]:
+    """Multi-label Choices: the classes served before and after (above ``threshold``), each class
+    served after with its evidence on the counterfactual input. The score is the least certain
+    decision after, as /predict scores a multi-label task."""
+    schema, classes = ctx.schema, ctx.schema.classes
+
+    def served(probs: Any) -> list[tuple[str, float]]:
+        return [(classes[k], float(p)) for k, p in enumerate(probs.tolist()) if p > threshold]
+
+    before, after = served(found.before), served(found.after)
+    where = interactive_schema(ctx.label_config, schema)
+    result = []
+    if where.text_name is not None:
+        result.append(textarea_result(schema, where.text_name, label_set_summary(mode, before, after)))
+    if where.evidence_label is not None and schema.has_evidence:
+        for k in (classes.index(label) for label, _ in after):
+            result += [as_counterfactual(for_class(region, classes[k], k), schema, where.evidence_label,
+                                         f"counterfactual-c{k}-{j}")
+                       for j, region in enumerate(evidence_results(ctx, item, found.relevance[k]))]
+    score = float(found.after.clamp(0, 1).sub(0.5).abs().min()) + 0.5
+
+    def facts(served_: list[tuple[str, float]], probs: Any) -> dict[str, Any]:
+        return {"labels": [label for label, _ in served_],
+                "scores": {label: float(p) for label, p in zip(classes, probs.tolist())}}
+
+    return {"model_version": loaded.version, "score": score, "result": result,
+            "counterfactual": {"mode": mode, "before": facts(before, found.before), "after": facts(after, found.after),
+                               "changed": [c for c, _ in before] != [c for c, _ in after]}}

@@ -3,6 +3,7 @@ prediction without them (Irrelevant) or with only them (Relevant), its evidence,
 summary; an empty context keeps today's answer, and a bad one is a clear 4xx, never a 500."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,63 @@ def test_the_same_marks_give_the_same_answer():
     regions = [brush("Irrelevant", mask(slice(0, 16), slice(0, 16)))]
     first = counterfactual_of(CornerKind(CornerNet()), config("image"), data, regions)
     assert counterfactual_of(CornerKind(CornerNet()), config("image"), data, regions) == first
+
+
+# --- multi-label ---------------------------------------------------------------------------------------------------
+
+class TwoCornersNet(nn.Module):
+    """Multi-label: Class A when the top-left corner is bright, Class B when the bottom-right one is."""
+
+    def __init__(self, size: int = 16) -> None:
+        super().__init__()
+        self.config = {"n_classes": 2, "image_size": size}
+        self.scale = nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = x.shape[-1] // 4
+        corners = torch.stack([x[:, :, :side, :side].mean(dim=(1, 2, 3)), x[:, :, -side:, -side:].mean(dim=(1, 2, 3))],
+                              dim=1)
+        return self.scale * (corners - 0.8)
+
+
+class TwoCornersKind(ImageKind):
+    network_class = TwoCornersNet
+
+
+def two_corners_counterfactual(regions: list[dict]) -> dict:
+    img = corner_image()
+    img[-CORNER:, -CORNER:] = 255
+    model = TwoCornersKind(TwoCornersNet())
+    model.multi_label = True
+    multi = config("image").replace('choice="single"', 'choice="multiple"')
+    return counterfactual_of(model, multi, {"image": png_data_uri(img)}, regions)
+
+
+def test_multi_label_irrelevant_region_removes_its_class_and_keeps_the_other():
+    item = two_corners_counterfactual([brush("Irrelevant", mask(slice(0, CORNER), slice(0, CORNER)))])
+    facts = item["counterfactual"]
+    assert facts["before"]["labels"] == ["Class A", "Class B"] and facts["after"]["labels"] == ["Class B"]
+    assert facts["changed"] is True and facts["after"]["scores"]["Class A"] < 0.5 < facts["after"]["scores"]["Class B"]
+    assert 0.5 <= item["score"] <= 1.0 and not [r for r in item["result"] if r["type"] == "choices"]
+    line = item["result"][0]["value"]["text"][0]
+    assert re.search(r": Class B 0\.9\d \(was Class A 0\.9\d, Class B 0\.9\d\); no longer Class A\.", line), line
+    regions = [r for r in item["result"] if r["type"] == "brushlabels"]
+    assert regions and all(r["value"]["brushlabels"] == ["Counterfactual evidence"] and r["readonly"] for r in regions)
+    assert {r["meta"]["text"][0] for r in regions} == {"evidence for Class B"}  # only the class served after
+    shown = np.zeros((SIDE, SIDE), dtype=bool)
+    for region in regions:
+        shown |= rle.decode(region["value"]["rle"], SIDE, SIDE) > 0
+    assert shown[-CORNER:, -CORNER:].any() and not shown[:SIDE // 2, :SIDE // 2].any()
+
+
+def test_multi_label_relevant_region_alone_keeps_only_its_class():
+    item = two_corners_counterfactual([brush("Relevant", mask(slice(0, 12), slice(0, 12)))])
+    facts = item["counterfactual"]
+    assert facts["mode"] == "only" and facts["after"]["labels"] == ["Class A"] and facts["changed"] is True
+    assert "no longer Class B" in item["result"][0]["value"]["text"][0]
+    untouched = two_corners_counterfactual([brush("Irrelevant", mask(slice(16, 24), slice(0, 8)))])
+    assert untouched["counterfactual"]["changed"] is False
+    assert "same classes" in untouched["result"][0]["value"]["text"][0]
 
 
 # --- text --------------------------------------------------------------------------------------------------------

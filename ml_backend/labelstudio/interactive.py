@@ -105,16 +105,34 @@ def _interactive_schema(label_config: str, object_name: str, evidence_name: Opti
     return InteractiveSchema(text_name, label)
 
 
+WHAT = {"without": "Without the Irrelevant region(s)", "only": "With only the Relevant region(s)",
+        "without+only": "With only the Relevant region(s), Irrelevant ones removed"}
+UNTOUCHED = "Nothing was changed in your annotation."
+
+
 def summary(mode: str, before: tuple[str, float], after: tuple[str, float]) -> str:
     """One line for the annotator: the class and score before and after."""
-    what = {"without": "Without the Irrelevant region(s)", "only": "With only the Relevant region(s)",
-            "without+only": "With only the Relevant region(s), Irrelevant ones removed"}[mode]
     if after[0] == before[0]:
         verdict = "the marked part suffices" if mode == "only" else "same class"
     else:
         verdict = "the class changes"
-    return (f"{what}: {after[0]} {after[1]:.2f} (was {before[0]} {before[1]:.2f}); {verdict}. "
-            "Nothing was changed in your annotation.")
+    return f"{WHAT[mode]}: {after[0]} {after[1]:.2f} (was {before[0]} {before[1]:.2f}); {verdict}. {UNTOUCHED}"
+
+
+def label_set_summary(mode: str, before: list[tuple[str, float]], after: list[tuple[str, float]]) -> str:
+    """Multi-label: the classes served, with their scores, before and after; which leave, which come."""
+
+    def listed(served: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{label} {score:.2f}" for label, score in served) or "no class"
+
+    gone = [label for label, _ in before if label not in dict(after)]
+    came = [label for label, _ in after if label not in dict(before)]
+    if not gone and not came:
+        verdict = "the marked part suffices" if mode == "only" else "same classes"
+    else:
+        parts = ([f"no longer {', '.join(gone)}"] if gone else []) + ([f"now {', '.join(came)}"] if came else [])
+        verdict = "; ".join(parts)
+    return f"{WHAT[mode]}: {listed(after)} (was {listed(before)}); {verdict}. {UNTOUCHED}"
 
 
 def textarea_result(schema: TaskSchema, text_name: str, text: str) -> dict[str, Any]:
