@@ -210,6 +210,9 @@ class ProjectSettings:
     holdout: float = _setting(0.2, 0, 1, high_open=True)
     min_annotations: int = _setting(1, 1, 1_000_000)
     acquisition: str = "entropy"
+    # the queue interleaves the predicted classes (each class's most informative task first, then each
+    # one's second...), so the first tasks an annotator corrects are not all of one class
+    balance_classes: bool = False
     mc_samples: int = _setting(10, 1, 1000)
     alex_batch: int = _setting(10, 1, 10_000)
     set_uncertainty_sampling: bool = True

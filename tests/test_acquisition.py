@@ -1,15 +1,24 @@
-"""Acquisition functions on hand-built probability arrays with known answers."""
+"""Acquisition functions on hand-built probability arrays with known answers; the queue's order."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+import torch
 
+from ml_backend.config import ProjectSettings, Settings
+from ml_backend.data.fetch import Fetcher
+from ml_backend.data.text import token_id
+from ml_backend.models.common import TextKind
+from ml_backend.project import make_context
 from ml_backend.ranking.acquisition import (
     ACQUISITIONS, ALEX, BALD, Entropy, LeastConfidence, Margin, Random, get_acquisition, ls_score,
     ls_scores, rank,
 )
+from ml_backend.ranking.score import rank_tasks
+from ml_backend.store import LoadedModel
+from tests.support.live import ls_task
 
 # row 0 confident, row 1 uniform (most uncertain), row 2 two-way tie, row 3 fairly confident
 P = np.array([
@@ -146,6 +155,21 @@ def test_ls_scores_in_task_order_and_distinct_on_ties():
     np.testing.assert_array_equal(np.argsort(ls, kind="stable"), rank(s))
 
 
+def test_rank_with_groups_interleaves_them_best_first():
+    # class 0 holds the three most uncertain tasks; balanced, the top 2 are one task of each class
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.1, 0.5])
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    assert list(rank(s)[:2]) == [0, 1]
+    assert list(rank(s, groups)) == [0, 3, 1, 5, 2, 4]
+    assert list(rank(s, np.zeros(6))) == list(rank(s))  # one group: the plain order
+    three = rank(s, np.array([0, 0, 0, 1, 1, 2]))
+    assert set(three[:3].tolist()) == {0, 3, 5} and list(three[:3]) == [0, 3, 5]
+    ls = ls_scores(s, groups)
+    np.testing.assert_array_equal(np.argsort(ls, kind="stable"), rank(s, groups))
+    with pytest.raises(ValueError, match="one value per task"):
+        rank(s, np.zeros(5))
+
+
 # ---------------------------------------------------------------------------- ALEX
 
 
@@ -237,3 +261,48 @@ def test_alex_scores_give_distinct_ls_scores_and_candidate_set_clipped():
         alex.scores(probs, explanations=expl[:3], labeled_explanations=labeled)
     with pytest.raises(ValueError):
         ALEX(uncertainty="bald")
+
+
+# ---------------------------------------------------------------------------- the queue, class-balanced
+
+
+class _WordScores(torch.nn.Module):
+    """Text: logit of the first class = the sum of its words' weights (a known margin per task)."""
+
+    WEIGHTS = {"a": 0.1, "b": 0.2, "c": 0.3, "d": -0.4, "e": -2.0, "f": 2.0}
+
+    def __init__(self, n_buckets: int = 1000, max_len: int = 16) -> None:
+        super().__init__()
+        self.config = {"n_classes": 2, "max_len": max_len, "n_buckets": n_buckets}
+        self.embedding = torch.nn.Embedding(n_buckets, 1)
+        with torch.no_grad():
+            self.embedding.weight.zero_()
+            for word, weight in self.WEIGHTS.items():
+                self.embedding.weight[token_id(word, n_buckets)] = weight
+
+    def forward_embedded(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = (emb[..., 0] * mask).sum(dim=1)
+        return torch.stack([b, torch.zeros_like(b)], dim=1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_embedded(self.embedding(ids), ids != 0)
+
+
+class _WordScoresKind(TextKind):  # no name: not registered
+    network_class = _WordScores
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_the_ranking_job_balances_the_queue_over_predicted_classes(tmp_path, text_config, balance):
+    """The three most uncertain tasks are predicted as the first class: the plain queue starts with
+    them; with ``balance_classes`` it alternates, each class's most uncertain first."""
+    ctx = make_context("2", text_config, ProjectSettings(acquisition="entropy", balance_classes=balance))
+    model = _WordScoresKind(_WordScores())
+    model.network.eval()
+    words = ["a", "b", "c", "d", "e", "f"]  # task i + 1 holds word i
+    tasks = [ls_task(i + 1, {"text": word}) for i, word in enumerate(words)]
+    ids, values, scores = rank_tasks(ctx, LoadedModel("p2-v1", model, ctx.schema.classes), iter(tasks),
+                                     Fetcher(Settings()), tmp_path / "spool.jsonl")
+    queue = [ids[i] for i in np.argsort(scores, kind="stable")]  # what Label Studio serves first
+    # margins: a 0.1, b 0.2, c 0.3 (first class), d 0.4 (second), f 2, e 2 -> entropy order a b c d (e f)
+    assert queue[:4] == ([1, 4, 2, 5] if balance else [1, 2, 3, 4]), queue

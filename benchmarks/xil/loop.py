@@ -145,7 +145,7 @@ class Backend:
         if scorer.acquisition.needs_explanations and labeled:
             labeled_pooled = labeled_explanations(self.ctx, loaded, [self.data.train.tasks[i] for i in labeled])
         values = scorer.scores(labeled_pooled)
-        order = [pool[i] for i in rank(values)]
+        order = [pool[i] for i in rank(values, scorer.groups())]
         return order, predictions
 
     # feedback and training ---------------------------------------------------------------

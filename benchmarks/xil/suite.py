@@ -105,9 +105,12 @@ def full_plan(seeds: int = 3) -> Plan:
 
 def settings_for(problem_image_size: int, method: Method, acquisition: str = "entropy",
                  rrr_lambda: Optional[float] = None) -> ProjectSettings:
+    """A method's project settings; ``acquisition`` "NAME+balanced" also sets ``balance_classes``."""
     base = ProjectSettings()
     changes: dict[str, Any] = dict(method.overrides)
-    changes.update(model_kind=method.model_kind, strategies=method.strategies, acquisition=acquisition)
+    name, _, balanced = acquisition.partition("+")
+    changes.update(model_kind=method.model_kind, strategies=method.strategies, acquisition=name,
+                   balance_classes=balanced == "balanced")
     if problem_image_size:
         changes["image_size"] = problem_image_size
     if rrr_lambda is not None:

@@ -89,6 +89,12 @@ class Scorer:
             kwargs["labeled_explanations"] = labeled_explanations
         return self.acquisition.scores(probs, **kwargs)
 
+    def groups(self) -> Optional[np.ndarray]:
+        """Each task's predicted class when the project balances the queue over classes, else None."""
+        if not self.ctx.settings.balance_classes or not self.probs:
+            return None
+        return np.concatenate(self.probs).argmax(axis=1)
+
 
 def labeled_explanations(ctx: ProjectContext, loaded: LoadedModel, prepared: list[PreparedTask]
                          ) -> Optional[np.ndarray]:
@@ -155,6 +161,6 @@ def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[st
     if unreadable:
         log.info("project %s: %d unlabeled tasks could not be read and were not ranked", ctx.key, len(unreadable))
     values = scorer.scores(labeled) if ids else np.zeros(0)
-    return ids, values, ls_scores(values) if ids else np.zeros(0)
+    return ids, values, ls_scores(values, scorer.groups()) if ids else np.zeros(0)
 
 

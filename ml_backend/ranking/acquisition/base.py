@@ -16,7 +16,8 @@ informative. Inputs:
 Each function is one class in one module of this package and registers itself by ``name``
 (``ACQUISITIONS``); a new function is one new module.
 
-``rank(scores)`` turns scores into task indices, most informative first (ties: lower index first).
+``rank(scores)`` turns scores into task indices, most informative first (ties: lower index first);
+``rank(scores, groups)`` interleaves groups (the predicted classes, with ``balance_classes``).
 
 Label Studio's ``score``
 ------------------------
@@ -97,11 +98,27 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, EPS, 1.0))).sum(axis=-1)
 
 
-def rank(scores: np.ndarray) -> np.ndarray:
-    """Task indices, most informative (highest score) first; ties keep index order; NaN last."""
+def rank(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Task indices, most informative (highest score) first; ties keep index order; NaN last.
+
+    ``groups`` (one per task, e.g. the predicted class) interleaves the groups: every group's best
+    task comes before any group's second best, and so on, each such round ordered by score. The top
+    k then spreads over the groups, instead of k tasks the model puts in one class."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     s = np.where(np.isnan(s), -np.inf, s)
-    return np.argsort(-s, kind="stable")
+    order = np.argsort(-s, kind="stable")
+    if groups is None:
+        return order
+    g = np.asarray(groups).ravel()
+    if g.shape != s.shape:
+        raise ValueError(f"groups must have one value per task: {g.shape} != {s.shape}")
+    within = np.empty(len(order), dtype=np.int64)  # each task's place in its group's own order
+    for value in np.unique(g):
+        members = order[g[order] == value]
+        within[members] = np.arange(len(members))
+    place = np.empty(len(order), dtype=np.int64)
+    place[order] = np.arange(len(order))
+    return np.lexsort((place, within))
 
 
 def ls_score(rank_position: int | np.ndarray, n: int) -> float | np.ndarray:
@@ -119,9 +136,9 @@ def ls_score(rank_position: int | np.ndarray, n: int) -> float | np.ndarray:
     return float(out) if out.ndim == 0 else out
 
 
-def ls_scores(scores: np.ndarray) -> np.ndarray:
+def ls_scores(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """Label Studio scores for every task, in task order (lower = more informative, all distinct)."""
-    order = rank(scores)
+    order = rank(scores, groups)
     positions = np.empty(len(order), dtype=np.int64)
     positions[order] = np.arange(len(order))
     return np.asarray(ls_score(positions, len(order)), dtype=np.float64)
