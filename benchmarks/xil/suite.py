@@ -105,12 +105,14 @@ def full_plan(seeds: int = 3) -> Plan:
 
 def settings_for(problem_image_size: int, method: Method, acquisition: str = "entropy",
                  rrr_lambda: Optional[float] = None) -> ProjectSettings:
-    """A method's project settings; ``acquisition`` "NAME+balanced" also sets ``balance_classes``."""
+    """A method's project settings; ``acquisition`` "NAME+balanced" or "NAME+unbalanced" also sets
+    ``balance_classes`` (else its default)."""
     base = ProjectSettings()
     changes: dict[str, Any] = dict(method.overrides)
-    name, _, balanced = acquisition.partition("+")
-    changes.update(model_kind=method.model_kind, strategies=method.strategies, acquisition=name,
-                   balance_classes=balanced == "balanced")
+    name, _, balance = acquisition.partition("+")
+    changes.update(model_kind=method.model_kind, strategies=method.strategies, acquisition=name)
+    if balance:
+        changes["balance_classes"] = {"balanced": True, "unbalanced": False}[balance]
     if problem_image_size:
         changes["image_size"] = problem_image_size
     if rrr_lambda is not None:
