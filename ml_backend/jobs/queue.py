@@ -136,6 +136,8 @@ class EmbeddedQueue(JobQueue):
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._work, name="ml-backend-jobs", daemon=True)
             self._thread.start()
+            if self.settings.jobs_in_subprocess:  # import the job code while the first job's debounce runs
+                threading.Thread(target=_warm_job_context, name="ml-backend-forkserver", daemon=True).start()
 
     def _enqueue(self, kind: str, project: str, reason: str) -> dict[str, Any]:
         with self._cond:
@@ -277,6 +279,18 @@ def _job_context():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["ml_backend.jobs.train", "ml_backend.jobs.rank"])
         return context
+
+
+def _warm_job_context() -> None:
+    """Start the forkserver now: it imports torch and the job code once (seconds), so the first job
+    forks at once instead of waiting for them."""
+    from multiprocessing import forkserver
+
+    _job_context()
+    try:
+        forkserver.ensure_running()
+    except Exception as exc:  # the first job starts it then, and reports what fails
+        log.warning("could not start the job forkserver early: %s", exc)
 
 
 def _child_job(sender, function: Callable[..., dict[str, Any]], args: tuple, kwargs: dict) -> None:
