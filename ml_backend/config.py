@@ -210,10 +210,11 @@ class ProjectSettings:
     holdout: float = _setting(0.2, 0, 1, high_open=True)
     min_annotations: int = _setting(1, 1, 1_000_000)
     acquisition: str = "entropy"
-    # the queue interleaves the predicted classes (each class's most informative task first, then each
-    # one's second...), so the first tasks an annotator corrects are not all of one class. Off: measured
-    # on the XIL suite it rescues text's first round but costs edge stripe and background at 1%
-    balance_classes: bool = False
+    # among the queue's first n tasks, for every n, one predicted class holds at most this share
+    # (rounded up, at least one), so a round of corrections is not all of one class, whose correction
+    # cannot fix the other classes' confounders. 1 = the acquisition function's order alone; 0 =
+    # the classes interleaved (docs/xil-benchmarks.md)
+    max_class_share: float = _setting(1.0, 0, 1)
     mc_samples: int = _setting(10, 1, 1000)
     alex_batch: int = _setting(10, 1, 10_000)
     set_uncertainty_sampling: bool = True

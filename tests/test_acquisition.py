@@ -156,7 +156,7 @@ def test_ls_scores_in_task_order_and_distinct_on_ties():
 
 
 def test_rank_with_groups_interleaves_them_best_first():
-    # class 0 holds the three most uncertain tasks; balanced, the top 2 are one task of each class
+    # class 0 holds the three most uncertain tasks; interleaved (max_share 0), one task of each class first
     s = np.array([0.9, 0.8, 0.7, 0.6, 0.1, 0.5])
     groups = np.array([0, 0, 0, 1, 1, 1])
     assert list(rank(s)[:2]) == [0, 1]
@@ -168,6 +168,22 @@ def test_rank_with_groups_interleaves_them_best_first():
     np.testing.assert_array_equal(np.argsort(ls, kind="stable"), rank(s, groups))
     with pytest.raises(ValueError, match="one value per task"):
         rank(s, np.zeros(5))
+
+
+def test_rank_caps_a_class_share_of_every_prefix():
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    groups = np.array([0, 0, 0, 0, 0, 0, 1, 1])  # the six most uncertain are class 0
+    assert list(rank(s, groups, max_share=1.0)) == list(rank(s))
+    half = list(rank(s, groups, max_share=0.5))
+    assert half == [0, 6, 1, 7, 2, 3, 4, 5]  # class 1 runs out after two: the rest by score
+    for n in range(1, 5):
+        assert sum(groups[half[:n]] == 0) <= max(1, -(-n // 2))
+    # ten classes with spread-out uncertainty: a cap of half changes nothing but the first two
+    rng = np.random.default_rng(0)
+    many, classes = rng.random(200), rng.integers(0, 10, 200)
+    plain, capped = rank(many), rank(many, classes, 0.5)
+    assert classes[capped[0]] != classes[capped[1]]
+    assert sorted(capped.tolist()) == list(range(200)) and np.mean(plain[:20] == capped[:20]) > 0.5
 
 
 # ---------------------------------------------------------------------------- ALEX
@@ -263,7 +279,7 @@ def test_alex_scores_give_distinct_ls_scores_and_candidate_set_clipped():
         ALEX(uncertainty="bald")
 
 
-# ---------------------------------------------------------------------------- the queue, class-balanced
+# ---------------------------------------------------------------------------- the queue, each class's share capped
 
 
 class _WordScores(torch.nn.Module):
@@ -295,8 +311,8 @@ class _WordScoresKind(TextKind):  # no name: not registered
 @pytest.mark.parametrize("balance", [False, True])
 def test_the_ranking_job_balances_the_queue_over_predicted_classes(tmp_path, text_config, balance):
     """The three most uncertain tasks are predicted as the first class: the plain queue starts with
-    them; with ``balance_classes`` it alternates, each class's most uncertain first."""
-    ctx = make_context("2", text_config, ProjectSettings(acquisition="entropy", balance_classes=balance))
+    them; with ``max_class_share`` 0.5 it alternates, each class's most uncertain first."""
+    ctx = make_context("2", text_config, ProjectSettings(acquisition="entropy", max_class_share=0.5 if balance else 1.0))
     model = _WordScoresKind(_WordScores())
     model.network.eval()
     words = ["a", "b", "c", "d", "e", "f"]  # task i + 1 holds word i

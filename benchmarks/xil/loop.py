@@ -34,7 +34,6 @@ from ml_backend.feedback.parse import parse_annotation
 from ml_backend.data.prepare import PreparedTask, prepare_task
 from ml_backend.models.base import ModelKind
 from ml_backend.project import ProjectContext, make_context, new_model
-from ml_backend.ranking.acquisition import rank
 from ml_backend.ranking.score import Scorer, labeled_explanations
 from ml_backend.store import LoadedModel
 from ml_backend.training.fit import Example, attribution_on_irrelevant, fit_examples
@@ -145,7 +144,7 @@ class Backend:
         if scorer.acquisition.needs_explanations and labeled:
             labeled_pooled = labeled_explanations(self.ctx, loaded, [self.data.train.tasks[i] for i in labeled])
         values = scorer.scores(labeled_pooled)
-        order = [pool[i] for i in rank(values, scorer.groups())]
+        order = [pool[i] for i in scorer.order(values)]
         return order, predictions
 
     # feedback and training ---------------------------------------------------------------

@@ -105,14 +105,15 @@ def full_plan(seeds: int = 3) -> Plan:
 
 def settings_for(problem_image_size: int, method: Method, acquisition: str = "entropy",
                  rrr_lambda: Optional[float] = None) -> ProjectSettings:
-    """A method's project settings; ``acquisition`` "NAME+balanced" or "NAME+unbalanced" also sets
-    ``balance_classes`` (else its default)."""
+    """A method's project settings. ``acquisition`` "NAME+balanced" (classes interleaved),
+    "NAME+unbalanced" (the function's order) or "NAME+shareX" also sets ``max_class_share`` (0, 1 or X)."""
     base = ProjectSettings()
     changes: dict[str, Any] = dict(method.overrides)
     name, _, balance = acquisition.partition("+")
     changes.update(model_kind=method.model_kind, strategies=method.strategies, acquisition=name)
     if balance:
-        changes["balance_classes"] = {"balanced": True, "unbalanced": False}[balance]
+        shares = {"balanced": 0.0, "unbalanced": 1.0}
+        changes["max_class_share"] = shares[balance] if balance in shares else float(balance.removeprefix("share"))
     if problem_image_size:
         changes["image_size"] = problem_image_size
     if rrr_lambda is not None:

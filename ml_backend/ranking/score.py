@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import PreparedTask, prepare_task
 from ml_backend.project import ProjectContext
-from ml_backend.ranking.acquisition import ACQUISITIONS, ls_scores
+from ml_backend.ranking.acquisition import ACQUISITIONS, ls_scores, rank
 from ml_backend.rendering import render_predictions
 from ml_backend.store import LoadedModel
 
@@ -90,10 +90,18 @@ class Scorer:
         return self.acquisition.scores(probs, **kwargs)
 
     def groups(self) -> Optional[np.ndarray]:
-        """Each task's predicted class when the project balances the queue over classes, else None."""
-        if not self.ctx.settings.balance_classes or not self.probs:
+        """Each task's predicted class when the project caps a class's share of the queue, else None."""
+        if self.ctx.settings.max_class_share >= 1.0 or not self.probs:
             return None
         return np.concatenate(self.probs).argmax(axis=1)
+
+    def order(self, values: np.ndarray) -> np.ndarray:
+        """Task indices, the first to annotate first (``acquisition.rank`` with the project's share cap)."""
+        return rank(values, self.groups(), self.ctx.settings.max_class_share)
+
+    def ls_scores(self, values: np.ndarray) -> np.ndarray:
+        """Label Studio's scores in task order: lower is served first."""
+        return ls_scores(values, self.groups(), self.ctx.settings.max_class_share)
 
 
 def labeled_explanations(ctx: ProjectContext, loaded: LoadedModel, prepared: list[PreparedTask]
@@ -161,6 +169,6 @@ def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[st
     if unreadable:
         log.info("project %s: %d unlabeled tasks could not be read and were not ranked", ctx.key, len(unreadable))
     values = scorer.scores(labeled) if ids else np.zeros(0)
-    return ids, values, ls_scores(values, scorer.groups()) if ids else np.zeros(0)
+    return ids, values, scorer.ls_scores(values) if ids else np.zeros(0)
 
 

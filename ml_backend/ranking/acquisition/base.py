@@ -17,7 +17,7 @@ Each function is one class in one module of this package and registers itself by
 (``ACQUISITIONS``); a new function is one new module.
 
 ``rank(scores)`` turns scores into task indices, most informative first (ties: lower index first);
-``rank(scores, groups)`` interleaves groups (the predicted classes, with ``balance_classes``).
+``rank(scores, groups, max_share)`` caps each predicted class's share of the queue (``max_class_share``).
 
 Label Studio's ``score``
 ------------------------
@@ -37,6 +37,7 @@ more than one annotator it picks at random among the first ``annotators + 1`` ta
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -98,27 +99,39 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, EPS, 1.0))).sum(axis=-1)
 
 
-def rank(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+def rank(scores: np.ndarray, groups: np.ndarray | None = None, max_share: float = 0.0) -> np.ndarray:
     """Task indices, most informative (highest score) first; ties keep index order; NaN last.
 
-    ``groups`` (one per task, e.g. the predicted class) interleaves the groups: every group's best
-    task comes before any group's second best, and so on, each such round ordered by score. The top
-    k then spreads over the groups, instead of k tasks the model puts in one class."""
+    ``groups`` (one per task: the predicted class) caps each group's share of the queue: among the
+    first n tasks, for every n, a group holds at most ``ceil(max_share * n)`` (at least one). While
+    no group may take the next place, the least represented group's best task does. ``max_share``
+    1 is the plain order; 0 interleaves the groups (each group's best, then each one's second...,
+    each such round by score); 0.5 lets no group take more than half of any prefix."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     s = np.where(np.isnan(s), -np.inf, s)
     order = np.argsort(-s, kind="stable")
-    if groups is None:
+    if groups is None or max_share >= 1.0:
         return order
     g = np.asarray(groups).ravel()
     if g.shape != s.shape:
         raise ValueError(f"groups must have one value per task: {g.shape} != {s.shape}")
-    within = np.empty(len(order), dtype=np.int64)  # each task's place in its group's own order
-    for value in np.unique(g):
-        members = order[g[order] == value]
-        within[members] = np.arange(len(members))
+    members = [order[g[order] == value] for value in np.unique(g)]  # each group's tasks, best first
     place = np.empty(len(order), dtype=np.int64)
     place[order] = np.arange(len(order))
-    return np.lexsort((place, within))
+    taken = [0] * len(members)
+    out = np.empty(len(order), dtype=np.int64)
+    for n in range(len(order)):
+        cap = max(1, math.ceil(max_share * (n + 1) - 1e-9))
+        best_key, best = None, -1
+        for k, tasks in enumerate(members):
+            if taken[k] < len(tasks):
+                over = taken[k] >= cap
+                key = (over, taken[k] if over else 0, place[tasks[taken[k]]])
+                if best_key is None or key < best_key:
+                    best_key, best = key, k
+        out[n] = members[best][taken[best]]
+        taken[best] += 1
+    return out
 
 
 def ls_score(rank_position: int | np.ndarray, n: int) -> float | np.ndarray:
@@ -136,9 +149,9 @@ def ls_score(rank_position: int | np.ndarray, n: int) -> float | np.ndarray:
     return float(out) if out.ndim == 0 else out
 
 
-def ls_scores(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+def ls_scores(scores: np.ndarray, groups: np.ndarray | None = None, max_share: float = 0.0) -> np.ndarray:
     """Label Studio scores for every task, in task order (lower = more informative, all distinct)."""
-    order = rank(scores, groups)
+    order = rank(scores, groups, max_share)
     positions = np.empty(len(order), dtype=np.int64)
     positions[order] = np.arange(len(order))
     return np.asarray(ls_score(positions, len(order)), dtype=np.float64)
