@@ -334,8 +334,8 @@ def write_docs(payload: dict[str, Any], plot_paths: list[Path], path: Path = DOC
         f"propagate_min_support={DEFAULTS.propagate_min_support} corrected tasks (`feedback/concepts.py`, "
         f"`feedback/text_concepts.py`), cali_lambda={DEFAULTS.cali_lambda:g}, "
         f"evidence_sigma={DEFAULTS.evidence_sigma:g}, kl_weight={DEFAULTS.kl_weight:g}, {DEFAULTS.acquisition} "
-        "ranking, Grad-CAM evidence; no per-data-set tuning. A method row changes only its strategy (and c, the "
-        "fill, propagation or lambda where its name says so).",
+        f"ranking with max_class_share={DEFAULTS.max_class_share:g}, Grad-CAM evidence; no per-data-set tuning. "
+        "A method row changes only its strategy (and c, the fill, propagation or lambda where its name says so).",
         "- scikit-learn's digits has 1797 images (80/20 split: 1438 training images), so 0.5%, 1% and 5% of the "
         "training set are 7, 14 and 72 corrected explanations; MNIST's 1% would be 600. Colors and the text "
         "problems have 1000 training tasks (5, 10, 50).", "",
