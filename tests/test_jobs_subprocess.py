@@ -53,3 +53,33 @@ def test_a_child_that_dies_fails_the_job_instead_of_hanging(queue, tmp_path):
 def test_in_a_thread_when_asked(tmp_path):
     queue = EmbeddedQueue(Settings(model_dir=tmp_path, jobs_in_subprocess=False))
     assert queue.execute(core_reporting_its_pid, Settings(model_dir=tmp_path), "7")["pid"] == os.getpid()
+
+
+def test_the_forkserver_starts_with_the_first_enqueued_job_not_with_the_queue(tmp_path):
+    """The job code (torch) is imported during the first job's debounce, so that job does not wait
+    for it; a serving process that never enqueues a job starts no forkserver. Run in a fresh
+    interpreter: the forkserver is one per process, and this one may have started it already."""
+    import subprocess
+    import sys
+
+    script = f"""
+import time
+from multiprocessing import forkserver
+from ml_backend.config import Settings
+from ml_backend.jobs.queue import EmbeddedQueue
+
+def running():  # multiprocessing keeps the server's pid in a private attribute; there is no public one
+    return forkserver._forkserver._forkserver_pid is not None
+
+queue = EmbeddedQueue(Settings(model_dir={str(tmp_path)!r}, train_debounce=600))
+time.sleep(0.5)
+before = running()
+queue.enqueue_train("3")
+deadline = time.time() + 20
+while not running() and time.time() < deadline:
+    time.sleep(0.05)
+print(before, running(), queue.jobs("3")[0]["status"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "queued"], out.stdout + out.stderr
