@@ -8,7 +8,8 @@ activation evidence, beside the CNN rows of ``benchmarks/results/xil.json``.
 The stored results ran as shards, one process per problem (four corners: seeds 0-1 and 2), with
 ``--out benchmarks/results/_xil_models_<name>.json --no-docs`` (text problems with
 ``--acquisitions entropy random``), merged by ``--report-only --out benchmarks/results/xil_models.json
---merge benchmarks/results/_xil_models_*.json``.
+--merge benchmarks/results/_xil_models_*.json``. Random patch, stamp, toy colors and the missing seeds of
+edge stripe and background ran later as ``_xil_models_more_*.json`` (one process each, two at a time).
 
 Per problem and seed, for each kind: the kind trained on the clean training set (its clean bound,
 also read on the clean test set where the problem has one), trained on the confounded set (N=0),
