@@ -61,6 +61,12 @@ def infer_counterfactual(model: ModelKind, x: torch.Tensor, replaced: torch.Tens
     return CounterfactualInference(before, after, relevance)
 
 
+def least_certain_decision(probs: torch.Tensor) -> torch.Tensor:
+    """A multi-label task's score: its least certain decision, min_k max(p_k, 1 - p_k), over the last
+    axis (lower is more uncertain, as a single label's confidence)."""
+    return torch.maximum(probs, 1 - probs).min(dim=-1).values
+
+
 @dataclass
 class MultiLabelInference:
     probs: torch.Tensor  # (N, K) one sigmoid per class, on CPU

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from ml_backend.data.prepare import PreparedTask, marks_on_input
 from ml_backend.explain.counterfactual import replaced_positions
 from ml_backend.feedback.parse import FeedbackError, parse_annotation
-from ml_backend.inference import CounterfactualInference, infer_counterfactual
+from ml_backend.inference import CounterfactualInference, infer_counterfactual, least_certain_decision
 from ml_backend.labelstudio.interactive import (ContextError, Marks, as_counterfactual, interactive_schema,
                                                 label_set_summary, summary, textarea_result)
 from ml_backend.labelstudio.results import for_class
@@ -84,26 +84,24 @@ def multi_label_item(ctx: ProjectContext, loaded: LoadedModel, item: PreparedTas
     served after with its evidence on the counterfactual input. The score is the least certain
     decision after, as /predict scores a multi-label task."""
     schema, classes = ctx.schema, ctx.schema.classes
-
-    def served(probs: Any) -> list[tuple[str, float]]:
-        return [(classes[k], float(p)) for k, p in enumerate(probs.tolist()) if p > threshold]
-
-    before, after = served(found.before), served(found.after)
+    before = [k for k, p in enumerate(found.before.tolist()) if p > threshold]
+    after = [k for k, p in enumerate(found.after.tolist()) if p > threshold]
     where = interactive_schema(ctx.label_config, schema)
     result = []
     if where.text_name is not None:
-        result.append(textarea_result(schema, where.text_name, label_set_summary(mode, before, after)))
+        line = label_set_summary(mode, [(classes[k], float(found.before[k])) for k in before],
+                                 [(classes[k], float(found.after[k])) for k in after])
+        result.append(textarea_result(schema, where.text_name, line))
     if where.evidence_label is not None and schema.has_evidence:
-        for k in (classes.index(label) for label, _ in after):
+        for k in after:
             result += [as_counterfactual(for_class(region, classes[k], k), schema, where.evidence_label,
                                          f"counterfactual-c{k}-{j}")
                        for j, region in enumerate(evidence_results(ctx, item, found.relevance[k]))]
-    score = float(found.after.clamp(0, 1).sub(0.5).abs().min()) + 0.5
 
-    def facts(served_: list[tuple[str, float]], probs: Any) -> dict[str, Any]:
-        return {"labels": [label for label, _ in served_],
+    def facts(served: list[int], probs: Any) -> dict[str, Any]:
+        return {"labels": [classes[k] for k in served],
                 "scores": {label: float(p) for label, p in zip(classes, probs.tolist())}}
 
-    return {"model_version": loaded.version, "score": score, "result": result,
-            "counterfactual": {"mode": mode, "before": facts(before, found.before), "after": facts(after, found.after),
-                               "changed": [c for c, _ in before] != [c for c, _ in after]}}
+    return {"model_version": loaded.version, "score": float(least_certain_decision(found.after)),
+            "result": result, "counterfactual": {"mode": mode, "before": facts(before, found.before),
+                                                 "after": facts(after, found.after), "changed": before != after}}

@@ -10,7 +10,7 @@ import torch
 
 from ml_backend.data.prepare import PreparedTask
 from ml_backend.explain.regions import evidence_mask, mask_regions, token_spans
-from ml_backend.inference import infer, infer_multi_label
+from ml_backend.inference import infer, infer_multi_label, least_certain_decision
 from ml_backend.labelstudio.results import brush_result, choices_result, for_class, span_result
 from ml_backend.project import ProjectContext
 from ml_backend.store import LoadedModel
@@ -53,7 +53,7 @@ def render_multi_label(ctx: ProjectContext, loaded: LoadedModel, prepared: list[
     inference = infer_multi_label(loaded.model, x, settings.attribution, settings.multi_label_threshold,
                                   schema.has_evidence or with_relevance, settings.mc_samples)
     probs, served = inference.probs, inference.served
-    confidence = torch.maximum(probs, 1 - probs).min(dim=1).values
+    confidence = least_certain_decision(probs)
     out = []
     for i, item in enumerate(prepared):
         classes = [k for k in range(schema.n_classes) if bool(served[i, k])]
