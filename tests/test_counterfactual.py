@@ -189,13 +189,8 @@ def test_the_same_marks_give_the_same_answer():
 
 # --- multi-label ---------------------------------------------------------------------------------------------------
 
-class TwoCornersNet(nn.Module):
+class TwoCornersNet(CornerNet):
     """Multi-label: Class A when the top-left corner is bright, Class B when the bottom-right one is."""
-
-    def __init__(self, size: int = 16) -> None:
-        super().__init__()
-        self.config = {"n_classes": 2, "image_size": size}
-        self.scale = nn.Parameter(torch.tensor(20.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         side = x.shape[-1] // 4
