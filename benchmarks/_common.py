@@ -131,6 +131,12 @@ def ls_task(task_id: int, data: dict, project: int = 2) -> dict:
             "file_upload": None, "comment_authors": [], "annotations": [], "predictions": []}
 
 
+def setup_body(project_id: int, label_config: str, extra_params: Optional[dict] = None) -> dict:
+    """The /setup body Label Studio 1.23.2 sends when a project connects its ML backend."""
+    return {"project": f"{project_id}.1795343946", "schema": label_config, "hostname": "http://localhost:8080",
+            "access_token": "0123456789abcdef", "extra_params": extra_params}
+
+
 def project_object(project_id: int, label_config: str) -> dict:
     """ProjectWebhookSerializer-shaped project (contract §2.3), the fields that matter filled in."""
     return {

@@ -22,6 +22,7 @@ Weights are random (seeded): latency does not depend on them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import tempfile
@@ -50,6 +51,11 @@ TEXT = ("The kettle arrived quickly and xqz it boils water in under two minutes,
         "and the handle stays cool; the lid is a little stiff but overall a great buy.")
 
 
+@functools.lru_cache(maxsize=None)
+def label_config(project: int) -> str:
+    return (TEXT_CONFIG if project == 4 else IMAGE_CONFIG).read_text()
+
+
 def publish(model_dir: Path) -> None:
     """A random-weight version of each project's model, as its first training would publish it."""
     import torch
@@ -59,8 +65,7 @@ def publish(model_dir: Path) -> None:
     from ml_backend.store import ProjectStore
 
     for project, (_, params, _) in MODELS.items():
-        config = (TEXT_CONFIG if project == 4 else IMAGE_CONFIG).read_text()
-        ctx = make_context(str(project), config, ProjectSettings().with_overrides(params), model_dir)
+        ctx = make_context(str(project), label_config(project), ProjectSettings().with_overrides(params), model_dir)
         torch.manual_seed(project)
         model = new_model(ctx)
         model.network.eval()
@@ -102,10 +107,9 @@ def cases() -> list[tuple[int, str, dict[str, Any], Any]]:
 
 
 def body(project: int, data: dict[str, Any], regions: list[dict[str, Any]]) -> bytes:
-    config = (TEXT_CONFIG if project == 4 else IMAGE_CONFIG).read_text()
     context = {"result": regions} if regions else None
     return json.dumps({"tasks": [C.ls_task(1, data, project)], "project": f"{project}.1795343946",
-                       "label_config": config, "params": {"login": None, "password": None,
+                       "label_config": label_config(project), "params": {"login": None, "password": None,
                                                           "context": context}}).encode()
 
 
@@ -159,10 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {"MODEL_DIR": str(model_dir), "XIL_DEVICE": "cpu"}
         with C.Server(env, Path(tmp) / "server.log") as server:
             for project, (label, params, _) in MODELS.items():
-                config = (TEXT_CONFIG if project == 4 else IMAGE_CONFIG).read_text()
-                status, answer = C.http_json("POST", server.url + "/setup", {
-                    "project": f"{project}.1795343946", "schema": config, "hostname": "http://localhost:8080",
-                    "access_token": "0123456789abcdef", "extra_params": params})
+                status, answer = C.http_json("POST", server.url + "/setup",
+                                             C.setup_body(project, label_config(project), params))
                 if status != 200:
                     raise RuntimeError(f"/setup of {label}: {status} {answer}")
             for project, size, task_data, region in cases():

@@ -70,9 +70,7 @@ def trial(k: int, tmp: Path, redis_url: str, label_config: str, annotations: int
     processes: list[subprocess.Popen] = []
     try:
         with C.Server(env, tmp / f"server-{k}.log") as server:
-            status, answer = C.http_json("POST", server.url + "/setup", {
-                "project": f"{PROJECT}.1795343946", "schema": label_config, "hostname": "http://localhost:8080",
-                "access_token": "0123456789abcdef", "extra_params": None})
+            status, answer = C.http_json("POST", server.url + "/setup", C.setup_body(PROJECT, label_config))
             assert status == 200, answer
             slow = worker({**env, "XIL_EPOCHS": "1000", "XIL_PATIENCE": "1000"}, tmp / f"worker-slow-{k}.log")
             processes.append(slow)

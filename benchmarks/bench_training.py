@@ -90,8 +90,7 @@ def served_after_feedback(n: int, extra_env: dict[str, str], tmp: Path, device: 
     payloads = annotation_bodies(n, label_config)
     env = {"MODEL_DIR": str(tmp / f"models-{len(list(tmp.iterdir()))}"), "DEVICE": device, "LOG_LEVEL": "INFO",
            **server_env, **extra_env}
-    setup = {"project": f"{PROJECT}.1795343946", "schema": label_config, "hostname": "http://localhost:8080",
-             "access_token": "0123456789abcdef", "extra_params": None}
+    setup = C.setup_body(PROJECT, label_config)
     with C.Server(env, tmp / "server.log") as server:
         status, answer = C.http_json("POST", server.url + "/setup", setup)
         assert status == 200 and answer["model_version"] == "untrained", answer

@@ -148,9 +148,7 @@ def scenario(name: str, env: dict[str, str], tmp: Path, payloads: list[bytes], a
              label_config: str) -> dict[str, Any]:
     log = tmp / f"server-{len(os.listdir(tmp))}.log"
     with C.Server(env, log, cpus=args.server_cpus) as server:
-        status, answer = C.http_json("POST", server.url + "/setup", {
-            "project": f"{PROJECT}.1795343946", "schema": label_config, "hostname": "http://localhost:8080",
-            "access_token": "0123456789abcdef", "extra_params": None})
+        status, answer = C.http_json("POST", server.url + "/setup", C.setup_body(PROJECT, label_config))
         if status != 200:
             raise RuntimeError(f"/setup answered {status}: {answer}")
         warm = bodies(5, 10**6, label_config)  # first requests import and open the store
