@@ -119,7 +119,7 @@ def test_a_text_backbone_reads_a_long_document_whole(backend, text_config, backb
     assert not failed, failed[0]["traceback"]
     meta = ProjectStore(settings.model_dir, "2").list()[-1]
     assert meta["kind"] == "backbone_text" and meta["feedback"]["irrelevant"] == 2
-    # 32-token windows: this document takes about ten of them
+    # 32-token windows overlapping by 8: this document of about 110 tokens takes five of them
     document = " ".join(["the film was fine and the actor was good"] * 12 + ["zzv xqz awful"])
     prediction = requests.post(server.url + "/predict",
                                json=predict_body([ls_task(9, {"text": document})], text_config)).json()["results"][0]
@@ -128,7 +128,15 @@ def test_a_text_backbone_reads_a_long_document_whole(backend, text_config, backb
     for span in spans:
         value = span["value"]
         assert document[value["start"]:value["end"]] == value["text"]
-    assert max(span["value"]["end"] for span in spans) > len(document) * 0.8  # evidence in the last part too
+    # A token in two windows sums both, so evidence favours the middle over the last window;
+    # the check is that it reaches past the first window, which a truncating reader never does.
+    first_window_chars = len(" ".join(["the film was fine and the actor was good"] * 4))
+    assert max(span["value"]["end"] for span in spans) > first_window_chars
+    # and that the last words, far past the first window, move the prediction
+    retold = document.replace("zzv xqz awful", "loved this story")
+    again = requests.post(server.url + "/predict",
+                          json=predict_body([ls_task(10, {"text": retold})], text_config)).json()["results"][0]
+    assert again["result"][0]["score"] != prediction["result"][0]["score"]  # a truncating reader gives the same bits
 
 
 @pytest.mark.parametrize("name, message", [
