@@ -46,11 +46,13 @@ class CounterfactualInference:
 
 def infer_counterfactual(model: ModelKind, x: torch.Tensor, replaced: torch.Tensor, method: str, fill: str,
                          copies: int, mc_samples: int = 10, seed: int = 0,
-                         threshold: Optional[float] = None) -> CounterfactualInference:
+                         threshold: Optional[float] = None,
+                         donors: Optional[torch.Tensor] = None) -> CounterfactualInference:
     """One example ``x``: its prediction, and the prediction and evidence with ``replaced`` filled
-    as counterexamples are (the same answer every time: a seeded fill). A ``threshold`` asks for
-    multi-label inference: independent sigmoids, the evidence of every class served."""
-    edited = counterfactual_inputs(model, x, replaced, fill, copies, torch.Generator().manual_seed(seed))
+    as counterexamples are, from ``donors`` when given (the same answer every time: a seeded fill).
+    A ``threshold`` asks for multi-label inference: independent sigmoids, the evidence of every
+    class served."""
+    edited = counterfactual_inputs(model, x, replaced, fill, copies, torch.Generator().manual_seed(seed), donors)
     if threshold is not None:
         before = infer_multi_label(model, x[None], method, threshold, explain=False, mc_samples=mc_samples).probs[0]
         out = infer_multi_label(model, edited, method, threshold, explain=True, mc_samples=mc_samples)

@@ -28,7 +28,8 @@ def render_counterfactual(ctx: ProjectContext, loaded: LoadedModel, item: Prepar
     replaced = replaced_positions(feedback.irrelevant, feedback.relevant, model.mask_shape(item.tensor[None]))
     threshold = settings.multi_label_threshold if ctx.schema.multi_label else None
     found = infer_counterfactual(model, item.tensor, replaced, settings.attribution, settings.counterexample_fill,
-                                 settings.counterexamples, settings.mc_samples, threshold=threshold)
+                                 settings.counterexamples, settings.mc_samples, threshold=threshold,
+                                 donors=loaded.donors)
     if threshold is not None:
         return multi_label_item(ctx, loaded, item, marks.mode, found, threshold)
     return counterfactual_item(ctx, loaded, item, marks.mode, found)

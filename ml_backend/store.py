@@ -5,6 +5,7 @@ Layout under MODEL_DIR::
     feedback.sqlite3                          annotations of every project (feedback.store)
     projects/<project>/project.json           label config + extra params (from /setup and webhooks)
     projects/<project>/versions/v3/model.pt   checkpoint (kind, config, classes, state_dict)
+    projects/<project>/versions/v3/donors.pt  a few image training inputs (the counterfactual's fill)
     projects/<project>/versions/v3/meta.json  metrics and provenance
     projects/<project>/CURRENT                the serving version's directory, "v3" (replaced atomically)
     projects/<project>/queue.json             the last ranking of unlabeled tasks
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +43,8 @@ import torch
 from ml_backend.models import CheckpointError, from_checkpoint, load_checkpoint_file
 from ml_backend.models.base import ModelKind
 from ml_backend.models.feature_cache import FeatureCache
+
+log = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^v(\d+)$")  # a version's directory (and, before project-named versions, its name)
 _PROJECT = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -57,6 +61,9 @@ class LoadedModel:
     model: ModelKind
     classes: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    # a few training inputs (M, *input shape) of every class: what the interactive counterfactual
+    # fills a removed region with, as the counterexamples strategy does in training
+    donors: Optional[torch.Tensor] = None
 
 
 def version_prefix(project: str) -> str:
@@ -216,12 +223,18 @@ class ProjectStore:
             return {}
         return {**meta, "version": self.name(number)}  # meta of an older release says "v3"
 
-    def publish(self, model: ModelKind, classes: tuple[str, ...], meta: dict[str, Any]) -> str:
-        """Write a new version and make it current; returns its name."""
+    def publish(self, model: ModelKind, classes: tuple[str, ...], meta: dict[str, Any],
+                donors: Optional[torch.Tensor] = None) -> str:
+        """Write a new version (with its ``donors``, a few training inputs, when given) and make it
+        current; returns its name."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=".staging-"))
         try:
             torch.save({**model.checkpoint(classes), "multi_label": model.multi_label}, staging / "model.pt")
+            if donors is not None and len(donors):
+                # half precision: a fill needs no more, and a 224 px bank stays a few MB
+                stored = donors.detach().cpu()
+                torch.save(stored.half() if stored.is_floating_point() else stored, staging / "donors.pt")
             numbers = [v["number"] for v in self.list()]
             number = max(numbers, default=0) + 1
             while True:
@@ -267,7 +280,21 @@ class ProjectStore:
             raise StoreError(str(exc)) from None
         model.use_feature_cache(self.feature_cache(feature_cache_mb))
         name = self.name(number)
-        return LoadedModel(name, model, tuple(checkpoint["classes"]), self.meta(name))
+        return LoadedModel(name, model, tuple(checkpoint["classes"]), self.meta(name),
+                           self._donors(self.versions_dir / f"v{number}" / "donors.pt"))
+
+    @staticmethod
+    def _donors(path: Path) -> Optional[torch.Tensor]:
+        """A version's donor inputs; None for a version without them (or one that cannot be read:
+        the counterfactual then fills with random values, as before donors were stored)."""
+        try:
+            donors = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # a damaged file must not keep the version from serving
+            log.warning("%s unreadable (%s): the counterfactual fills with random values", path, exc)
+            return None
+        return donors.float() if isinstance(donors, torch.Tensor) and donors.is_floating_point() else None
 
 
 def project_ids(model_dir: Path) -> list[str]:

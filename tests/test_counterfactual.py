@@ -16,7 +16,7 @@ from ml_backend.config import ProjectSettings, Settings
 from ml_backend.data.fetch import Fetcher
 from ml_backend.data.prepare import prepare_task
 from ml_backend.data.text import token_id
-from ml_backend.explain.counterfactual import replaced_positions
+from ml_backend.explain.counterfactual import donor_bank, replaced_positions
 from ml_backend.feedback.parse import parse_annotation
 from ml_backend.interactive import render_counterfactual
 from ml_backend.labelstudio import rle
@@ -111,9 +111,10 @@ def span(label: str, text: str, word: str) -> dict:
             "value": {"start": start, "end": start + len(word), "text": word, "labels": [label]}}
 
 
-def counterfactual_of(kind_model, label_config: str, data: dict, regions: list[dict], attribution: str = "saliency"):
+def counterfactual_of(kind_model, label_config: str, data: dict, regions: list[dict], attribution: str = "saliency",
+                      donors: torch.Tensor | None = None):
     ctx = make_context("2", label_config, ProjectSettings().with_overrides({"attribution": attribution}))
-    loaded = LoadedModel("v1", kind_model, ctx.schema.classes)
+    loaded = LoadedModel("v1", kind_model, ctx.schema.classes, donors=donors)
     kind_model.network.eval()
     item = prepare_task(ctx.schema, kind_model, ls_task(1, data), Fetcher(Settings()))
     return render_counterfactual(ctx, loaded, item, context_marks({"result": regions}, ctx.schema))
@@ -146,6 +147,45 @@ def test_irrelevant_region_removed_changes_the_class_and_says_so():
     assert text["from_name"] == "counterfactual" and text["to_name"] == "image" and text["readonly"] is True
     line = text["value"]["text"][0]
     assert "Without the Irrelevant" in line and "Class A" in line and "was Class B" in line and "class changes" in line
+
+
+def test_the_removed_region_is_filled_from_the_versions_donors():
+    """A bright donor bank refills the bright corner: the class stays; random values (no bank) lose it."""
+    image = {"image": png_data_uri(corner_image())}
+    corner = [brush("Irrelevant", mask(slice(0, CORNER), slice(0, CORNER)))]
+    bright = torch.ones(4, 3, 16, 16)
+    kept = counterfactual_of(CornerKind(CornerNet()), config("image"), image, corner, donors=bright)
+    assert kept["counterfactual"]["after"]["label"] == "Class B" and kept["counterfactual"]["changed"] is False
+    lost = counterfactual_of(CornerKind(CornerNet()), config("image"), image, corner, donors=None)
+    assert lost["counterfactual"]["after"]["label"] == "Class A"
+    # a bank of another input size (an older version, another image_size) is not used
+    odd = counterfactual_of(CornerKind(CornerNet()), config("image"), image, corner, donors=torch.ones(4, 3, 8, 8))
+    assert odd["counterfactual"]["after"]["label"] == "Class A"
+
+
+def test_donor_bank_draws_from_every_class():
+    x = torch.arange(20, dtype=torch.float32)[:, None]
+    y = torch.tensor([0] * 16 + [1] * 3 + [2])
+    bank = donor_bank(x, y, 6, seed=1)
+    classes = y[bank[:, 0].long()]
+    assert len(bank) == 6 and set(classes.tolist()) == {0, 1, 2} and len(set(bank[:, 0].tolist())) == 6
+    assert torch.equal(bank, donor_bank(x, y, 6, seed=1))
+    multi_hot = torch.nn.functional.one_hot(y, 3).float()
+    assert set(y[donor_bank(x, multi_hot, 3)[:, 0].long()].tolist()) == {0, 1, 2}
+    assert len(donor_bank(x, y, 50)) == 20 and len(donor_bank(x, y, 0)) == 0
+
+
+def test_a_version_keeps_its_donors(tmp_path):
+    store = ProjectStore(tmp_path, "2")
+    model = adapt(ImageCNN(2, image_size=16))
+    donors = torch.rand(5, 3, 16, 16)
+    with_bank = store.publish(model, ("Class A", "Class B"), {}, donors=donors)
+    without = store.publish(model, ("Class A", "Class B"), {})
+    loaded = store.load(with_bank).donors
+    assert loaded.dtype == torch.float32 and torch.allclose(loaded, donors, atol=1e-3)
+    assert store.load(without).donors is None
+    (store.versions_dir / "v1" / "donors.pt").write_bytes(b"not a tensor")
+    assert store.load(with_bank).donors is None  # a damaged bank never keeps the version from serving
 
 
 def test_irrelevant_region_elsewhere_keeps_the_class():
