@@ -37,6 +37,7 @@ more than one annotator it picks at random among the first ``annotators + 1`` ta
 """
 from __future__ import annotations
 
+import heapq
 import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -119,18 +120,26 @@ def rank(scores: np.ndarray, groups: np.ndarray | None = None, max_share: float 
     place = np.empty(len(order), dtype=np.int64)
     place[order] = np.arange(len(order))
     taken = [0] * len(members)
+    # groups under the cap by their best remaining task's place; those at it by (taken, place):
+    # O(n log K) instead of scanning every group for every place
+    under = [(int(place[tasks[0]]), k) for k, tasks in enumerate(members)]
+    heapq.heapify(under)
+    over: list[tuple[int, int, int]] = []
     out = np.empty(len(order), dtype=np.int64)
     for n in range(len(order)):
         cap = max(1, math.ceil(max_share * (n + 1) - 1e-9))
-        best_key, best = None, -1
-        for k, tasks in enumerate(members):
-            if taken[k] < len(tasks):
-                over = taken[k] >= cap
-                key = (over, taken[k] if over else 0, place[tasks[taken[k]]])
-                if best_key is None or key < best_key:
-                    best_key, best = key, k
+        while over and over[0][0] < cap:  # the cap grew past these groups' counts
+            _, head, k = heapq.heappop(over)
+            heapq.heappush(under, (head, k))
+        _, best = heapq.heappop(under) if under else heapq.heappop(over)[1:]
         out[n] = members[best][taken[best]]
         taken[best] += 1
+        if taken[best] < len(members[best]):
+            head = int(place[members[best][taken[best]]])
+            if taken[best] >= cap:
+                heapq.heappush(over, (taken[best], head, best))
+            else:
+                heapq.heappush(under, (head, best))
     return out
 
 
