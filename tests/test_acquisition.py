@@ -186,6 +186,33 @@ def test_rank_caps_a_class_share_of_every_prefix():
     assert sorted(capped.tolist()) == list(range(200)) and np.mean(plain[:20] == capped[:20]) > 0.5
 
 
+def _capped_reference(scores: np.ndarray, groups: np.ndarray, max_share: float) -> list[int]:
+    """The cap's definition, place by place: the best task of a group under the cap, else of the
+    least represented group (a scan of every group: slow, plain)."""
+    order = [int(i) for i in np.argsort(-np.where(np.isnan(scores), -np.inf, scores), kind="stable")]
+    left = {g: [i for i in order if groups[i] == g] for g in np.unique(groups)}
+    out: list[int] = []
+    while len(out) < len(order):
+        cap = max(1, math.ceil(max_share * (len(out) + 1) - 1e-9))
+        counts = {g: sum(groups[i] == g for i in out) for g in left}
+        open_ = [g for g in left if left[g] and counts[g] < cap]
+        pool = open_ or [g for g in left if left[g]]
+        best = min(pool, key=lambda g: (0 if open_ else counts[g], order.index(left[g][0])))
+        out.append(left[best].pop(0))
+    return out
+
+
+def test_rank_with_a_cap_follows_its_definition_on_random_queues():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        scores = np.round(rng.random(n), 1)  # ties
+        scores[rng.random(n) < 0.1] = np.nan
+        groups = rng.integers(0, k, n)
+        share = float(rng.choice([0.0, 0.3, 0.5, 0.8]))
+        assert rank(scores, groups, share).tolist() == _capped_reference(scores, groups, share)
+
+
 # ---------------------------------------------------------------------------- ALEX
 
 
