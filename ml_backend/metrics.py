@@ -5,7 +5,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 REQUEST_LATENCY = Histogram(
     "ml_backend_request_seconds", "Request latency by route", ["route", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100),
 )
 PREDICTIONS = Counter("ml_backend_predictions_total", "Predictions served", ["project", "outcome"])
 WEBHOOK_EVENTS = Counter("ml_backend_webhook_events_total", "Webhook events received", ["action"])
