@@ -74,6 +74,16 @@ def test_projects_are_separate(store):
     assert store.revision("4") == 0 and store.list("4") == []
 
 
+def test_has_at_least_counts_one_project(store):
+    for i in range(1, 4):
+        store.upsert("1", ann(i, i), task(i))
+    store.upsert("2", ann(9, 9), task(9))
+    assert [store.has_at_least("1", n) for n in (0, 1, 3, 4)] == [True, True, True, False]
+    assert store.has_at_least("2", 1) and not store.has_at_least("2", 2) and not store.has_at_least("3", 1)
+    store.delete("1", [2])
+    assert not store.has_at_least("1", 3) and store.count("1") == 2
+
+
 def test_list_is_ordered_by_task_id(store):
     for ann_id, task_id in [(5, 30), (6, 10), (7, 20), (4, 10)]:
         store.upsert("2", ann(ann_id, task_id), task(task_id))

@@ -161,7 +161,7 @@ class WebhookIntake:
             log.warning("project %s: stored extra params unusable (%s); using min_annotations %d", project, exc,
                         self.settings.project.min_annotations)
             minimum = self.settings.project.min_annotations
-        if self.store.count(project) < minimum:
+        if not self.store.has_at_least(project, minimum):
             return {}
         job = self.queue.enqueue_train(project)
         return {"train_job": job["id"], "folded": bool(job.get("folded"))}

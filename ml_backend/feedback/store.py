@@ -232,6 +232,14 @@ class AnnotationStore:
             .fetchone()[0]
         )
 
+    def has_at_least(self, project_id: str, n: int) -> bool:
+        """Whether the project holds ``n`` annotations or more: reads n rows at most, where ``count``
+        reads them all (every webhook asks this)."""
+        if n <= 0:
+            return True
+        return self._conn().execute("SELECT 1 FROM annotations WHERE project_id=? LIMIT 1 OFFSET ?",
+                                    (str(project_id), n - 1)).fetchone() is not None
+
     def revisions(self) -> dict[str, int]:
         """Every project's revision."""
         return dict(self._conn().execute("SELECT project_id, revision FROM revisions").fetchall())
