@@ -178,9 +178,11 @@ class ProjectSettings:
     # <Choices choice="multiple">: every class whose probability (a sigmoid per class) is above this is served
     multi_label_threshold: float = _setting(0.5, 0, 1, low_open=True, high_open=True)
     slic_segments: int = _setting(0, 0, 10_000)  # >0 snaps evidence to SLIC superpixels
-    # counterexamples alone: RRR's gradient-share penalty lowered accuracy on confounders it was not
-    # tuned on (docs/xil-benchmarks.md); it stays available by name
-    strategies: tuple[str, ...] = ("counterexamples",)
+    # "default" = the model kind's own: counterexamples (cnn, text_cnn, backbones), cali +
+    # counterexamples (senn), activation_evidence + counterexamples (bayesian_cnn). RRR's
+    # gradient-share penalty lowered accuracy on confounders it was not tuned on
+    # (docs/xil-benchmarks.md); it stays available by name
+    strategies: tuple[str, ...] = ("default",)
     rrr_lambda: float = _setting(10.0, 0)
     counterexamples: int = _setting(3, 0, 100)
     counterexample_fill: str = "substitute"  # substitute (from another task) | randomize | blur

@@ -15,7 +15,7 @@ from ml_backend.models import (CheckpointError, backbones, from_checkpoint, is_c
 from ml_backend.models.base import ModelKind
 from ml_backend.ranking.acquisition import ACQUISITIONS
 from ml_backend.store import ProjectStore, StoreError, allowed_path
-from ml_backend.training.strategies import STRATEGIES
+from ml_backend.training.strategies import DEFAULT, STRATEGIES, strategy_names
 
 
 @dataclass
@@ -57,7 +57,8 @@ def check_names(settings: ProjectSettings) -> ProjectSettings:
         raise ConfigError(f"model_kind must be one of {', '.join(n for n in model_kind_names() if n)}, "
                           f"not {settings.model_kind!r}")
     for name in settings.strategies:
-        STRATEGIES.get(name)
+        if name != DEFAULT:
+            STRATEGIES.get(name)
     if settings.attribution not in METHODS:
         raise ConfigError(f"attribution must be one of {', '.join(METHODS)}, not {settings.attribution!r}")
     ACQUISITIONS.get(settings.acquisition)
@@ -72,7 +73,7 @@ def resolve_kind(schema: TaskSchema, settings: ProjectSettings) -> type[ModelKin
         raise ConfigError(f"model_kind {kind.name!r} serves single-label Choices only; for <Choices "
                           f"name=\"{schema.choices_name}\" choice=\"multiple\"> use the default model_kind "
                           "(cnn, text_cnn) or a backbone")
-    for name in settings.strategies:
+    for name in strategy_names(settings.strategies, kind):
         strategy = STRATEGIES.get(name)
         if not kind.supports(strategy):
             raise ConfigError(f"strategy {name!r} does not train model_kind {kind.name!r}: {strategy.requirement}")
@@ -105,7 +106,9 @@ def make_context(key: str, label_config: str, settings: ProjectSettings, model_d
     """A project from its label config and settings (a backbone is found under ``model_dir``)."""
     schema = parse_label_config(label_config)
     settings = with_backbone(schema, settings, model_dir, weights_dirs)
-    return ProjectContext(key, schema, settings, label_config, resolve_kind(schema, settings))
+    kind = resolve_kind(schema, settings)
+    settings = dataclasses.replace(settings, strategies=strategy_names(settings.strategies, kind))
+    return ProjectContext(key, schema, settings, label_config, kind)
 
 
 def project_context(settings: Settings, project: Any, label_config: Optional[str] = None,

@@ -48,8 +48,7 @@ def train_on_corrections(server, settings, config: str, n: int = 6) -> dict:
     ({"model_kind": "senn", "strategies": ["cali", "rrr"], "senn_patch": 6}, "senn", "senn_faithfulness"),
     ({"model_kind": "senn", "strategies": ["cali"], "senn_concepts": "pixels", "senn_robustness": 0.01}, "senn",
      "senn_stability"),
-    ({"model_kind": "bayesian_cnn", "strategies": ["activation_evidence"]}, "bayesian_cnn",
-     "activation_evidence_scale"),
+    ({"model_kind": "bayesian_cnn"}, "bayesian_cnn", "activation_evidence_scale"),  # its default strategies
     ({"model_kind": "senn", "strategies": ["rrr"], "senn_concepts": "learned"}, "senn", "senn_stability"),
     ({"model_kind": "cnn", "strategies": ["rrr", "counterexamples", "relevant"]}, "cnn", "irrelevant_attribution_mass"),
 ])
@@ -58,6 +57,10 @@ def test_image_model_types(backend, image_config, params, kind, metric):
     assert requests.post(server.url + "/setup", json=setup_body(image_config, extra_params=params)).status_code == 200
     meta = train_on_corrections(server, settings, image_config)
     assert meta["kind"] == kind
+    if "strategies" not in params:
+        assert meta["strategies"] == ["activation_evidence", "counterexamples"] and meta["counterexamples"] > 0
+    donors = ProjectStore(settings.model_dir, "2").load(meta["version"]).donors  # the counterfactual's fill
+    assert donors is not None and len(donors) == 6 and donors.shape[-2:] == (24, 24)  # every training task
     assert meta["metrics"][metric] is not None
     if params.get("senn_concepts") == "learned":
         assert set(meta["concept_examples"]) and all(len(v) >= 1 for v in meta["concept_examples"].values())
@@ -108,6 +111,21 @@ def test_strategies_must_fit_the_model(params, message, image_config):
     settings = ProjectSettings().with_overrides(params)  # types and ranges are fine
     with pytest.raises(ConfigError, match=message):
         make_context("2", image_config, settings)
+
+
+@pytest.mark.parametrize("params, strategies", [
+    ({}, ("counterexamples",)),
+    ({"model_kind": "senn"}, ("cali", "counterexamples")),
+    ({"model_kind": "bayesian_cnn"}, ("activation_evidence", "counterexamples")),
+    ({"model_kind": "senn", "strategies": ["rrr", "default"]}, ("rrr", "cali", "counterexamples")),
+    ({"model_kind": "senn", "strategies": ["counterexamples", "default"]}, ("counterexamples", "cali")),
+    ({"model_kind": "bayesian_cnn", "strategies": []}, ()),  # no feedback stays a choice
+])
+def test_default_strategies_are_the_model_kinds_own(params, strategies, image_config):
+    from ml_backend.project import make_context
+
+    ctx = make_context("2", image_config, ProjectSettings().with_overrides(params))
+    assert ctx.settings.strategies == strategies
 
 
 def test_bayesian_model_is_refused_for_text(backend, text_config):

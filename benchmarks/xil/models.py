@@ -9,7 +9,9 @@ The stored results ran as shards, one process per problem (four corners: seeds 0
 ``--out benchmarks/results/_xil_models_<name>.json --no-docs`` (text problems with
 ``--acquisitions entropy random``), merged by ``--report-only --out benchmarks/results/xil_models.json
 --merge benchmarks/results/_xil_models_*.json``. Random patch, stamp, toy colors and the missing seeds of
-edge stripe and background ran later as ``_xil_models_more_*.json`` (one process each, two at a time).
+edge stripe and background ran later as ``_xil_models_more_*.json`` (one process each, two at a time),
+and each kind's default (its strategy + counterexamples, ``--with-counterexamples``) as
+``_xil_models_ce_*.json``.
 
 Per problem and seed, for each kind: the kind trained on the clean training set (its clean bound,
 also read on the clean test set where the problem has one), trained on the confounded set (N=0),
@@ -36,6 +38,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 OUT = RESULTS / "xil_models.json"
 # the kinds and, per kind, the method without feedback and the one with the kind's own strategy
 KINDS = {"senn": ("senn_none", "cali"), "bayesian_cnn": ("bayes_none", "bayes_ae")}
+# the kind's strategy with counterexamples added (``--with-counterexamples``)
+WITH_COUNTEREXAMPLES = {"senn": "cali_ce", "bayesian_cnn": "bayes_ae_ce"}
 TEXT_KINDS = ("senn",)
 # about 0.3% (the thesis' share) or 0.5%, then 1% of the training set
 MODEL_BUDGETS = {"decoy_digits_4": [4, 14], "decoy_digits": [4, 14], "edge_stripe": [7, 14],
@@ -46,9 +50,10 @@ BASE_EPOCHS, FINETUNE_EPOCHS = 20, 8  # the full suite's schedule
 
 def run(problems: list[str], seeds: list[int], device: torch.device, save: Callable[[list[dict[str, Any]]], None],
         records: list[dict[str, Any]], log: Callable[[str], None] = print,
-        acquisitions: tuple[str, ...] = ("entropy",)) -> list[dict[str, Any]]:
+        acquisitions: tuple[str, ...] = ("entropy",), with_counterexamples: bool = False) -> list[dict[str, Any]]:
     """Each kind's clean bound, and its curves without and with its feedback (ranked by each of
-    ``acquisitions``; the method without feedback by the first only)."""
+    ``acquisitions``; the method without feedback by the first only), and with its feedback plus
+    counterexamples when ``with_counterexamples``."""
     done = {_key(r) for r in records}
     first = acquisitions[0]
     for problem in problems:
@@ -56,7 +61,8 @@ def run(problems: list[str], seeds: list[int], device: torch.device, save: Calla
             data_problem = PROBLEMS[problem](seed)
             size = data_problem.image_size
             kinds = TEXT_KINDS if data_problem.kind == "text" else tuple(KINDS)
-            runs = {k: [(KINDS[k][0], first)] + [(KINDS[k][1], a) for a in acquisitions] for k in kinds}
+            runs = {k: [(KINDS[k][0], first)] + [(KINDS[k][1], a) for a in acquisitions]
+                    + ([(WITH_COUNTEREXAMPLES[k], first)] if with_counterexamples else []) for k in kinds}
             todo = [k for k in kinds if (problem, seed, f"{k}_clean", None) not in done
                     or any((problem, seed, m, a) not in done for m, a in runs[k])]
             if not todo:
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--acquisitions", nargs="*", default=["entropy"],
                         help="rankings the feedback runs use (the first also ranks the run without feedback)")
+    parser.add_argument("--with-counterexamples", action="store_true",
+                        help="also run each kind's strategy with counterexamples added (first ranking only)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = [s for s in range(args.seeds) if not args.only_seeds or s in args.only_seeds]
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.report_only:
         records = run(args.problems, seeds, torch.device("cpu"), save, records,
-                      acquisitions=tuple(args.acquisitions))
+                      acquisitions=tuple(args.acquisitions), with_counterexamples=args.with_counterexamples)
     save(records)
     for table in report.models_section(records):
         print(f"\n## {table['title']}\n\n{table['markdown']}")

@@ -8,7 +8,8 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from benchmarks.machine import markdown as machine_markdown
-from benchmarks.xil.suite import BUDGETS, DEFAULTS, METHODS, TRAIN_SIZE, full_plan, one_percent_budget
+from benchmarks.xil.suite import (BUDGETS, CNN_DEFAULT, DEFAULTS, METHODS, TEXT_PROBLEMS, TRAIN_SIZE, full_plan,
+                                   one_percent_budget)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -195,7 +196,8 @@ def aims_table(records: list[dict[str, Any]]) -> dict[str, str]:
         half, one, five = BUDGETS.get(problem, [0, one_percent_budget(problem), 0])
         main = _group(records, problem, acquisition="entropy", rrr_lambda=None)
         default, none = main.get(("default", "entropy", None), []), main.get(("none", "entropy", None), [])
-        clean = [_point(r, 0)["accuracy"] for r in records if r["problem"] == problem and r["method"] == "clean"]
+        clean_recs = [r for r in records if r["problem"] == problem and r["method"] == "clean"]
+        clean = [_point(r, 0)["accuracy"] for r in clean_recs]
         if not default or not none:
             continue
 
@@ -211,13 +213,19 @@ def aims_table(records: list[dict[str, Any]]) -> dict[str, str]:
         before = _mean(_point(r, 0)["confounder_mass"] for r in default)
         after = _mean(p["confounder_mass"] for r in default if (p := _point(r, one)))
         ratio = after / before if before and after is not None else None
-        checks = [gap is None or gap >= 0.95, has_gap or harm >= -0.01, fall >= -0.01, spread <= 0.03]
+        clean_mass = _mean(_point(r, 0)["confounder_mass"] for r in clean_recs)
+        # the evidence shows the fix: a fall to 0.3x, or to the mass a model that never learned the
+        # confounder puts there (the clean model's; at 5 px toy colors' real evidence borders the corners)
+        shows_fix = (not has_gap or problem in TEXT_PROBLEMS or ratio is None or ratio <= 0.3
+                     or (clean_mass is not None and after <= clean_mass))
+        checks = [gap is None or gap >= 0.95, has_gap or harm >= -0.01, fall >= -0.01, spread <= 0.03, shows_fix]
         ok_all &= all(checks)
         rows.append([TITLES[problem], _ms(acc(none, one)), _ms(acc(default, half)), _ms(acc(default, one)),
                      _ms(acc(default, five)), _ms(clean),
                      f"{100 * gap:.0f}%" if gap is not None else "no gap",
                      f"{100 * harm:+.1f}", f"{100 * fall:+.1f}", f"{100 * spread:.1f}",
-                     f"{before:.3f} → {after:.3f} ({ratio:.2f}×)" if ratio is not None else "n/a",
+                     (f"{before:.3f} → {after:.3f} ({ratio:.2f}×)" if ratio is not None else "n/a")
+                     + (f"; clean {clean_mass:.3f}" if has_gap and clean_mass is not None else ""),
                      "met" if all(checks) else "**missed**"])
     return {"title": "The aims, per problem (the default strategy, entropy ranking)",
             "caption": (f"Accuracy on the confounded test set, mean ± std over seeds, at 0.5%, 1% and 5% of the "
@@ -225,7 +233,8 @@ def aims_table(records: list[dict[str, Any]]) -> dict[str, str]:
                         f">= {100 * GAP:.0f} points (aim >= 95%); harm = the worse of (default - no feedback) at 1% "
                         "and 5%, in points (aim >= -1 where there is no gap); 1% -> 5% in points (aim: no fall, "
                         "-1 tolerated as noise); spread = std over seeds at 1% in points (aim <= 3); served "
-                        "evidence mass on the confounder before feedback and at 1% (aim: <= 0.3x on images). "
+                        "evidence mass on the confounder before feedback and at 1% (aim on images with a gap: "
+                        "<= 0.3x, or no more than the clean model puts there). "
                         + ("Every aim is met." if ok_all else "Rows marked **missed** fall short of an aim; "
                            "the notes say which and why.")),
             "markdown": _table(["problem", "no feedback", "default 0.5%", "default 1%", "default 5%", "clean",
@@ -328,7 +337,7 @@ def write_docs(payload: dict[str, Any], plot_paths: list[Path], path: Path = DOC
         f"took {payload.get('seconds', 0) / 60:.1f} min",
         f"- Plan: {payload.get('plan_text', '')}",
         f"- Settings: the backend's defaults (`ml_backend/config.py` `ProjectSettings`): strategies "
-        f"{'+'.join(DEFAULTS.strategies)}, rrr_lambda={DEFAULTS.rrr_lambda:g} (the normalised share of "
+        f"{'+'.join(CNN_DEFAULT)} (the CNN's default), rrr_lambda={DEFAULTS.rrr_lambda:g} (the normalised share of "
         f"input-gradient mass inside the mask), counterexamples={DEFAULTS.counterexamples} "
         f"({DEFAULTS.counterexample_fill} fill), corrections generalised by content from "
         f"propagate_min_support={DEFAULTS.propagate_min_support} corrected tasks (`feedback/concepts.py`, "
@@ -357,8 +366,10 @@ def write_docs(payload: dict[str, Any], plot_paths: list[Path], path: Path = DOC
 # ------------------------------------------------------------------------------- the seeds' own models
 
 MODELS_RESULTS = ROOT / "benchmarks" / "results" / "xil_models.json"
-MODEL_ROWS = (("senn", "SENN", "senn_none", "cali", "CALI"),
-              ("bayesian_cnn", "Bayesian CNN", "bayes_none", "bayes_ae", "activation evidence"))
+# kind, its name, its method without feedback, and its feedback methods with their labels
+MODEL_ROWS = (("senn", "SENN", "senn_none", (("cali", "CALI"), ("cali_ce", "the default (CALI + counterexamples)"))),
+              ("bayesian_cnn", "Bayesian CNN", "bayes_none",
+               (("bayes_ae", "activation evidence"), ("bayes_ae_ce", "the default (activation evidence + counterexamples)"))))
 MODELS_NOTES = [
     "Written by `benchmarks/xil/models.py` to `benchmarks/results/xil_models.json` (never into xil.json); the "
     "CNN rows are read from xil.json. Each kind runs with the backend's defaults (one default for every "
@@ -454,16 +465,16 @@ def models_section(records: list[dict[str, Any]], main: Optional[list[dict[str, 
         for method in ("none", "default"):
             recs = [r for r in cnn if r["method"] == method]
             if recs:
-                label = "no feedback" if method == "none" else f"the default ({'+'.join(DEFAULTS.strategies)})"
+                label = "no feedback" if method == "none" else f"the default ({'+'.join(CNN_DEFAULT)})"
                 rows.append(row(f"CNN, {label}", recs, method != "none"))
-        for kind, name, none, feedback, strategy in MODEL_ROWS:
-            for method, label in ((none, "no feedback"), (feedback, strategy)):
+        for kind, name, none, feedbacks in MODEL_ROWS:
+            for method, label in ((none, "no feedback"), *feedbacks):
                 for acquisition in sorted({r.get("acquisition") for r in mine if r["method"] == method},
                                           key=lambda a: (a != "entropy", a)):
                     recs = [r for r in mine if r["method"] == method and r.get("acquisition") == acquisition]
                     ranked = "" if acquisition == "entropy" else f" [{acquisition} ranking]"
-                    rows.append(row(f"{name}, {label}{ranked}", recs, method == feedback,
-                                    none if method == feedback else None))
+                    rows.append(row(f"{name}, {label}{ranked}", recs, method != none,
+                                    none if method != none else None))
         blank = [""] * (len(budgets) + 2)
 
         def with_clean_test(recs: list[dict[str, Any]]) -> str:  # noqa: E306

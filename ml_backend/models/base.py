@@ -60,6 +60,8 @@ class ModelKind(ABC):
     network_class: ClassVar[type[nn.Module]]
     # whether the kind can train and serve multi-label Choices (a sigmoid per class, ``multi_label``)
     serves_multi_label: ClassVar[bool] = True
+    # what the ``strategies`` entry "default" stands for with this kind (docs/xil-benchmarks.md)
+    default_strategies: ClassVar[tuple[str, ...]] = ("counterexamples",)
     multi_label: bool = False  # this model's outputs are independent per-class sigmoids (set per project)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -229,6 +229,8 @@ class BayesianCNNKind(CNNKind, ActivationEvidenceModel):
     name = "bayesian_cnn"
     serves_multi_label = False  # its posterior average and activation evidence are single-label
     selected_by = ("bayesian_cnn",)
+    # activation evidence alone left the class-shaded background in use (docs/xil-benchmarks.md)
+    default_strategies = ("activation_evidence", "counterexamples")
     network_class = BayesianCNN
 
     @classmethod

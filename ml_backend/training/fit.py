@@ -124,7 +124,7 @@ def fit_examples(model: ModelKind, examples: list[Example], settings: ProjectSet
                  device: Optional[torch.device] = None, progress: Optional[Progress] = None) -> Fitted:
     """Train ``model`` in place on the examples with the project's strategies."""
     data = to_training_set(examples, model)
-    strategies = strategies_for(settings)
+    strategies = strategies_for(settings, type(model))
     docs = [(e.text, e.tokens) for e in examples] if all(e.tokens is not None for e in examples) else None
     augmented, added = fit_set(data, model, settings, strategies, seed, docs)
     report = fit(model, augmented, FitConfig.from_settings(settings, seed), strategies, device=device,

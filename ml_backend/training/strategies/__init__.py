@@ -7,8 +7,8 @@ A strategy turns the annotators' corrections into training signal, in one or bot
 
 A strategy names the model capability it needs (``requires``: a ``ModelKind`` capability
 interface); a kind supports it by implementing that interface. Strategies register by ``name``
-(``STRATEGIES``); the project's ``strategies`` setting lists those it uses. A new strategy is one
-new module in this package.
+(``STRATEGIES``); the project's ``strategies`` setting lists those it uses, where "default" stands
+for the model kind's ``default_strategies``. A new strategy is one new module in this package.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ml_backend.plugins import Registry
 from ml_backend.training.sets import Batch, Forward, TrainingSet
 
 STRATEGIES: Registry["Strategy"] = Registry("ml_backend.training.strategies", "feedback strategy")
+DEFAULT = "default"  # in the ``strategies`` setting: the model kind's own default strategies
 
 
 class Strategy(ABC):
@@ -54,6 +55,16 @@ class Strategy(ABC):
         return None
 
 
-def strategies_for(settings: Any) -> list[Strategy]:
-    """The project's strategies, in the order its settings list them."""
-    return [STRATEGIES.get(name).from_settings(settings) for name in settings.strategies]
+def strategy_names(names: tuple[str, ...], kind: type[ModelKind] = ModelKind) -> tuple[str, ...]:
+    """``names`` with "default" replaced by ``kind``'s default strategies, each name once, in order."""
+    out: list[str] = []
+    for name in names:
+        for resolved in (kind.default_strategies if name == DEFAULT else (name,)):
+            if resolved not in out:
+                out.append(resolved)
+    return tuple(out)
+
+
+def strategies_for(settings: Any, kind: type[ModelKind] = ModelKind) -> list[Strategy]:
+    """The project's strategies for a model of ``kind``, in the order its settings list them."""
+    return [STRATEGIES.get(name).from_settings(settings) for name in strategy_names(settings.strategies, kind)]
