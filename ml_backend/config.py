@@ -293,6 +293,9 @@ class Settings:
     # without Redis: run each job's training or ranking in a child process (false: a thread of the
     # serving process, whose webhooks and /predict then wait on the GIL while it trains)
     jobs_in_subprocess: bool = _setting(True, env=("JOBS_IN_SUBPROCESS",))
+    # nice increment of the job forkserver (whose imports take seconds of CPU) and of every job it
+    # forks: on CPUs they share with the serving process, webhooks and /predict come first
+    job_nice: int = _setting(10, 0, 19, env=("JOB_NICE",))
     log_level: str = _setting("INFO", allowed=_LOG_LEVELS, env=("LOG_LEVEL",))
     # Label Studio's Local Storage root: /data/local-files/ paths are read from there when present
     local_files_root: str = _setting("", env=("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"))

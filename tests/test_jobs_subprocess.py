@@ -15,6 +15,10 @@ def core_reporting_its_pid(settings: Settings, project: str, progress=None) -> d
     return {"pid": os.getpid(), "project": project}
 
 
+def core_reporting_its_niceness(settings: Settings, project: str, progress=None) -> dict:
+    return {"nice": os.nice(0)}
+
+
 def core_that_raises(settings: Settings, project: str, progress=None) -> dict:
     raise ValueError(f"bad data in project {project}")
 
@@ -37,6 +41,12 @@ def test_the_core_runs_in_another_process_and_its_progress_reaches_the_record(qu
         jobs_queue._local.record = None
     assert result["project"] == "7" and result["pid"] != os.getpid()
     assert record == {"progress": 0.5, "message": "half way"}
+
+
+def test_the_child_yields_the_cpu_to_the_serving_process(queue, tmp_path):
+    """The forkserver and its jobs run JOB_NICE (10) below this process, whichever test started it."""
+    nice = queue.execute(core_reporting_its_niceness, Settings(model_dir=tmp_path), "7")["nice"]
+    assert nice == min(19, os.nice(0) + Settings().job_nice)
 
 
 def test_an_error_in_the_child_fails_the_job_with_its_message_and_traceback(queue, tmp_path):
