@@ -58,7 +58,10 @@ def check_names(settings: ProjectSettings) -> ProjectSettings:
                           f"not {settings.model_kind!r}")
     for name in settings.strategies:
         if name != DEFAULT:
-            STRATEGIES.get(name)
+            try:
+                STRATEGIES.get(name)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}; or {DEFAULT!r}, the model kind's own") from None
     if settings.attribution not in METHODS:
         raise ConfigError(f"attribution must be one of {', '.join(METHODS)}, not {settings.attribution!r}")
     ACQUISITIONS.get(settings.acquisition)

@@ -104,6 +104,7 @@ def test_text_senn_is_served_and_retrained(backend, text_config):
     ({"strategies": ["cali"]}, "senn"),
     ({"model_kind": "cnn", "strategies": ["activation_evidence"]}, "bayesian_cnn"),
     ({"model_kind": "resnet"}, "model_kind"),
+    ({"strategies": ["defaults"]}, "or 'default', the model kind's own"),
 ])
 def test_strategies_must_fit_the_model(params, message, image_config):
     from ml_backend.project import make_context
