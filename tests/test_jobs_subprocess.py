@@ -44,9 +44,9 @@ def test_the_core_runs_in_another_process_and_its_progress_reaches_the_record(qu
 
 
 def test_the_child_yields_the_cpu_to_the_serving_process(queue, tmp_path):
-    """The forkserver and its jobs run JOB_NICE (10) below this process, whichever test started it."""
+    """The forkserver and its jobs run JOB_NICE (a process setting: the environment's) below this process."""
     nice = queue.execute(core_reporting_its_niceness, Settings(model_dir=tmp_path), "7")["nice"]
-    assert nice == min(19, os.nice(0) + Settings().job_nice)
+    assert nice == min(19, os.nice(0) + Settings.from_env().job_nice)
 
 
 def test_an_error_in_the_child_fails_the_job_with_its_message_and_traceback(queue, tmp_path):

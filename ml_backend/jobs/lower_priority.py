@@ -1,7 +1,9 @@
 """Imported first by the job forkserver, before torch: the forkserver (whose imports take seconds of
-CPU) and every job forked from it run at the serving process's niceness + ``JOB_NICE``, so on CPUs
-they share, webhook acknowledgements and /predict come first. The serving process passes the
-increment in ``ML_BACKEND_JOB_NICE`` when it starts the forkserver."""
+CPU) and every job forked from it run ``JOB_NICE`` below the serving process, so on CPUs they
+share, webhook acknowledgements and /predict come first. The forkserver inherits the serving
+process's environment, so it reads the same setting."""
 import os
 
-os.nice(max(0, int(os.environ.get("ML_BACKEND_JOB_NICE", "0") or 0)))
+from ml_backend.config import Settings
+
+os.nice(Settings.from_env().job_nice)

@@ -137,8 +137,7 @@ class EmbeddedQueue(JobQueue):
             self._thread = threading.Thread(target=self._work, name="ml-backend-jobs", daemon=True)
             self._thread.start()
             if self.settings.jobs_in_subprocess:  # import the job code while the first job's debounce runs
-                threading.Thread(target=_warm_job_context, args=(self.settings.job_nice,),
-                                 name="ml-backend-forkserver", daemon=True).start()
+                threading.Thread(target=_warm_job_context, name="ml-backend-forkserver", daemon=True).start()
 
     def _enqueue(self, kind: str, project: str, reason: str) -> dict[str, Any]:
         with self._cond:
@@ -171,7 +170,7 @@ class EmbeddedQueue(JobQueue):
         fork of the serving process itself could inherit a lock held by one of its threads)."""
         if not self.settings.jobs_in_subprocess:
             return super().execute(function, *args, **kwargs)
-        context = _job_context(self.settings.job_nice)
+        context = _job_context()
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(target=_child_job, args=(sender, function, args, kwargs), daemon=True,
                                 name=f"ml-backend-{function.__name__}")
@@ -273,25 +272,24 @@ class JobFailed(Exception):
 _job_context_guard = threading.Lock()
 
 
-def _job_context(nice: int = 0):
-    """The forkserver context; the forkserver, once started, runs ``nice`` below this process (the
-    first call that starts it decides: a process's niceness only goes up)."""
+def _job_context():
+    """The forkserver context: the forkserver lowers its priority (JOB_NICE) before it imports the
+    job code, and its jobs inherit that."""
     import multiprocessing
 
     with _job_context_guard:
         context = multiprocessing.get_context("forkserver")
-        os.environ["ML_BACKEND_JOB_NICE"] = str(nice)  # read by lower_priority in the forkserver
         context.set_forkserver_preload(["ml_backend.jobs.lower_priority", "ml_backend.jobs.train",
                                         "ml_backend.jobs.rank"])
         return context
 
 
-def _warm_job_context(nice: int = 0) -> None:
+def _warm_job_context() -> None:
     """Start the forkserver now: it imports torch and the job code once (seconds), so the first job
     forks at once instead of waiting for them."""
     from multiprocessing import forkserver
 
-    _job_context(nice)
+    _job_context()
     try:
         forkserver.ensure_running()
     except Exception as exc:  # the first job starts it then, and reports what fails
