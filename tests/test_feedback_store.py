@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,59 @@ def test_concurrent_writers_from_threads(store):
     assert errors == []
     assert store.count("2") == n_threads * per_thread
     assert store.revision("2") == n_threads * per_thread  # duplicates bumped nothing
+
+
+def _held_group(store: AnnotationStore, writes: list) -> tuple[list, int]:
+    """Run ``writes`` (callables) in threads while the store's write lock is held, so that they
+    all wait; then release it. Returns (each write's result or exception, how many commits ran)."""
+    commits = []
+    commit = store._commit
+    store._commit = lambda group: (commits.append(len(group)), commit(group))[1]
+    results: list = [None] * len(writes)
+
+    def run(k: int) -> None:
+        try:
+            results[k] = writes[k]()
+        except Exception as exc:  # compared below
+            results[k] = exc
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(writes))]
+    with store._write_lock:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(store._pending) < len(writes) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    for t in threads:
+        t.join(10)
+    return results, len(commits)
+
+
+def test_writes_waiting_together_share_one_commit(store):
+    writes = [lambda i=i: store.upsert("2", ann(i, i), task(i)) for i in range(8)]
+    results, commits = _held_group(store, writes)
+    assert results == [True] * 8
+    assert commits == 1  # one transaction, one fsync, for the eight annotations
+    assert store.count("2") == 8 and store.revision("2") == 8
+    assert [a["id"] for a, _ in store.list("2")] == list(range(8))
+
+
+def test_a_failing_write_in_a_group_rolls_back_alone(store):
+    def failing() -> None:
+        def work(conn):
+            conn.execute("INSERT INTO deleted VALUES ('2', 5)")
+            raise ValueError("this write fails after it wrote")
+
+        store._write(work)
+
+    writes = [lambda: store.upsert("2", ann(1, 1), task(1)), failing, lambda: store.upsert("2", ann(2, 2), task(2))]
+    results, commits = _held_group(store, writes)
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], ValueError)
+    assert commits == 1
+    assert store.count("2") == 2
+    # the failed write's own row was rolled back: id 5 is not a tombstone
+    assert store.upsert("2", ann(5, 5), task(5)) is True
 
 
 def test_two_store_objects_share_the_file(tmp_path):
