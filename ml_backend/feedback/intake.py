@@ -71,7 +71,9 @@ def malformed(annotation: dict[str, Any], task: dict[str, Any], schema: Optional
     if schema is None:
         return None
     try:
-        parse_annotation(annotation, task, schema)
+        # tokens=[]: spans are checked against the text's length but not mapped onto tokens, which
+        # is training's work, not the request path's
+        parse_annotation(annotation, task, schema, tokens=[])
     except CancelledAnnotation:
         return None  # skipped by training, and a real annotation: stored
     except FeedbackError as exc:

@@ -288,12 +288,7 @@ def _text_mask(results: list[dict], text: str, max_len: Optional[int], annotatio
                tokens: Optional[list[Token]] = None) -> Optional[np.ndarray]:
     if not results:
         return None
-    tokens = tokenize(text) if tokens is None else tokens
-    length = max_len if max_len is not None else len(tokens)
-    tokens = tokens[:length]
-    starts = np.array([t.start for t in tokens], dtype=np.int64)
-    ends = np.array([t.end for t in tokens], dtype=np.int64)
-    mask = np.zeros(length, dtype=bool)
+    spans = []
     for result in results:
         value = result["value"]
         start, end = value.get("start"), value.get("end")
@@ -304,5 +299,15 @@ def _text_mask(results: list[dict], text: str, max_len: Optional[int], annotatio
                 f"annotation {annotation_id}: span needs integer start < end within the text (length {len(text)}), "
                 f"got start={start!r} end={end!r}"
             )
+        spans.append((start, end))
+    tokens = tokenize(text) if tokens is None else tokens
+    if not tokens:
+        return None
+    length = max_len if max_len is not None else len(tokens)
+    tokens = tokens[:length]
+    starts = np.array([t.start for t in tokens], dtype=np.int64)
+    ends = np.array([t.end for t in tokens], dtype=np.int64)
+    mask = np.zeros(length, dtype=bool)
+    for start, end in spans:
         mask[: len(tokens)] |= (starts < end) & (ends > start)
     return mask if mask.any() else None
