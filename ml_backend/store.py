@@ -26,6 +26,7 @@ names it (checkpoints and CURRENT files written before the rename load unchanged
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import logging
@@ -33,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +127,44 @@ def _read_json(path: Path) -> Optional[Any]:
         return None
 
 
+class _ConfigCache:
+    """Parsed project.json files, keyed by what a stat tells (a write replaces the file, so its
+    inode changes): every webhook reads its project's config, and reading and parsing it was a
+    tenth of a webhook's CPU. Bounded in bytes; a larger file is read each time."""
+
+    MAX_BYTES = 16 * 2**20
+    MAX_FILE_BYTES = 2**20
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[tuple[int, int, int], int, dict[str, Any]]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def read(self, path: Path) -> dict[str, Any]:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return {}
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            entry = self._entries.get(path)
+        if entry is not None and entry[0] == key:
+            return copy.deepcopy(entry[2])
+        value = _read_json(path) or {}
+        if stat.st_size <= self.MAX_FILE_BYTES:
+            with self._lock:
+                old = self._entries.pop(path, None)
+                self._bytes -= old[1] if old else 0
+                while self._entries and self._bytes + stat.st_size > self.MAX_BYTES:
+                    self._bytes -= self._entries.pop(next(iter(self._entries)))[1]
+                self._entries[path] = (key, stat.st_size, copy.deepcopy(value))
+                self._bytes += stat.st_size
+        return value
+
+
+_CONFIGS = _ConfigCache()
+
+
 class ProjectStore:
     """One project's state on disk: config, model versions, ranking, pushed ledger, locks."""
 
@@ -138,7 +178,7 @@ class ProjectStore:
 
     # config: label config and extra params -----------------------------------------
     def config(self) -> dict[str, Any]:
-        return _read_json(self.root / "project.json") or {}
+        return _CONFIGS.read(self.root / "project.json")
 
     def update_config(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into project.json (written only when something changed); the new state."""

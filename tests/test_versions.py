@@ -110,3 +110,28 @@ def test_cli_lists_versions_by_name(settings, monkeypatch, capsys):
     assert cli_main(["versions", "7"]) == 0
     assert "p2-v1" not in capsys.readouterr().out
     assert cli_main(["rollback", "2", "p2-v1"]) == 0
+
+
+def test_project_config_reads_see_every_write_and_the_cache_stays_bounded(tmp_path):
+    from ml_backend import store as store_module
+    from ml_backend.store import write_atomic
+
+    project = ProjectStore(tmp_path, "3")
+    assert project.config() == {}
+    assert project.update_config(label_config="<View/>")["label_config"] == "<View/>"
+    first = project.config()
+    first["label_config"] = "changed by a caller"  # a caller's copy: the cache keeps its own
+    assert project.config() == {"label_config": "<View/>"}
+    # a write by another process (a second server, a worker): the next read sees it
+    write_atomic(project.root / "project.json", json.dumps({"label_config": "<View></View>"}).encode())
+    assert ProjectStore(tmp_path, "3").config() == {"label_config": "<View></View>"}
+    assert project.update_config(extra_params={"epochs": 2}) == {"label_config": "<View></View>",
+                                                                   "extra_params": {"epochs": 2}}
+    # 40 projects with 1 MB configs: at most MAX_BYTES stay parsed, and every read is still right
+    cache = store_module._CONFIGS
+    big = "x" * (2**20 - 100)
+    for k in range(40):
+        ProjectStore(tmp_path, f"p{k}").update_config(label_config=big + str(k))
+    assert all(ProjectStore(tmp_path, f"p{k}").config()["label_config"].endswith(str(k)) for k in range(40))
+    assert 0 < cache._bytes <= cache.MAX_BYTES
+    assert sum(entry[1] for entry in cache._entries.values()) == cache._bytes
