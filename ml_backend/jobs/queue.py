@@ -335,22 +335,28 @@ class RedisQueue(JobQueue):
     def _enqueue(self, kind: str, project: str, reason: str) -> dict[str, Any]:
         from rq import Retry
         from rq.job import Job, JobStatus
-        from rq.exceptions import NoSuchJobError
 
         key = self._queued_key(kind, project)
         job_id = f"{kind}-{project}-{uuid.uuid4().hex[:10]}"
+        waiting = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value}
         for _ in range(3):
-            if self.redis.set(key, job_id, nx=True, ex=JOB_TIMEOUT):
+            # a burst of webhooks folds into the waiting job: claim-or-read and the job's status are
+            # two round trips, not a fetch of the whole job each (a third of a webhook's time)
+            claimed, existing = self.redis.pipeline(transaction=False).set(key, job_id, nx=True, ex=JOB_TIMEOUT) \
+                .get(key).execute()
+            if claimed:
                 break
-            existing = (self.redis.get(key) or b"").decode()
-            try:
-                job = Job.fetch(existing, connection=self.redis)
-                if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-                    if reason == "resync" and job.args[1:] != ("resync",):
-                        self.redis.set(f"{key}:resync", 1, ex=JOB_TIMEOUT)
-                    return {**self._record(job), "folded": True}
-            except NoSuchJobError:
-                if self.redis.ttl(key) > JOB_TIMEOUT - ENQUEUE_GRACE:
+            existing = (existing or b"").decode()
+            status = self.redis.hget(Job.key_for(existing), "status") if existing else None
+            if status is not None:
+                status = status.decode()
+                if status in waiting:
+                    if reason == "resync":
+                        self._ask_resync(key, existing)
+                    return {"id": existing, "kind": kind, "project": project, "reason": reason, "status": status,
+                            "folded": True}
+            else:  # no such job
+                if existing and self.redis.ttl(key) > JOB_TIMEOUT - ENQUEUE_GRACE:
                     # claimed a moment ago by a concurrent webhook that is still enqueueing its job
                     return {"id": existing, "kind": kind, "project": project, "reason": reason,
                             "status": "scheduled", "folded": True}
@@ -474,6 +480,18 @@ class RedisQueue(JobQueue):
             log.warning("%s: its worker stopped beating; retried or failed (retries left: %s)", job.id,
                         job.retries_left)
         return [job.id for job in abandoned]
+
+    def _ask_resync(self, key: str, job_id: str) -> None:
+        """A resync folded into a waiting job that was queued for new annotations."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return
+        if job.args[1:] != ("resync",):
+            self.redis.set(f"{key}:resync", 1, ex=JOB_TIMEOUT)
 
     def _record(self, job) -> dict[str, Any]:
         meta = job.meta or {}
