@@ -151,6 +151,9 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         metrics.PREDICTIONS.labels(ctx.key, "served").inc(served)
         metrics.PREDICTIONS.labels(ctx.key, "empty").inc(len(results) - served - unreadable)
         metrics.PREDICTIONS.labels(ctx.key, "unreadable").inc(unreadable)
+        versions = sorted({str(r.get("model_version")) for r in results if isinstance(r, dict)})
+        log.info("project %s: /predict of %d task(s): %d predicted, %d unreadable, version %s, %.0f ms", ctx.key,
+                 len(tasks), served, unreadable, ",".join(versions) or "-", (time.perf_counter() - g.started) * 1000)
         return jsonify(results=results)
 
     @app.post("/webhook")

@@ -14,7 +14,28 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """gunicorn with the project's config (the same command the container runs)."""
+    """The HTTP server HTTP_SERVER names, on ``ml_backend.wsgi:app`` (the command the container runs)."""
+    settings = Settings.from_env()
+    if settings.http_server.lower() == "granian":
+        return _serve_granian(settings, args)
+    return _serve_gunicorn(args)
+
+
+def _serve_granian(settings: Settings, args: argparse.Namespace) -> int:
+    """granian: HTTP parsing and connections in Rust, the app in THREADS threads of each of WORKERS
+    processes, forked from a master that never imports the app (so CUDA starts fresh in each)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    Granian("ml_backend.wsgi:app", address=args.host, port=args.port, interface=Interfaces.WSGI,
+            workers=args.workers or settings.workers, blocking_threads=settings.threads,
+            log_level=LogLevels(settings.log_level.lower()), log_access=settings.access_log,
+            respawn_failed_workers=True, workers_kill_timeout=30).serve()
+    return 0
+
+
+def _serve_gunicorn(args: argparse.Namespace) -> int:
     # --bind on gunicorn's command line overrides the config file's bind (HOST, PORT, ML_BACKEND_BIND).
     argv = ["gunicorn", "--config", "python:ml_backend.gunicorn_conf",
             "--bind", f"{args.host}:{args.port}", "ml_backend.wsgi:app"]
@@ -103,10 +124,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     parser = argparse.ArgumentParser(prog="ml-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="start the backend (gunicorn)")
+    p = sub.add_parser("serve", help="start the backend (granian, or gunicorn with HTTP_SERVER=gunicorn)")
     p.add_argument("--host", default=settings.host, help="default: HOST or 0.0.0.0")
     p.add_argument("--port", type=int, default=settings.port, help="default: PORT or 9090")
-    p.add_argument("--workers", type=int, default=0, help="gunicorn workers (default: WORKERS or 1)")
+    p.add_argument("--workers", type=int, default=0, help="server processes (default: WORKERS or 1)")
     p.set_defaults(func=serve)
     p = sub.add_parser("worker", help="run an RQ worker for training and ranking jobs")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")

@@ -301,7 +301,14 @@ class Settings:
     local_files_root: str = _setting("", env=("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"))
     # where user weights (XIL_CHECKPOINT) and backbone directories may be read from, besides MODEL_DIR
     weights_dirs: tuple[str, ...] = _setting((), env=("WEIGHTS_DIRS",))
-    # gunicorn (gunicorn_conf.py and `ml-backend serve`)
+    # the HTTP server `ml-backend serve` runs: granian (HTTP in Rust: a third more webhooks per second
+    # than gunicorn on one CPU) or gunicorn (gunicorn_conf.py; GUNICORN_TIMEOUT restarts a hung worker)
+    http_server: str = _setting("granian", allowed=Matching("granian|gunicorn", "granian or gunicorn"),
+                                env=("HTTP_SERVER",))
+    # a line per HTTP request from the server: the app itself logs every /predict, webhook and job,
+    # and the lines cost about 5% of a webhook's CPU
+    access_log: bool = _setting(False, env=("ACCESS_LOG",))
+    # the server's address, processes and threads (gunicorn_conf.py and `ml-backend serve`)
     host: str = _setting("0.0.0.0", env=("HOST",))
     port: int = _setting(9090, 1, 65535, env=("PORT",))
     bind: str = _setting("", env=("ML_BACKEND_BIND",))  # "" = host:port

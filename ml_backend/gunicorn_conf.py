@@ -1,5 +1,5 @@
 """gunicorn settings (the container and `ml-backend serve` use this file), from ml_backend.config:
-WORKERS, THREADS, PORT, HOST, GUNICORN_TIMEOUT, ML_BACKEND_BIND, LOG_LEVEL."""
+WORKERS, THREADS, PORT, HOST, GUNICORN_TIMEOUT, ML_BACKEND_BIND, LOG_LEVEL, ACCESS_LOG."""
 from ml_backend.config import Settings
 
 _settings = Settings.from_env()
@@ -17,6 +17,6 @@ graceful_timeout = 30
 preload_app = False
 # gunicorn 27's control socket defaults to one path per user: two servers on a host would share it.
 control_socket_disable = True
-accesslog = "-"
+accesslog = "-" if _settings.access_log else None
 errorlog = "-"
 loglevel = _settings.log_level.lower()

@@ -97,6 +97,7 @@ def test_validate_checks_settings_built_directly():
     ({"TRAIN_DEBOUNCE_SECONDS": "inf"}, "^TRAIN_DEBOUNCE_SECONDS"),
     ({"DEVICE": "gpu"}, "^DEVICE must be auto, cpu, cuda, cuda:N or mps"),
     ({"LOG_LEVEL": "loud"}, "^LOG_LEVEL"),
+    ({"HTTP_SERVER": "uwsgi"}, "^HTTP_SERVER must be granian or gunicorn"),
     ({"XIL_EPOCHS": "0"}, r"^XIL_EPOCHS must be in \[1, 1000\]"),
     ({"XIL_LEARNING_RATE": "nan"}, "^XIL_LEARNING_RATE must be a finite number"),
 ])
@@ -133,6 +134,7 @@ def test_environment_sets_server_and_local_files_settings():
                                   "LOCAL_FILES_DOCUMENT_ROOT": "/srv/files", "WEBHOOK_SECRET": ""})
     assert (settings.host, settings.port, settings.workers, settings.threads) == ("127.0.0.1", 8081, 3, 4)
     assert settings.gunicorn_timeout == 60 and settings.gunicorn_bind == "127.0.0.1:8081"
+    assert settings.http_server == "granian" and Settings.from_env({"HTTP_SERVER": "gunicorn"}).http_server == "gunicorn"
     assert settings.device == "cuda:1" and settings.local_files_root == "/srv/files"
     assert Settings.from_env({"ML_BACKEND_BIND": "unix:/tmp/s", "PORT": "1"}).gunicorn_bind == "unix:/tmp/s"
     # the Label Studio form wins; an empty variable (compose's ${VAR:-}) counts as unset

@@ -224,11 +224,14 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
             "LOG_LEVEL": "INFO", "WORKERS": "1", "THREADS": "2", **extra}
 
 
-def test_serve_command_starts_gunicorn_and_stops_cleanly_on_sigterm(tmp_path, image_config):
+@pytest.mark.parametrize("server,stopped", [("granian", "Granian shutdown completed"),
+                                            ("gunicorn", "Shutting down: Master")])
+def test_serve_command_starts_its_server_and_stops_cleanly_on_sigterm(tmp_path, image_config, server, stopped):
     port = free_port()
     log = (tmp_path / "serve.log").open("w+")
+    extra = {} if server == "granian" else {"HTTP_SERVER": server}  # granian is the default
     process = subprocess.Popen([str(ML_BACKEND), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+                               env=env(tmp_path, **extra), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         def healthy():
@@ -248,7 +251,7 @@ def test_serve_command_starts_gunicorn_and_stops_cleanly_on_sigterm(tmp_path, im
         code = stop(process, timeout=15)
     output = (tmp_path / "serve.log").read_text()
     assert code == 0, output
-    assert "gunicorn" in output.lower() and "Shutting down: Master" in output
+    assert server in output.lower() and stopped in output
 
 
 @pytest.fixture
