@@ -289,3 +289,14 @@ def test_concurrent_writers_from_processes(tmp_path):
     with AnnotationStore(path) as store:
         assert store.count("2") == 90
         assert store.revision("2") == 90
+
+
+def test_a_failing_write_alone_leaves_nothing_and_the_store_goes_on(store):
+    def work(conn):
+        conn.execute("INSERT INTO deleted VALUES ('2', 7)")
+        raise ValueError("fails after it wrote")
+
+    with pytest.raises(ValueError, match="fails after it wrote"):
+        store._write(work)
+    assert store.upsert("2", ann(7, 7), task(7)) is True  # no tombstone was left
+    assert store.count("2") == 1
