@@ -102,6 +102,7 @@ class WebhookIntake:
         self.store = store
         self.queue = queue
         self._header_set: set[str] = set()
+        self._projects: dict[str, ProjectStore] = {}  # one per project: building one parses paths
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "WebhookIntake":
@@ -168,10 +169,18 @@ class WebhookIntake:
         job = self.queue.enqueue_train(project)
         return {"train_job": job["id"], "folded": bool(job.get("folded"))}
 
+    def _project_store(self, project: str) -> ProjectStore:
+        store = self._projects.get(project)
+        if store is None:
+            if len(self._projects) >= 10_000:  # project ids come from the network: bounded
+                self._projects.clear()
+            store = self._projects[project] = ProjectStore(self.settings.model_dir, project)
+        return store
+
     def _remember_config(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
         """Keep the project's label config, so jobs can run for a project /setup never saw;
         returns the project's stored state."""
-        store = ProjectStore(self.settings.model_dir, project)
+        store = self._project_store(project)
         project_obj = body.get("project")
         config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
         if isinstance(config, str) and config:
