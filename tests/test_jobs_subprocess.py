@@ -93,3 +93,17 @@ print(before, running(), queue.jobs("3")[0]["status"])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True", "queued"], out.stdout + out.stderr
+
+
+def test_progress_is_throttled_but_keeps_stage_jumps_and_the_end():
+    from ml_backend.jobs.queue import throttled
+
+    seen: list[tuple[float, str]] = []
+    progress = throttled(lambda fraction, message: seen.append((fraction, message)))
+    for i in range(3000):  # a job reading 3,000 annotations, in far less than PROGRESS_EVERY_S
+        progress(0.1 + 0.2 * i / 3000, f"read {i + 1}/3000 annotations")
+    progress(0.92, "evaluating")
+    progress(1.0, "published p3-v2")
+    assert seen[0] == (0.1, "read 1/3000 annotations")
+    assert 3 <= len(seen) <= 12  # every 0.05 of progress, not 3,000 messages
+    assert seen[-2:] == [(0.92, "evaluating"), (1.0, "published p3-v2")]

@@ -91,6 +91,25 @@ def report_progress(fraction: float, message: str = "") -> None:
         job.save_meta()
 
 
+PROGRESS_EVERY_S = 0.25
+PROGRESS_STEP = 0.05
+
+
+def throttled(report: Callable[[float, str], None]) -> Callable[[float, str], None]:
+    """``report`` for at most one update per PROGRESS_EVERY_S, unless the fraction moved by
+    PROGRESS_STEP or reached 1: a job reading 3,000 annotations reported each one, and every report
+    cost the serving process (a pipe message) or Redis (a write)."""
+    last = {"at": float("-inf"), "fraction": float("-inf")}
+
+    def progress(fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        if now - last["at"] >= PROGRESS_EVERY_S or fraction - last["fraction"] >= PROGRESS_STEP or fraction >= 1:
+            last["at"], last["fraction"] = now, fraction
+            report(fraction, message)
+
+    return progress
+
+
 _queues: dict[str, "JobQueue"] = {}
 _queues_guard = threading.Lock()
 
@@ -107,7 +126,7 @@ def make_queue(settings: Settings) -> "JobQueue":
 class JobQueue:
     def execute(self, function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run a job's core (``train_project``, ``rank_project``), its progress reported."""
-        return function(*args, progress=report_progress, **kwargs)
+        return function(*args, progress=throttled(report_progress), **kwargs)
 
     def enqueue_train(self, project: str, reason: str = "annotations") -> dict[str, Any]: ...
     def enqueue_rank(self, project: str) -> dict[str, Any]: ...
@@ -298,6 +317,7 @@ def _warm_job_context() -> None:
 
 def _child_job(sender, function: Callable[..., dict[str, Any]], args: tuple, kwargs: dict) -> None:
     """A job's core in a child process; progress, then the result or the error, go up the pipe."""
+    @throttled
     def progress(fraction: float, message: str = "") -> None:
         sender.send(("progress", (fraction, message)))
 
