@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -147,11 +147,13 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
                  len(tasks), served, unreadable, ",".join(versions) or "-", (time.perf_counter() - g.started) * 1000)
         return jsonify(results=results)
 
-    def webhook_answer(headers: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """The answer to a webhook (ApiError for a 4xx); the Flask route and the WebhookLane share it."""
+    def webhook_answer(headers: Any, read_body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The answer to a webhook (ApiError for a 4xx); the Flask route and the WebhookLane share it.
+        The body is read only once the request is authenticated."""
         if not webhook_ok(settings, headers):
             raise ApiError(401, f"webhook not authenticated: send the {settings.webhook_header} header "
                                 "(WEBHOOK_SECRET) or basic auth")
+        body = read_body()
         action = body.get("action")
         if not isinstance(action, str):
             raise ApiError(400, "no 'action' in the webhook body")
@@ -165,7 +167,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
 
     @app.post("/webhook")
     def webhook():  # keeps /webhook in the URL map (a GET is a 405); the lane below answers every POST
-        return jsonify(webhook_answer(request.headers, _json_body())), 200
+        return jsonify(webhook_answer(request.headers, _json_body)), 200
 
     # POST /webhook skips Flask's request machinery (a third of a webhook's CPU): see webhook_lane
     app.wsgi_app = WebhookLane(app.wsgi_app, webhook_answer, settings.max_body_bytes)

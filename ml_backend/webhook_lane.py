@@ -52,9 +52,10 @@ class WsgiHeaders:
 
 
 class WebhookLane:
-    """Answers POST /webhook with ``answer(headers, body)`` (a dict, or an ApiError); passes the rest on."""
+    """Answers POST /webhook with ``answer(headers, read_body)`` (a dict, or an ApiError); passes the rest on."""
 
-    def __init__(self, app: WSGIApp, answer: Callable[[WsgiHeaders, dict], dict], max_body_bytes: int) -> None:
+    def __init__(self, app: WSGIApp, answer: Callable[[WsgiHeaders, Callable[[], dict]], dict],
+                 max_body_bytes: int) -> None:
         self.app = app
         self.answer = answer
         self.max_body_bytes = max_body_bytes
@@ -64,7 +65,8 @@ class WebhookLane:
             return self.app(wsgi_env, start_response)
         started = time.perf_counter()
         try:
-            status, payload = 200, self.answer(WsgiHeaders(wsgi_env), parse_json_object(self._body(wsgi_env)))
+            status, payload = 200, self.answer(WsgiHeaders(wsgi_env),
+                                               lambda: parse_json_object(self._body(wsgi_env)))
         except ApiError as exc:
             status, payload = exc.status, {"error": exc.message, "status": exc.status}
         except Exception:

@@ -54,6 +54,8 @@ def cases(text_config: str) -> list[tuple[bytes, dict, str | None]]:
         (good_bytes, SECRET, None),
         (good_bytes, {}, None),  # no secret: 401
         (good_bytes, {"X-Webhook-Secret": "wrong"}, None),
+        (b"{not json", {}, None),  # authentication comes first: 401, not 400
+        (b"[" * 100_000, {}, None),  # nor 413
         (b"", SECRET, None),
         (b"{not json", SECRET, None),
         (b"\xff\xfe\x00", SECRET, None),
@@ -82,6 +84,7 @@ def test_the_lane_answers_as_the_flask_route(tmp_path, text_config):
         assert same_answer(through_lane) == same_answer(through_flask), (data[:60], headers)
         statuses.add(through_lane[0])
     assert statuses == {200, 400, 401, 413}
+    assert call(make_app(tmp_path / "c").wsgi_app, data=b"{not json")[0] == 401
 
 
 def test_other_requests_go_to_flask_and_webhooks_are_counted(app, text_config):
