@@ -309,9 +309,10 @@ class ProjectStore:
         self.set_current(version)
         return self.name(self.number(version))
 
-    def load(self, version: str, feature_cache_mb: float = 0) -> LoadedModel:
+    def load(self, version: str, feature_cache_mb: float = 0, donors: bool = True) -> LoadedModel:
         """A version's model, reading a frozen backbone's features from the project's cache
-        (``feature_cache_mb``: its size; 0, no cache)."""
+        (``feature_cache_mb``: its size; 0, no cache); ``donors``: with its donor bank (only the
+        serving process's counterfactual uses it)."""
         number = self.number(version)
         try:
             checkpoint = load_checkpoint_file(self.versions_dir / f"v{number}" / "model.pt")
@@ -321,7 +322,7 @@ class ProjectStore:
         model.use_feature_cache(self.feature_cache(feature_cache_mb))
         name = self.name(number)
         return LoadedModel(name, model, tuple(checkpoint["classes"]), self.meta(name),
-                           self._donors(self.versions_dir / f"v{number}" / "donors.pt"))
+                           self._donors(self.versions_dir / f"v{number}" / "donors.pt") if donors else None)
 
     @staticmethod
     def _donors(path: Path) -> Optional[torch.Tensor]:

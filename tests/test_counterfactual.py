@@ -184,6 +184,7 @@ def test_a_version_keeps_its_donors(tmp_path):
     loaded = store.load(with_bank).donors
     assert loaded.dtype == torch.float32 and torch.allclose(loaded, donors, atol=1e-3)
     assert store.load(without).donors is None
+    assert store.load(with_bank, donors=False).donors is None  # training and ranking do not read them
     (store.versions_dir / "v1" / "donors.pt").write_bytes(b"not a tensor")
     assert store.load(with_bank).donors is None  # a damaged bank never keeps the version from serving
 

@@ -42,7 +42,7 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
         return {"skipped": "no model version yet"}
     if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
         return {"skipped": "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to rank tasks"}
-    loaded = store.load(version, ctx.settings.feature_cache_mb)
+    loaded = store.load(version, ctx.settings.feature_cache_mb, donors=False)
     loaded.model.to(resolve_device(settings.device)).network.eval()
     client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout)
     fetcher = Fetcher(settings)

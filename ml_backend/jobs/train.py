@@ -109,7 +109,7 @@ def starting_model(ctx: ProjectContext, store: ProjectStore) -> tuple[ModelKind,
     current = store.current()
     if current:
         try:
-            loaded = store.load(current)
+            loaded = store.load(current, donors=False)
             same_kind = (type(loaded.model) is ctx.kind and loaded.model.fits(ctx.settings)
                          and loaded.model.multi_label == ctx.schema.multi_label)
             if loaded.classes == ctx.schema.classes and same_kind:
