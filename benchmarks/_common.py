@@ -251,7 +251,7 @@ def post_bytes(url: str, body: bytes, timeout: float = 60.0) -> tuple[int, bytes
 
 
 class Server:
-    """``ml-backend serve`` (gunicorn, the production command) on a free loopback port."""
+    """``ml-backend serve`` (the production command: granian by default) on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, cpus: Optional[str] = None) -> None:
         """``cpus``: a CPU list for ``taskset`` (e.g. "0"), so a load generator can have the others."""

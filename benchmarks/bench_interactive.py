@@ -3,7 +3,7 @@
 What the labeling UI costs an annotator who paints a region with the smart brush (or marks a span)
 while Auto-Annotation is on: Label Studio forwards the drawn region to our /predict as
 ``params.context`` and shows the answer (the class and score before and after, the evidence on the
-counterfactual input). Measured end to end over HTTP against ``ml-backend serve`` (gunicorn, the
+counterfactual input). Measured end to end over HTTP against ``ml-backend serve`` (granian, the
 production command), sequential requests from one client, with:
 
 - the default CNN at its input size (64 px tasks) and on a 480 x 640 photo;

@@ -8,11 +8,11 @@ Three parts, all with the project's real code:
    (``brush_result``), and the whole ``rendering.render_predictions``, what /predict runs (the served evidence fused
    with the forward pass). The overhead ratio
    is (attribution + evidence + RLE) / forward, all p50 of the same model in the same run.
-2. **End to end over HTTP**: ``ml-backend serve`` (gunicorn, the production command) with a
+2. **End to end over HTTP**: ``ml-backend serve`` (granian, the production command) with a
    published model, one task per POST /predict (data: URI PNG), client-side p50/p95 latency,
    and as a ratio to the in-process bare forward p50 of part 1. Plus batches of 16 for the
    default method (latency / 16).
-3. **Peak memory**: a fresh server per row; VmHWM of its gunicorn worker after one warm-up
+3. **Peak memory**: a fresh server per row; VmHWM of its worker process after one warm-up
    task and after one /predict of 64 tasks at 224x224.
 
 Image size = the original (task) image's side; model input = the side the backend resizes
@@ -423,7 +423,7 @@ def main() -> None:
                     rows.append([case, method, s["n"], s["p50_ms"], s["p95_ms"], fwd, s["p50_ms"] / fwd,
                                  b["p50_ms"] if b else None])
                 tables.append({
-                    "title": "End to end: POST /predict through gunicorn (`ml-backend serve`), ms per image / text",
+                    "title": "End to end: POST /predict through `ml-backend serve` (granian), ms per image / text",
                     "caption": "One task per request (data: URI PNG), sequential, client-side wall time on loopback. "
                                "'p50 / forward' divides by the in-process bare forward p50 of the same model from the "
                                "stage table. The last column sends 16 tasks per request (default method only) and "
@@ -441,9 +441,9 @@ def main() -> None:
                     print(f"  memory {side} {method} x{batch}: {mem[-1]['hwm_after_mib']:.0f} MiB", flush=True)
                 tables.append({
                     "title": "Peak memory of the serving process: one /predict of 64 (and 256) tasks at 224x224",
-                    "caption": "A fresh `ml-backend serve` per row. VmHWM (peak RSS) of the gunicorn worker after a "
+                    "caption": "A fresh `ml-backend serve` per row. VmHWM (peak RSS) of the server's worker process after a "
                                "warm-up request of one task, then after one request with the whole batch (the "
-                               "gunicorn master process stays near its own small peak, listed apart). The batch of "
+                               "server's master process stays near its own small peak, listed apart). The batch of "
                                "256 shows how the peak grows with the request size (Label Studio's Retrieve "
                                "Predictions sends the whole selection in one request).",
                     "markdown": C.md_table(

@@ -1,6 +1,6 @@
 """Benchmark (not a test): how soon feedback is served, and what an RRR training step costs.
 
-(a) **Last annotation -> served version.** ``ml-backend serve`` (gunicorn, embedded queue, CPU,
+(a) **Last annotation -> served version.** ``ml-backend serve`` (granian, embedded queue, CPU,
     MODEL_DIR in a temporary directory, default settings: ImageCNN at 64x64, counterexamples, 30 epochs),
     /setup with ``label_config/image_classification_evidence.xml``, then N ANNOTATION_CREATED
     webhooks for image tasks (64x64 PNG data: URIs of scikit-learn digits 0 and 1 as "Class A" /
