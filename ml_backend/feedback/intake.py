@@ -144,7 +144,7 @@ class WebhookIntake:
             return {"action": action, "job": job["id"]}
         if action == "TASKS_CREATED":
             project = project_of(body)
-            if ProjectStore(self.settings.model_dir, project).current():
+            if self._project_store(project).current():
                 job = self.queue.enqueue_rank(project)
                 return {"action": action, "rank_job": job["id"]}
             return {"action": action}
@@ -157,7 +157,7 @@ class WebhookIntake:
         if not changed:
             return {}
         if state is None:
-            state = ProjectStore(self.settings.model_dir, project).config()
+            state = self._project_store(project).config()
         try:
             minimum = self.settings.project.with_overrides(state.get("extra_params") or {}).min_annotations
         except ConfigError as exc:  # /setup refuses such params: a project.json from an older version
@@ -193,7 +193,7 @@ class WebhookIntake:
         due = []
         for project, revision in self.store.revisions().items():
             try:
-                store = ProjectStore(self.settings.model_dir, project)
+                store = self._project_store(project)
                 current = store.current()
                 trained = store.meta(current).get("store_revision", -1) if current else -1
             except StoreError:
