@@ -93,10 +93,10 @@ def test_a_webhook_trained_image_backbone_serves_evidence_at_the_original_size(b
         assert (region["original_width"], region["original_height"]) == (91, 37)
         alpha = decode_rle(region["value"]["rle"]).reshape(37, 91, 4)[:, :, 3]
         assert alpha.any()
-    # the version stores the head, not the backbone's weights
+    # the version stores the head and its feature statistics, not the backbone's weights
     version_dir = ProjectStore(settings.model_dir, "2").versions_dir / f"v{version_number('2', meta['version'])}"
     state = torch.load(version_dir / "model.pt", weights_only=True)["state_dict"]
-    assert all(k.startswith("classifier.") for k in state)
+    assert {k.split(".")[0] for k in state} == {"classifier", "scaler"}
 
 
 def test_a_text_backbone_reads_a_long_document_whole(backend, text_config, backbone_dirs):
@@ -290,3 +290,88 @@ def test_evidence_comes_from_the_backbones_own_map(backbone_dirs, image_config, 
     probs, cam = model._evidence(x)
     assert cam.shape == (3, *x.shape[-2:]) and bool((cam.flatten(1).sum(1) > 0).all())
     assert torch.allclose(probs.sum(1), torch.ones(3))
+
+
+def bright_photo(task_id: int) -> tuple[np.ndarray, int]:
+    """Pictures far brighter than the backbone's pretraining data: the class is a dark red or
+    blue square on a light noisy field."""
+    rng = np.random.default_rng(task_id)
+    label = task_id % 2
+    image = (rng.integers(0, 40, (48, 48, 3)) + 180).astype(np.uint8)
+    image[10:30, 10:30, 0 if label else 2] = 30
+    return image, label
+
+
+@pytest.mark.parametrize("family", ["resnet", "distilbert"])
+def test_a_fine_tuned_version_serves_the_model_it_trained(backbone_dirs, image_config, text_config, family, tmp_path):
+    """The version's weights, loaded fresh as /predict loads them, give the probabilities the
+    trained model gives (a fine-tune once let the frozen blocks' batch-norm statistics drift to
+    the project's images; the version stored only the tuned blocks, and served chance)."""
+    from ml_backend.models import from_checkpoint, load_checkpoint_file
+
+    _, dirs = backbone_dirs
+    text = family == "distilbert"
+    settings = ProjectSettings(backbone=str(dirs[family]), train_mode="finetune", finetune_blocks=1, epochs=30,
+                               learning_rate=3e-3, strategies=(), holdout=0.0)
+    ctx = make_context("2", text_config if text else image_config, settings)
+    model = new_model(ctx)
+    rng = np.random.default_rng(0)
+    examples = []
+    for i in range(48):
+        if text:
+            label = i % 2
+            words = list(rng.choice(["great", "good", "loved", "fine"] if label else ["awful", "bad", "hated", "boring"],
+                                    3)) + list(rng.choice(["the", "film", "plot"], 3))
+            rng.shuffle(words)
+            tensor, _ = model.encode_text(" ".join(words))
+        else:
+            image, label = bright_photo(i)
+            tensor, _ = model.encode_image(Image.fromarray(image))
+        examples.append(Example(i, tensor, Feedback(i, i, label, None, None, "label_only")))
+    fitted = fit_examples(model, examples, settings, seed=0)
+    trained = evaluate(model, fitted, [], settings)["train_accuracy"]
+    assert trained >= 0.9
+    torch.save(model.checkpoint(ctx.schema.classes), tmp_path / "version.pt")
+    served = from_checkpoint(load_checkpoint_file(tmp_path / "version.pt"))
+    x = torch.stack([e.x for e in examples])
+    assert torch.allclose(served.probs(x), model.probs(x), atol=1e-5)
+    from ml_backend.training.trainer import accuracy
+    assert accuracy(served, x, torch.tensor([e.feedback.label for e in examples])) == trained
+
+
+def test_a_frozen_head_fits_as_a_tuned_logistic_regression_on_held_out_digits(image_config, tmp_path):
+    """On a frozen backbone's features, the served head is within a point of scikit-learn's
+    cross-validated logistic regression on the same standardised features, on held-out data."""
+    import transformers as T
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ml_backend.training.trainer import accuracy
+
+    torch.manual_seed(0)
+    directory = tmp_path / "resnet"
+    T.AutoModel.from_config(T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
+                                           layer_type="basic")).save_pretrained(directory)
+    T.ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(directory)
+    digits = load_digits()
+    classes = "".join(f'<Choice value="d{k}"/>' for k in range(10))
+    config = image_config[:image_config.index("<Choices")] + f'<Choices name="label" toName="image" choice="single">' \
+        f'{classes}</Choices>' + image_config[image_config.index("</Choices>") + len("</Choices>"):]
+    settings = ProjectSettings(backbone=str(directory), train_mode="frozen", strategies=(), holdout=0.0)
+    model = new_model(make_context("2", config, settings))
+    x = torch.stack([model.encode_image(Image.fromarray((img * 15).astype(np.uint8)).convert("RGB"))[0]
+                     for img in digits.images[:1000]])
+    y = torch.as_tensor(digits.target[:1000])
+    train, test = slice(0, 600), slice(600, 1000)
+    examples = [Example(i, x[i], Feedback(i, i, int(y[i]), None, None, "label_only")) for i in range(600)]
+    fit_examples(model, examples, settings, seed=0)
+    head = accuracy(model, x[test], y[test])
+    with torch.no_grad():
+        features = model.network.features(x).numpy()
+    probe = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, max_iter=2000))
+    probe.fit(features[train], y[train].numpy())
+    tuned = probe.score(features[test], y[test].numpy())
+    assert tuned > 0.6, "a probe this weak would not show whether the head fits"
+    assert head >= tuned - 0.01, (head, tuned)

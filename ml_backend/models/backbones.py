@@ -137,18 +137,53 @@ def set_trainable(model: nn.Module, mode: str, n_blocks: int) -> None:
     """frozen: nothing of the backbone trains; finetune: its last ``n_blocks`` blocks do."""
     for p in model.parameters():
         p.requires_grad_(False)
-    if mode == "finetune":
-        for block in blocks(model)[-n_blocks:]:
-            for p in block.parameters():
-                p.requires_grad_(True)
+    for block in tuned_blocks(model, mode, n_blocks):
+        for p in block.parameters():
+            p.requires_grad_(True)
+
+
+def tuned_blocks(model: nn.Module, mode: str, n_blocks: int) -> list[nn.Module]:
+    """The blocks that train: the last ``n_blocks`` when fine-tuning, none when frozen."""
+    return blocks(model)[-n_blocks:] if mode == "finetune" else []
+
+
+def set_train_mode(model: nn.Module, tuned: Sequence[nn.Module], mode: bool) -> None:
+    """Train mode for the ``tuned`` blocks alone. The rest of the backbone stays in eval mode: its
+    batch-norm statistics would otherwise drift to the project's images while training, and a
+    version, which stores only what trained, would serve them with the pretrained statistics."""
+    model.eval()
+    for block in tuned:
+        block.train(mode)
 
 
 def trainable_state(network: nn.Module) -> dict[str, torch.Tensor]:
-    """What a version must store: the trained parameters and the buffers of trained modules."""
+    """What a version must store: the trained parameters, the buffers of trained modules, and every
+    buffer outside the pretrained part (the head's feature statistics)."""
     trained = {name for name, p in network.named_parameters() if p.requires_grad}
     owners = {name.rsplit(".", 1)[0] for name in trained}
+    pretrained = getattr(network, "pretrained_part", "") + "."
     return {k: v.detach().cpu() for k, v in network.state_dict().items()
-            if k in trained or (k.rsplit(".", 1)[0] in owners)}
+            if k in trained or k.rsplit(".", 1)[0] in owners or not k.startswith(pretrained)}
+
+
+class FeatureScaler(nn.Module):
+    """Standardises pooled features with the statistics of the features the head was fitted on
+    (identity until fitted: versions from before the scaler read raw features)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("scale", torch.ones(size))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        features = features.to(self.mean.device, self.mean.dtype)
+        self.mean.copy_(features.mean(0))
+        self.scale.copy_(features.std(0, unbiased=False).clamp_min(1e-6) if len(features) > 1
+                         else torch.ones_like(self.scale))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.scale
 
 
 def train_mode(settings: Any) -> str:
@@ -166,6 +201,7 @@ class CachedFeatures(ABC):
 
     config: dict[str, Any]
     feature_cache: Optional[FeatureCache] = None
+    pretrained_part: str  # the attribute holding the pretrained model (its frozen weights are not stored)
 
     @abstractmethod
     def feature_entries(self, x: torch.Tensor) -> Entry:
@@ -238,10 +274,14 @@ class BackboneKind:
     def logits_from_frozen(self, features: torch.Tensor) -> torch.Tensor:
         return self.network.head(features)
 
+    def set_feature_statistics(self, features: torch.Tensor) -> None:
+        self.network.scaler.fit(features)
+
     def load_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         _, unexpected = self.network.load_state_dict(state_dict, strict=False)
         if unexpected:
             raise ValueError(f"weights for parameters the model does not have: {unexpected[:5]}")
-        lacking = set(trainable_state(self.network)) - set(state_dict)
+        # versions from before the head's feature scaler read raw features: it stays the identity
+        lacking = {k for k in trainable_state(self.network) if not k.startswith("scaler.")} - set(state_dict)
         if lacking:
             raise ValueError(f"checkpoint lacks trained weights: {sorted(lacking)[:5]}")

@@ -172,6 +172,10 @@ class ModelKind(ABC):
         the features are the input itself."""
         return self.logits(features)
 
+    def set_feature_statistics(self, features: torch.Tensor) -> None:
+        """Standardise the head's input to the statistics of ``frozen_features`` it is fitted on
+        (kinds with a frozen part; nothing by default)."""
+
     def training_terms(self, batch: Any, n_train: int, settings: Any,
                        parts: dict[str, float]) -> Optional[torch.Tensor]:
         """The kind's own loss terms for a batch (added to cross-entropy), logging into ``parts``."""

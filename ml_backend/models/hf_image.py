@@ -38,6 +38,8 @@ FRAMES_CACHED = 256
 class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
     """backbone -> pooled features -> dropout + linear head. ``config`` says where the backbone lives."""
 
+    pretrained_part = "backbone"
+
     def __init__(self, n_classes: int, backbone: str, train_mode: str = "frozen", finetune_blocks: int = 2,
                  dropout: float = 0.1, fingerprint: str = "") -> None:
         super().__init__()
@@ -51,7 +53,10 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
         self.family = backbones.IMAGE_FAMILIES[backbones.model_type(path)]
         self.backbone = copy.deepcopy(pristine)  # a project's fine-tuning must not touch the shared copy
         backbones.set_trainable(self.backbone, train_mode, finetune_blocks)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbones.hidden_size(self.backbone), n_classes))
+        self._tuned = backbones.tuned_blocks(self.backbone, train_mode, finetune_blocks)
+        width = backbones.hidden_size(self.backbone)
+        self.scaler = backbones.FeatureScaler(width)  # standardised features: the head fits them as a logistic regression would
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))
         self._frames: OrderedDict[tuple[int, int], Frame] = OrderedDict()
         self._frames_lock = threading.Lock()
         self._levels: Optional[tuple[np.ndarray, np.ndarray]] = None  # the processor's normalisation
@@ -59,8 +64,7 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
 
     def train(self, mode: bool = True) -> "BackboneImageClassifier":
         super().train(mode)
-        if self.config["train_mode"] == "frozen":
-            self.backbone.eval()  # batch-norm statistics and dropout of a frozen backbone stay as loaded
+        backbones.set_train_mode(self.backbone, self._tuned, mode)
         return self
 
     def features_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +114,7 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
         return self.features_and_map(x)[0]
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(features)
+        return self.classifier(self.scaler(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -33,6 +33,8 @@ IDS, ATTENTION, TOKEN = 0, 1, 2
 class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
     """encoder -> first-token features per window -> mean over the document's windows -> head."""
 
+    pretrained_part = "encoder"
+
     def __init__(self, n_classes: int, backbone: str, train_mode: str = "frozen", finetune_blocks: int = 2,
                  dropout: float = 0.1, fingerprint: str = "", max_windows: int = 16) -> None:
         super().__init__()
@@ -45,15 +47,17 @@ class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
                            fingerprint=fingerprint or backbones.fingerprint(path))
         self.encoder = copy.deepcopy(pristine)  # a project's fine-tuning must not touch the shared copy
         backbones.set_trainable(self.encoder, train_mode, finetune_blocks)
+        self._tuned = backbones.tuned_blocks(self.encoder, train_mode, finetune_blocks)
         limits = [getattr(pristine.config, "max_position_embeddings", None), self.tokenizer.model_max_length, 512]
         self.window = int(min(v for v in limits if isinstance(v, int) and v > 0))
         self.stride = self.window // 4
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbones.hidden_size(self.encoder), n_classes))
+        width = backbones.hidden_size(self.encoder)
+        self.scaler = backbones.FeatureScaler(width)  # standardised features: the head fits them as a logistic regression would
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))
 
     def train(self, mode: bool = True) -> "BackboneTextClassifier":
         super().train(mode)
-        if self.config["train_mode"] == "frozen":
-            self.encoder.eval()
+        backbones.set_train_mode(self.encoder, self._tuned, mode)
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +87,7 @@ class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
         return self.features_embedded(self.embed(x), x)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(features)
+        return self.classifier(self.scaler(features))
 
     def forward_embedded(self, emb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features_embedded(emb, x))

@@ -13,6 +13,7 @@ import torch
 from ml_backend.config import ProjectSettings
 from ml_backend.inference import resolve_device
 from ml_backend.models.base import ModelKind
+from ml_backend.training.head import fit_linear_head
 from ml_backend.training.losses import label_loss
 from ml_backend.training.sets import Batch, Forward, TrainingSet
 from ml_backend.training.strategies import Strategy
@@ -103,6 +104,14 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
     has_irr, has_rel = data.has_irrelevant, data.has_relevant
     n = len(data)
     frozen = model.frozen_features(data.x)  # a frozen backbone runs once per example, not per epoch
+    if frozen is not None:  # its head is a logistic regression: fitted whole, then fine-tuned by any terms
+        head = fit_linear_head(model, frozen, data.y)
+        report.history.append({"loss": head.loss, "ce": head.label_loss, "head_iterations": head.iterations})
+        if not any(s.adds_terms(data) for s in strategies):
+            if progress:
+                progress(1.0, f"head fitted in {head.iterations} iterations, loss {head.loss:.4f}")
+            return _finished(network, report, started, n)
+        network.train()
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         totals: dict[str, float] = {}
@@ -131,9 +140,13 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
                 break
     if best_state is not None:
         network.load_state_dict(best_state)
+    return _finished(network, report, started, n)
+
+
+def _finished(network: torch.nn.Module, report: FitReport, started: float, n: int) -> FitReport:
     network.eval()
     report.seconds = time.perf_counter() - started
-    log.info("trained %d epochs on %d examples in %.1fs on %s", report.epochs_run, n, report.seconds, device)
+    log.info("trained %d epochs on %d examples in %.1fs on %s", report.epochs_run, n, report.seconds, report.device)
     return report
 
 

@@ -45,6 +45,12 @@ class Strategy(ABC):
         """Whether this batch's forward pass must keep input gradients for ``loss``."""
         return False
 
+    def adds_terms(self, data: TrainingSet) -> bool:
+        """Whether ``loss`` adds a term for some example of ``data``. Where no strategy does, a fit
+        on a frozen backbone's features is a logistic regression, fitted whole. Any strategy
+        with a ``loss`` does, unless it says when it does not."""
+        return type(self).loss is not Strategy.loss
+
     def augment(self, data: TrainingSet, model: ModelKind, seed: int) -> TrainingSet:
         """The training set with this strategy's extra examples (unchanged by default)."""
         return data

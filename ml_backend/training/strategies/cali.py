@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ml_backend.models.base import ConceptExplainer, ModelKind
 from ml_backend.training.losses import label_loss
-from ml_backend.training.sets import Batch, Forward
+from ml_backend.training.sets import Batch, Forward, TrainingSet
 from ml_backend.training.strategies import Strategy
 
 
@@ -50,6 +50,9 @@ class CALI(Strategy):
     @classmethod
     def from_settings(cls, settings: Any) -> "CALI":
         return cls(settings.cali_lambda)
+
+    def adds_terms(self, data: TrainingSet) -> bool:
+        return self.cali_lambda > 0 and bool((data.has_irrelevant | data.has_relevant).any())
 
     def loss(self, model: ModelKind, batch: Batch, forward: Forward, parts: dict[str, float]
              ) -> Optional[torch.Tensor]:

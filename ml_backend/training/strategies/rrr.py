@@ -7,7 +7,7 @@ import torch
 
 from ml_backend.models.base import ModelKind
 from ml_backend.training.losses import masked_gradient_share
-from ml_backend.training.sets import Batch, Forward
+from ml_backend.training.sets import Batch, Forward, TrainingSet
 from ml_backend.training.strategies import Strategy
 
 
@@ -20,6 +20,9 @@ class RRR(Strategy):
     @classmethod
     def from_settings(cls, settings: Any) -> "RRR":
         return cls(settings.rrr_lambda)
+
+    def adds_terms(self, data: TrainingSet) -> bool:
+        return self.weight > 0 and bool(data.has_irrelevant.any())
 
     def needs_input_gradients(self, batch: Batch) -> bool:
         return self.weight > 0 and bool(batch.has_irrelevant.any())
