@@ -208,3 +208,30 @@ def test_a_propagated_background_mark_replaces_its_original_and_a_small_one_keep
     assert originals == [0, 2, 3]
     assert len(out) == 3 + 2 + 1 + 1  # three originals; copies: 2 (corrected), 1 and 1 (propagated)
     assert out.y.tolist() == [0, 0, 1, 0, 0, 1, 0]
+
+
+def test_a_corrections_copies_are_the_same_in_every_version_as_the_project_grows():
+    """Copies depend on the example and its mark, not on the fit's seed (the version) or on the
+    tasks added since: a frozen backbone's feature cache holds them from one version to the next."""
+    from ml_backend.models import adapt
+    from ml_backend.models.cnn import ImageCNN
+    from ml_backend.training.sets import TrainingSet
+    from ml_backend.training.strategies.counterexamples import Counterexamples
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(201, 3, 16, 16, generator=g)
+    y = torch.arange(201) % 2
+    irrelevant = torch.zeros(201, 16, 16, dtype=torch.bool)
+    irrelevant[:40, :4, :4] = True
+    model = adapt(ImageCNN(2, 3, 16))
+
+    def copies(n: int, seed: int) -> torch.Tensor:
+        data = TrainingSet(x[:n], y[:n], irrelevant[:n], torch.zeros_like(irrelevant[:n]))
+        return Counterexamples(copies=3).augment(data, model, seed=seed).x[n:]
+
+    before, after = copies(200, seed=7), copies(201, seed=8)  # the next version, one task more
+    assert before.shape == after.shape == (120, 3, 16, 16)
+    same = sum(bool(torch.equal(a, b)) for a, b in zip(before, after))
+    assert same >= 0.8 * len(before), same  # a new task displaces one of 16 donors now and then
+    assert not torch.equal(before[0], before[1])  # the copies of one example still differ
+    assert not torch.equal(before[:, :, :4, :4], x[:40].repeat_interleave(3, 0)[:, :, :4, :4])

@@ -8,8 +8,10 @@ the copy the very shortcut it is meant to break.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -130,16 +132,19 @@ class Counterexamples(Strategy):
             return data
         copies = torch.full((len(data),), self.copies, dtype=torch.long)
         copies[data.propagated] = 1
-        generator = torch.Generator().manual_seed(seed)
         pool = self.word_pool(data, model) if data.x.dtype == torch.long else None
+        keys = example_keys(data.x)
         xs = []
         for i in idx.tolist():
             k = int(copies[i])
+            # each example's copies are drawn from its own content and mark: the same correction
+            # gives the same copies in every version, so a frozen backbone's feature cache holds them
+            generator = torch.Generator().manual_seed(draw_seed(keys[i], data.irrelevant[i]))
             if data.x.dtype == torch.long:
                 xs.append(model.replace_tokens(data.x[i], data.irrelevant[i], k, generator, pool))
             else:
                 xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
-                                                donors=donors(data.x, i, generator), generator=generator))
+                                                donors=donors(data.x, i, keys), generator=generator))
         x = torch.cat(xs)
         y = data.y[idx].repeat_interleave(copies[idx], dim=0)  # class indices or multi-hot rows
         empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
@@ -157,10 +162,41 @@ class Counterexamples(Strategy):
         return marked_spans(model.mask_ids(data.x), data.irrelevant) or None
 
 
-def donors(x: torch.Tensor, i: int, generator: torch.Generator, k: int = 16) -> Optional[torch.Tensor]:
-    """Up to k random other examples to substitute from (indexing, not a copy of the whole set
-    per example: with propagation every example gets a copy)."""
+def example_keys(x: torch.Tensor) -> np.ndarray:
+    """A 64-bit identity per example, from its content (images: an 8 x 8 thumbnail, enough to tell
+    tasks apart and cheap at any resolution)."""
+    rows = x.detach().cpu()
+    if rows.is_floating_point() and rows.dim() == 4:
+        rows = F.adaptive_avg_pool2d(rows.float(), 8).mul(1000).round().to(torch.int32)
+    return np.array([int.from_bytes(hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=8).digest(),
+                                    "little") for row in rows], dtype=np.uint64)
+
+
+def draw_seed(key: np.uint64, mark: torch.Tensor) -> int:
+    """The seed of one example's copies: its content and its mark (not the fit's seed, which is
+    the version: the same correction gives the same copies in every version)."""
+    h = hashlib.blake2b(np.packbits(mark.cpu().numpy().astype(bool)).tobytes(), digest_size=8)
+    h.update(int(key).to_bytes(8, "little"))
+    return int.from_bytes(h.digest(), "little") & (2 ** 63 - 1)
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-spread 64-bit hash of each value."""
+    with np.errstate(over="ignore"):
+        z = values + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def donors(x: torch.Tensor, i: int, keys: np.ndarray, k: int = 16) -> Optional[torch.Tensor]:
+    """Up to k other examples to substitute from, chosen by rendezvous hashing of the examples'
+    content: random-like, and stable as the project grows (a new task displaces one of an
+    example's donors with probability k / N), which keeps its copies the same across versions."""
     if len(x) < 2:
         return None
-    picks = torch.randint(len(x) - 1, (min(k, len(x) - 1),), generator=generator)
-    return x[picks + (picks >= i).long()]
+    scores = _mix(keys ^ keys[i])
+    scores[i] = np.iinfo(np.uint64).max
+    picks = np.argpartition(scores, min(k, len(x) - 1) - 1)[:min(k, len(x) - 1)]
+    picks = picks[np.argsort(scores[picks], kind="stable")]
+    return x[torch.as_tensor(picks)]
