@@ -211,3 +211,16 @@ def test_input_gradients_bypass_the_cache(dirs, image_config, tmp_path):
     loss, parts = batch_loss(model, batch, strategies, settings, 2, frozen=model.frozen_features(x))
     loss.backward()
     assert calls.count == 1 and "rrr" in parts and model.network.classifier[1].weight.grad is not None
+
+
+def test_a_copy_of_a_cached_model_shares_the_cache_and_predicts_the_same(dirs, image_config, tmp_path):
+    """The benchmark's rounds start from a deep copy of a base model, as a warm start does."""
+    import copy
+
+    model = new_model(make_context("2", image_config, ProjectSettings(backbone=str(dirs["resnet"]))))
+    model.use_feature_cache(FeatureCache(tmp_path / "features", 16))
+    clone = copy.deepcopy(model)
+    assert clone.network.feature_cache is model.network.feature_cache
+    assert clone.network.classifier[1].weight is not model.network.classifier[1].weight
+    x = torch.stack([model.encode_image(Image.fromarray(photo(i)))[0] for i in range(3)])
+    assert torch.allclose(clone.probs(x), model.probs(x))

@@ -31,7 +31,7 @@ import torch
 from ml_backend.config import ProjectSettings, Settings
 from ml_backend.data.fetch import Fetcher
 from ml_backend.feedback.parse import parse_annotation
-from ml_backend.data.prepare import PreparedTask, prepare_task
+from ml_backend.data.prepare import PreparedTask, marks_on_input, prepare_task
 from ml_backend.models.base import ModelKind
 from ml_backend.project import ProjectContext, make_context, new_model
 from ml_backend.ranking.score import Scorer, labeled_explanations
@@ -92,9 +92,11 @@ def _prepare_split(ctx: ProjectContext, split: Split, model: ModelKind, fetcher:
 
 def _parse(ctx: ProjectContext, annotation: dict[str, Any], task: dict[str, Any], model: ModelKind,
            prepared: PreparedTask):
+    """As the training job reads an annotation: parsed, then its marks moved onto the model's input
+    (a backbone's processor resizes and crops; the CNN's stretch is already in ``image_size``)."""
     spec = model.input_spec()
-    return parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size, max_len=spec.max_len,
-                            text=prepared.text, tokens=prepared.tokens)
+    return marks_on_input(parse_annotation(annotation, task, ctx.schema, image_size=spec.image_size,
+                                           max_len=spec.max_len, text=prepared.text, tokens=prepared.tokens), prepared)
 
 
 def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProblem:

@@ -7,6 +7,7 @@ Loading never contacts a hub (``local_files_only``), even when the network is up
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from abc import ABC, abstractmethod
 import json
@@ -33,6 +34,7 @@ CACHE_FORMAT = 1  # what a feature-cache entry holds; a new format starts a new 
 FROZEN_BATCH = 64  # inputs per backbone pass when a fit computes its frozen features
 
 _LOCK = threading.Lock()
+_LOCK_TYPE = type(_LOCK)
 _LOADED: dict[tuple[str, str], tuple[nn.Module, Any]] = {}
 
 
@@ -206,6 +208,18 @@ class CachedFeatures(ABC):
     @abstractmethod
     def feature_entries(self, x: torch.Tensor) -> Entry:
         """What the cache keeps of each input (batched; ``pooled``: what the head reads)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "CachedFeatures":
+        """A copy of the network that shares the project's feature cache (one per directory and
+        process) and has locks of its own; everything else is copied."""
+        if self.feature_cache is not None:
+            memo[id(self.feature_cache)] = self.feature_cache
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            fresh = threading.Lock() if isinstance(value, _LOCK_TYPE) else copy.deepcopy(value, memo)
+            object.__setattr__(clone, key, fresh)
+        return clone
 
     def use_cache(self, cache: Optional[FeatureCache]) -> None:
         if cache is not None:
