@@ -356,6 +356,9 @@ def write_docs(payload: dict[str, Any], plot_paths: list[Path], path: Path = DOC
     for p in plot_paths:
         lines += [f"![{p.stem}]({p.name})", ""]
     lines += models_markdown()
+    from benchmarks.xil.backbone_suite import markdown as backbones_markdown
+
+    lines += backbones_markdown()
     notes = payload.get("notes") or []
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
