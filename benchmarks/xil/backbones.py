@@ -23,10 +23,12 @@ pretrains its own, self-supervised, on its problems' unlabelled inputs, and save
   predicts which words the review holds (multi-label). That beat predicting the word distribution
   (softmax) or the word counts (regression) on the probes below.
 
-A random initialisation already passes the full-data probe here (sklearn digits and word-count
-reviews are easy for a linear model: ResNet 0.95, ViT 0.93, BERT 0.996), so the pretraining shows
-most where labels are few: with 20 labels per class, ResNet 0.87 -> 0.91, ViT 0.74 -> 0.88,
-BERT 0.70 -> 0.80.
+Measured (``probe``, seed 0, clean test accuracy): ResNet 0.981 (built in ~250 s on one shared
+core), ViT 0.961 (~250 s), BERT 0.978 on decoy_text (~170 s). A random initialisation already
+passes such a probe (sklearn's digits and word-count reviews are easy for a linear model: ResNet
+0.95, ViT 0.93, BERT 0.996), so the pretraining shows where labels are few: a logistic regression
+on 20 labels per class reaches ResNet 0.87 -> 0.91, ViT 0.74 -> 0.88, BERT 0.70 -> 0.75 (0.80 and
+0.994 in full in a run that differed only in dropout's random stream).
 
 A backbone is built once and cached under ``.cache/xil-backbones/<name>-<hash of its recipe>``
 (built in a temporary directory, then renamed). ``probe`` checks that it is useful: a logistic
