@@ -199,6 +199,8 @@ def tables(records: list[dict[str, Any]], cnn: list[dict[str, Any]], gap_min: fl
         for name in [k for k in KINDS if any(r["problem"] == problem and r["kind"] == k for r in records)]:
             mine = [r for r in records if r["problem"] == problem and r["kind"] == name]
             budgets = sorted({p["n"] for r in mine for p in r["points"] if p["n"] > 0})
+            if not budgets:  # a clean bound alone: no rounds ran yet
+                continue
             clean = _acc([r for r in mine if r["method"] == f"{name}:clean"], 0)
             none = [r for r in mine if r["method"] == f"{name}:none"]
             has_gap = bool(clean and none) and np.mean(clean) - np.mean(_acc(none, budgets[-1]) or [1.0]) >= gap_min
@@ -268,7 +270,12 @@ def markdown() -> list[str]:
     cnn = json.loads(main.read_text()).get("records", []) if main.exists() else []
     lines = ["# Pretrained backbones", "", f"- Command: `{payload.get('command')}`; took "
              f"{payload.get('seconds', 0) / 60:.0f} min.", ""]
-    lines += [f"- {n}" for n in NOTES] + [""]
+    lines += [f"- {n}" for n in NOTES]
+    records = payload.get("records", [])
+    missing = [f"{k} ({KINDS[k].label})" for k in KINDS if not any(r["kind"] == k for r in records)]
+    if missing:
+        lines.append(f"- **Not run yet:** {', '.join(missing)}; each runs with `--kinds NAME`.")
+    lines.append("")
     if payload.get("machine"):
         lines += [machine_markdown(payload["machine"]), ""]
     for table in tables(payload.get("records", []), cnn):
