@@ -9,7 +9,7 @@ from ml_backend.project import make_context, new_model
 from ml_backend.training.fit import fit_set
 from ml_backend.training.sets import TrainingSet
 from ml_backend.training.strategies import strategies_for
-from ml_backend.training.strategies.counterexamples import donors, example_keys
+from ml_backend.training.strategies.counterexamples import donor_pool, donors, example_keys
 
 
 def corner_masks(n: int, marked: list[int], size: int = 8) -> torch.Tensor:
@@ -87,6 +87,20 @@ def test_substitute_donors_are_other_tasks_drawn_without_copying_the_set():
         drawn |= set(values)
     assert len(drawn) > 30  # spread over the tasks, not always the same few
     assert donors(x[:1], 0, keys[:1]) is None
+
+
+def test_a_large_sets_donors_come_from_a_bounded_stable_pool():
+    """With propagation every example gets a copy: each draws from a pool of bounded size, which a
+    new task joins or leaves only now and then, not from the whole set."""
+    x = torch.arange(3000, dtype=torch.float32).view(3000, 1, 1, 1).expand(3000, 1, 2, 2).contiguous()
+    keys = example_keys(x)
+    pool = donor_pool(keys, size=256)
+    assert len(set(pool.tolist())) == 256
+    grown = donor_pool(example_keys(torch.cat([x, x[:1] + 5000])), size=256)
+    assert len(set(pool.tolist()) & set(grown.tolist())) >= 255
+    for i in (0, int(pool[0]), 2999):
+        drawn = donors(x, i, keys, pool, k=16)[:, 0, 0, 0].long().tolist()
+        assert len(set(drawn)) == 16 and i not in drawn and set(drawn) <= set(pool.tolist())
 
 
 def test_a_marked_word_reaches_other_documents_in_any_case_or_spelling(text_config):

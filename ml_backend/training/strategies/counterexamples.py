@@ -22,6 +22,7 @@ from ml_backend.training.sets import TrainingSet
 from ml_backend.training.strategies import Strategy
 
 FILLS = ("randomize", "substitute", "blur")
+DONOR_POOL = 1024  # examples a substitute fill draws its donors from
 
 
 def image_counterexamples(
@@ -132,8 +133,9 @@ class Counterexamples(Strategy):
             return data
         copies = torch.full((len(data),), self.copies, dtype=torch.long)
         copies[data.propagated] = 1
-        pool = self.word_pool(data, model) if data.x.dtype == torch.long else None
+        words = self.word_pool(data, model) if data.x.dtype == torch.long else None
         keys = example_keys(data.x)
+        candidates = donor_pool(keys)
         xs = []
         for i in idx.tolist():
             k = int(copies[i])
@@ -141,10 +143,10 @@ class Counterexamples(Strategy):
             # gives the same copies in every version, so a frozen backbone's feature cache holds them
             generator = torch.Generator().manual_seed(draw_seed(keys[i], data.irrelevant[i]))
             if data.x.dtype == torch.long:
-                xs.append(model.replace_tokens(data.x[i], data.irrelevant[i], k, generator, pool))
+                xs.append(model.replace_tokens(data.x[i], data.irrelevant[i], k, generator, words))
             else:
                 xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
-                                                donors=donors(data.x, i, keys), generator=generator))
+                                                donors=donors(data.x, i, keys, candidates), generator=generator))
         x = torch.cat(xs)
         y = data.y[idx].repeat_interleave(copies[idx], dim=0)  # class indices or multi-hot rows
         empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
@@ -189,14 +191,28 @@ def _mix(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def donors(x: torch.Tensor, i: int, keys: np.ndarray, k: int = 16) -> Optional[torch.Tensor]:
-    """Up to k other examples to substitute from, chosen by rendezvous hashing of the examples'
-    content: random-like, and stable as the project grows (a new task displaces one of an
-    example's donors with probability k / N), which keeps its copies the same across versions."""
-    if len(x) < 2:
+def donor_pool(keys: np.ndarray, size: int = DONOR_POOL) -> np.ndarray:
+    """The examples donors are drawn from: the ``size`` whose hashed keys are smallest, a random-like
+    sample that a new task enters with probability size / N. Drawing from it keeps every
+    example's draw O(size): with propagation every example gets a copy, and a draw over all
+    examples would make the set's copies O(N^2)."""
+    if len(keys) <= size:
+        return np.arange(len(keys))
+    return np.argpartition(_mix(keys), size - 1)[:size]
+
+
+def donors(x: torch.Tensor, i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None,
+           k: int = 16) -> Optional[torch.Tensor]:
+    """Up to k other examples of the ``pool`` (``donor_pool``; all by default) to substitute from,
+    chosen by rendezvous hashing of the examples' content: random-like, and stable as the project
+    grows (a new task displaces one of an example's donors with probability k / N), which keeps
+    its copies the same across versions."""
+    candidates = np.arange(len(x)) if pool is None else pool
+    candidates = candidates[candidates != i]
+    if len(candidates) == 0:
         return None
-    scores = _mix(keys ^ keys[i])
-    scores[i] = np.iinfo(np.uint64).max
-    picks = np.argpartition(scores, min(k, len(x) - 1) - 1)[:min(k, len(x) - 1)]
-    picks = picks[np.argsort(scores[picks], kind="stable")]
+    scores = _mix(keys[candidates] ^ keys[i])
+    n = min(k, len(candidates))
+    picks = np.argpartition(scores, n - 1)[:n]
+    picks = candidates[picks[np.argsort(scores[picks], kind="stable")]]
     return x[torch.as_tensor(picks)]
