@@ -258,7 +258,8 @@ def published_table(records: list[dict[str, Any]]) -> dict[str, str]:
                      f"{n} corrections ({100 * n / TRAIN_SIZE[problem]:.1f}%), entropy ranking, defaults",
                      got.get("none", "n/a"), best, clean + " (confounded test)", ""])
     return {"title": "Published numbers and ours, side by side",
-            "caption": "Published rows are as reported (see /work/shared/research/anchors.md); ours are test "
+            "caption": "Published rows are as their papers report them (the source column names each paper or its "
+                       "published notebook); ours are test "
                        "accuracy mean ± std on the confounded test set at about 1% corrected explanations.",
             "markdown": _table(["source", "model", "feedback", "no feedback", "with feedback", "clean", "note"],
                                rows)}
