@@ -40,7 +40,7 @@ from ml_backend.models.feature_cache import FeatureCache
 
 from benchmarks.machine import describe, markdown as machine_markdown
 from benchmarks.xil.loop import Backend, PreparedProblem, prepare_problem, run_curve, train_base
-from benchmarks.xil.suite import BUDGETS, PROBLEMS, TRAIN_SIZE
+from benchmarks.xil.suite import BUDGETS, PROBLEMS, TRAIN_SIZE, merge_records
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 OUT = RESULTS / "xil_backbones.json"
@@ -79,19 +79,6 @@ def kind_settings(kind: Kind, feedback: bool, acquisition: str = "entropy") -> P
     base = ProjectSettings()
     return dataclasses.replace(base, backbone=str(backbone_dir(kind)), train_mode=kind.train_mode,
                                strategies=base.strategies if feedback else (), acquisition=acquisition).validate()
-
-
-def with_cache(backend: Backend, cache: FeatureCache) -> Backend:
-    """Each new model reads a frozen backbone's features from the project's cache, as the job's do."""
-    make = backend.new_model
-
-    def new_model():  # noqa: ANN202
-        model = make()
-        model.use_feature_cache(cache)
-        return model
-
-    backend.new_model = new_model  # type: ignore[method-assign]
-    return backend
 
 
 def probe(model: Any, prepared: PreparedProblem) -> dict[str, float]:
@@ -138,7 +125,7 @@ def run(problems: list[str], seeds: list[int], kinds: list[str], budgets: dict[s
                 with tempfile.TemporaryDirectory() as tmp:
                     cache = FeatureCache(Path(tmp) / "features", FEATURE_CACHE_MB)
                     log(f"[{problem} seed {seed} {name}] data ready in {time.perf_counter() - started:.0f}s")
-                    backend = with_cache(Backend(prepared, plain, device), cache)
+                    backend = Backend(prepared, plain, device, cache)
                     if (problem, seed, f"{name}:clean", None) not in done:
                         epochs = base_epochs + finetune_epochs
                         model, seconds = train_base(backend, clean=True, epochs=epochs, seed=seed)
@@ -158,10 +145,11 @@ def run(problems: list[str], seeds: list[int], kinds: list[str], budgets: dict[s
                             continue
                         settings = kind_settings(kind, feedback=method == "default", acquisition=acquisition)
                         t0 = time.perf_counter()
-                        points = run_curve(with_cache(Backend(prepared, settings, device), cache), base,
+                        points = run_curve(Backend(prepared, settings, device, cache), base,
                                            budgets[problem], finetune_epochs, seed)
                         records.append({"problem": problem, "seed": seed, "method": f"{name}:{method}", "kind": name,
-                                        "backbone": Path(settings.backbone).name, "acquisition": acquisition, "points": points, "base_seconds": base_seconds,
+                                        "backbone": Path(settings.backbone).name, "acquisition": acquisition,
+                                        "points": points, "base_seconds": base_seconds,
                                         "wall_seconds": time.perf_counter() - t0, "epochs": finetune_epochs})
                         log(f"  {method} [{acquisition}]: " + " ".join(f"N={p['n']}:{p['accuracy']:.3f}" for p in points)
                             + f" mass {points[-1]['confounder_mass']} ({time.perf_counter() - t0:.0f}s)")
@@ -328,10 +316,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         budgets = {p: b[:2] for p, b in budgets.items()}
     seeds = [s for s in range(args.seeds) if not args.only_seeds or s in args.only_seeds]
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    records = list(previous.get("records", []))
-    for path in args.merge or []:
-        have = {_key(r) for r in records}
-        records += [r for r in json.loads(path.read_text()).get("records", []) if _key(r) not in have]
+    records = merge_records(previous.get("records", []), args.merge or [], _key)
     started = time.perf_counter()
     meta = {"name": "xil_backbones", "quick": args.quick, "command": ".venv/bin/python -m benchmarks.xil.backbone_suite "
             + " ".join(argv if argv is not None else __import__("sys").argv[1:]), "machine": describe("cpu")}

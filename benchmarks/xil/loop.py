@@ -33,6 +33,7 @@ from ml_backend.data.fetch import Fetcher
 from ml_backend.feedback.parse import parse_annotation
 from ml_backend.data.prepare import PreparedTask, marks_on_input, prepare_task
 from ml_backend.models.base import ModelKind
+from ml_backend.models.feature_cache import FeatureCache
 from ml_backend.project import ProjectContext, make_context, new_model
 from ml_backend.ranking.score import Scorer, labeled_explanations
 from ml_backend.store import LoadedModel
@@ -120,14 +121,18 @@ def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProb
 class Backend:
     """One project of the backend with one model: its context, ranking and training steps."""
 
-    def __init__(self, data: PreparedProblem, settings: ProjectSettings, device: torch.device) -> None:
+    def __init__(self, data: PreparedProblem, settings: ProjectSettings, device: torch.device,
+                 feature_cache: Optional[FeatureCache] = None) -> None:
         self.data = data
         self.ctx = project_context(data.problem, settings)
         self.device = device
         self.annotator = SimulatedAnnotator(self.ctx.schema)
+        self.feature_cache = feature_cache  # a frozen backbone's, kept as the training job keeps it
 
     def new_model(self) -> ModelKind:
-        return new_model(self.ctx).to(self.device)
+        model = new_model(self.ctx).to(self.device)
+        model.use_feature_cache(self.feature_cache)
+        return model
 
     # ranking ---------------------------------------------------------------------------
     def rank(self, model: ModelKind, pool: list[int], labeled: list[int], version: str

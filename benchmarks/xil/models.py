@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.machine import describe
 from benchmarks.xil.loop import Backend, prepare_problem, run_curve, train_base
-from benchmarks.xil.suite import METHODS, PROBLEMS, Method, settings_for
+from benchmarks.xil.suite import METHODS, PROBLEMS, Method, merge_records, settings_for
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 OUT = RESULTS / "xil_models.json"
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seeds = [s for s in range(args.seeds) if not args.only_seeds or s in args.only_seeds]
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    records = list(previous.get("records", []))
-    for path in args.merge or []:
-        have = {_key(r) for r in records}
-        records += [r for r in json.loads(path.read_text()).get("records", []) if _key(r) not in have]
+    records = merge_records(previous.get("records", []), args.merge or [], _key)
     started = time.perf_counter()
     meta = {"name": "xil_models", "command": ".venv/bin/python -m benchmarks.xil.models "
             + " ".join(argv if argv is not None else __import__("sys").argv[1:]),

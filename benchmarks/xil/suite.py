@@ -211,6 +211,16 @@ def _key(r: dict[str, Any]) -> tuple:
     return (r["problem"], r["seed"], r["method"], r["acquisition"], None if lam is None else float(lam))
 
 
+def merge_records(records: list[dict[str, Any]], paths: list[Path], key: Callable[[dict[str, Any]], tuple]
+                  ) -> list[dict[str, Any]]:
+    """``records`` and then the records of each results file whose ``key`` is not there yet."""
+    out = list(records)
+    for path in paths:
+        have = {key(r) for r in out}
+        out += [r for r in json.loads(path.read_text()).get("records", []) if key(r) not in have]
+    return out
+
+
 def load_records(path: Path) -> list[dict[str, Any]]:
     try:
         return list(json.loads(path.read_text()).get("records", []))

@@ -135,18 +135,16 @@ def hidden_size(model: nn.Module) -> int:
     raise BackboneError(f"{type(model).__name__}: cannot tell its feature size")
 
 
-def set_trainable(model: nn.Module, mode: str, n_blocks: int) -> None:
-    """frozen: nothing of the backbone trains; finetune: its last ``n_blocks`` blocks do."""
+def set_trainable(model: nn.Module, mode: str, n_blocks: int) -> list[nn.Module]:
+    """frozen: nothing of the backbone trains; finetune: its last ``n_blocks`` blocks do. Returns
+    the blocks that train."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for block in tuned_blocks(model, mode, n_blocks):
+    tuned = blocks(model)[-n_blocks:] if mode == "finetune" else []
+    for block in tuned:
         for p in block.parameters():
             p.requires_grad_(True)
-
-
-def tuned_blocks(model: nn.Module, mode: str, n_blocks: int) -> list[nn.Module]:
-    """The blocks that train: the last ``n_blocks`` when fine-tuning, none when frozen."""
-    return blocks(model)[-n_blocks:] if mode == "finetune" else []
+    return tuned
 
 
 def set_train_mode(model: nn.Module, tuned: Sequence[nn.Module], mode: bool) -> None:

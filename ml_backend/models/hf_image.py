@@ -52,8 +52,7 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
                            fingerprint=fingerprint or backbones.fingerprint(path))
         self.family = backbones.IMAGE_FAMILIES[backbones.model_type(path)]
         self.backbone = copy.deepcopy(pristine)  # a project's fine-tuning must not touch the shared copy
-        backbones.set_trainable(self.backbone, train_mode, finetune_blocks)
-        self._tuned = backbones.tuned_blocks(self.backbone, train_mode, finetune_blocks)
+        self._tuned = backbones.set_trainable(self.backbone, train_mode, finetune_blocks)
         width = backbones.hidden_size(self.backbone)
         self.scaler = backbones.FeatureScaler(width)  # standardised features: the head fits them as a logistic regression would
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))

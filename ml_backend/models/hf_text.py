@@ -46,8 +46,7 @@ class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
                            finetune_blocks=finetune_blocks, dropout=dropout, max_windows=max_windows,
                            fingerprint=fingerprint or backbones.fingerprint(path))
         self.encoder = copy.deepcopy(pristine)  # a project's fine-tuning must not touch the shared copy
-        backbones.set_trainable(self.encoder, train_mode, finetune_blocks)
-        self._tuned = backbones.tuned_blocks(self.encoder, train_mode, finetune_blocks)
+        self._tuned = backbones.set_trainable(self.encoder, train_mode, finetune_blocks)
         limits = [getattr(pristine.config, "max_position_embeddings", None), self.tokenizer.model_max_length, 512]
         self.window = int(min(v for v in limits if isinstance(v, int) and v > 0))
         self.stride = self.window // 4
