@@ -35,13 +35,14 @@ def _at(records, method, n):
 def test_the_frozen_head_fits_as_well_as_a_tuned_logistic_regression(results):
     probes = [r["probe"] for r in results if r["method"] == "resnet_frozen:clean"]
     assert len(probes) == 3
-    for p in probes:
-        assert p["logistic_regression"] >= 0.85, "the benchmark's backbone is a useful one"
-        assert p["head"] >= p["logistic_regression"] - 0.01, p
+    head, regression = ([p[k] for p in probes] for k in ("head", "logistic_regression"))
+    assert min(regression) >= 0.85, "the benchmark's backbone is a useful one"
+    # within a point over seeds (one seed's 359 test images move by 0.0028 an image)
+    assert np.mean(head) >= np.mean(regression) - 0.01, probes
 
 
 def test_corrections_close_the_gap_on_a_frozen_backbone(results):
-    from benchmarks.xil.backbone_suite import gap_share
+    from benchmarks.xil.report import gap_recovered
 
     clean = _at(results, "resnet_frozen:clean", 0)
     none = _at(results, "resnet_frozen:none", 14)
@@ -49,6 +50,6 @@ def test_corrections_close_the_gap_on_a_frozen_backbone(results):
     assert np.mean(clean) - np.mean(none) > 0.1, "the corners fool the frozen backbone's head without feedback"
     # the clean bound trains without the corners, so its head never saw them vary: on a frozen
     # backbone it is no upper bound (the corrected model beats it; docs/xil-benchmarks.md)
-    share = gap_share(default, none, clean)
+    share = gap_recovered(default, none, clean)
     assert share is not None and share >= 0.7, (share, default, none, clean)
     assert min(d - n for d, n in zip(default, none)) > 0.1, (default, none)  # every seed, by a margin

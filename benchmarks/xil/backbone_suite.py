@@ -40,6 +40,7 @@ from ml_backend.models.feature_cache import FeatureCache
 
 from benchmarks.machine import describe, markdown as machine_markdown
 from benchmarks.xil.loop import Backend, PreparedProblem, prepare_problem, run_curve, train_base
+from benchmarks.xil.report import _ms, _table, gap_recovered
 from benchmarks.xil.suite import BUDGETS, PROBLEMS, TRAIN_SIZE, merge_records
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -163,21 +164,8 @@ def _key(r: dict[str, Any]) -> tuple:
 
 # ----------------------------------------------------------------------------------- report
 
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
-
-
 def _acc(recs: list[dict[str, Any]], n: int) -> list[float]:
     return [p["accuracy"] for r in recs for p in r["points"] if p["n"] == n]
-
-
-def gap_share(with_feedback: list[float], none: list[float], clean: list[float]) -> Optional[float]:
-    if not (with_feedback and none and clean):
-        return None
-    gap = float(np.mean(clean) - np.mean(none))
-    return float((np.mean(with_feedback) - np.mean(none)) / gap) if gap > 0 else None
 
 
 def tables(records: list[dict[str, Any]], cnn: list[dict[str, Any]], gap_min: float = 0.02) -> list[dict[str, str]]:
@@ -197,7 +185,7 @@ def tables(records: list[dict[str, Any]], cnn: list[dict[str, Any]], gap_min: fl
             def row(label: str, recs: list[dict[str, Any]], feedback: bool) -> list[str]:  # noqa: E306
                 cells = [label, str(len(recs)), _ms(_acc(recs, 0))] + [_ms(_acc(recs, n)) for n in budgets]
                 if feedback and has_gap:
-                    shares = [gap_share(_acc(recs, n), _acc(none, n), clean) for n in budgets]
+                    shares = [gap_recovered(_acc(recs, n), _acc(none, n), clean) for n in budgets]
                     cells.append(" / ".join("n/a" if g is None else f"{100 * g:.0f}%" for g in shares))
                 elif feedback:
                     harm = [np.mean(_acc(recs, n)) - np.mean(_acc(none, n)) for n in budgets
@@ -227,7 +215,7 @@ def tables(records: list[dict[str, Any]], cnn: list[dict[str, Any]], gap_min: fl
             header = (["model, feedback", "seeds", "acc N=0"] + [f"acc N={n} ({100 * n / size:.1f}%)" for n in budgets]
                       + ["gap recovered", f"mass N={budgets[-1]}"])
             out.append({"title": f"{KINDS[name].label}: {problem}",
-                        "markdown": _markdown(header, rows)})
+                        "markdown": _table(header, rows)})
     probe_rows = []
     for name in KINDS:
         for problem in IMAGE_PROBLEMS + TEXT_PROBLEMS:
@@ -239,14 +227,9 @@ def tables(records: list[dict[str, Any]], cnn: list[dict[str, Any]], gap_min: fl
                                    f"{np.mean(head) - np.mean(regression):+.3f}"])
     if probe_rows:
         out.append({"title": "Frozen heads beside a tuned logistic regression",
-                    "markdown": _markdown(["backbone", "problem (clean data)", "seeds", "frozen head, held out",
+                    "markdown": _table(["backbone", "problem (clean data)", "seeds", "frozen head, held out",
                                            "logistic regression (CV), held out", "head - regression"], probe_rows)})
     return out
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def markdown() -> list[str]:
