@@ -69,8 +69,49 @@ class Matching:
         return self.description
 
 
+# Linux's PATH_MAX and NAME_MAX: longer is an OSError deep in the file system calls
+PATH_MAX_BYTES = 4096
+NAME_MAX_BYTES = 255
+
+
+def path_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot name a file ("contains a NUL character", ...); None when it can."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (a lone surrogate)"
+    if len(encoded) > PATH_MAX_BYTES:
+        return f"is longer than {PATH_MAX_BYTES} bytes"
+    if any(len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")):
+        return f"has a file name longer than {NAME_MAX_BYTES} bytes"
+    return None
+
+
+@dataclass(frozen=True)
+class PathName:
+    """The strings a path setting allows: what ``path_problem`` finds nothing wrong with."""
+
+    def __contains__(self, value: str) -> bool:
+        return path_problem(value) is None
+
+    def __str__(self) -> str:
+        return (f"a path in UTF-8 without NUL characters, at most {PATH_MAX_BYTES} bytes and "
+                f"{NAME_MAX_BYTES} per file name")
+
+
+_PATH = PathName()
+
+
+def _shown(value: Any) -> str:
+    """``value``'s repr for a message, cut short: a request can send megabytes."""
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:80]}... ({len(text)} characters)"
+
+
 def _setting(default: Any, low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False,
-             high_open: bool = False, allowed: Optional[Matching] = None, env: tuple[str, ...] = ()) -> Any:
+             high_open: bool = False, allowed: Optional[Matching | PathName] = None, env: tuple[str, ...] = ()) -> Any:
     """A dataclass field with its allowed values and (process settings) its environment variables."""
     if low is not None:
         allowed = Range(low, high, low_open, high_open)
@@ -118,7 +159,7 @@ def _coerce(label: str, value: Any, kind: type) -> Any:
                 return value
     except (ValueError, OverflowError):
         pass
-    raise ConfigError(f"{label} must be {_KIND_NAMES[kind]}, not {value!r}")
+    raise ConfigError(f"{label} must be {_KIND_NAMES[kind]}, not {_shown(value)}")
 
 
 def _check(label: str, value: Any, kind: type, allowed: Any) -> None:
@@ -134,9 +175,9 @@ def _check(label: str, value: Any, kind: type, allowed: Any) -> None:
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise ConfigError(f"{label} must be {_KIND_NAMES[kind]}, not {value!r}")
+        raise ConfigError(f"{label} must be {_KIND_NAMES[kind]}, not {_shown(value)}")
     if allowed is not None and value not in allowed:
-        raise ConfigError(f"{label} must be {allowed}, not {value!r}")
+        raise ConfigError(f"{label} must be {allowed}, not {_shown(value)}")
 
 
 def _kind(f: dataclasses.Field) -> type:
@@ -220,9 +261,9 @@ class ProjectSettings:
     mc_samples: int = _setting(10, 1, 1000)
     alex_batch: int = _setting(10, 1, 10_000)
     set_uncertainty_sampling: bool = True
-    checkpoint: str = ""  # user-supplied weights to start from
+    checkpoint: str = _setting("", allowed=_PATH)  # user-supplied weights to start from
     # a transformers model directory (save_pretrained): absolute, or a name under MODEL_DIR/backbones
-    backbone: str = ""
+    backbone: str = _setting("", allowed=_PATH)
     train_mode: str = "auto"  # backbone: frozen (head only) | finetune (last blocks too) | auto (finetune on GPU)
     finetune_blocks: int = _setting(2, 1, 100)  # backbone blocks trained in finetune mode
     max_windows: int = _setting(16, 1, 1024)  # text backbone: windows read per document (the rest is cut)

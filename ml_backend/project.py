@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ml_backend.config import ConfigError, ProjectSettings, Settings, parse_extra_params
+from ml_backend.config import ConfigError, ProjectSettings, Settings, parse_extra_params, path_problem
 from ml_backend.explain.attribution import METHODS
 from ml_backend.labelstudio.schema import SchemaError, TaskSchema, parse_label_config
 from ml_backend.models import (CheckpointError, backbones, from_checkpoint, is_checkpoint, kind_for, model_kind_names,
@@ -90,17 +90,24 @@ def with_backbone(schema: TaskSchema, settings: ProjectSettings, model_dir: Opti
     ``model_dir`` (a served project), an absolute path must lie under it or ``weights_dirs``."""
     if not settings.backbone:
         return settings
+    problem = path_problem(settings.backbone)
+    if problem:  # settings built without validate(); a relative name never reaches allowed_path
+        raise backbones.BackboneError(f"backbone {problem}")
     if model_dir is not None and Path(settings.backbone).is_absolute():
         try:
             allowed_path(settings.backbone, model_dir, weights_dirs, "a backbone directory")
         except StoreError as exc:
             raise backbones.BackboneError(str(exc)) from None
-    path = backbones.resolve(settings.backbone, Path(model_dir or "."))
-    modality = backbones.modality_of(path)
-    if modality != schema.object_type:
-        raise backbones.BackboneError(f"backbone {path.name} reads {modality}; the label config has "
-                                      f"{schema.object_type} tasks")
-    backbones.load(path, modality)
+    try:
+        path = backbones.resolve(settings.backbone, Path(model_dir or "."))
+        modality = backbones.modality_of(path)
+        if modality != schema.object_type:
+            raise backbones.BackboneError(f"backbone {path.name} reads {modality}; the label config has "
+                                          f"{schema.object_type} tasks")
+        backbones.load(path, modality)
+    except OSError as exc:  # a name too long under MODEL_DIR/backbones, an unreadable directory
+        raise backbones.BackboneError(f"backbone directory cannot be read ({exc.strerror or type(exc).__name__})"
+                                      ) from None
     return dataclasses.replace(settings, backbone=str(path))
 
 

@@ -42,6 +42,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from ml_backend.config import path_problem
 from ml_backend.models import CheckpointError, from_checkpoint, load_checkpoint_file
 from ml_backend.models.base import ModelKind
 from ml_backend.models.feature_cache import FeatureCache
@@ -98,9 +99,15 @@ def annotation_store_path(model_dir: Path) -> Path:
 def allowed_path(name: str, model_dir: Path, weights_dirs: tuple[str, ...], what: str) -> Path:
     """A user-named file or directory: relative to MODEL_DIR, or absolute under MODEL_DIR or one of
     WEIGHTS_DIRS. Anything else is a StoreError that says the same whether or not it exists."""
+    problem = path_problem(name) if isinstance(name, str) else "is not a string"
+    if problem:
+        raise StoreError(f"{what} {problem}")
     roots = [Path(model_dir).resolve(), *(Path(d).resolve() for d in weights_dirs)]
-    path = Path(name)
-    path = (path if path.is_absolute() else roots[0] / path).resolve()
+    try:
+        path = Path(name)
+        path = (path if path.is_absolute() else roots[0] / path).resolve()
+    except (OSError, ValueError, RuntimeError):  # a name too long under MODEL_DIR, a symlink loop
+        raise StoreError(f"{what} must be under MODEL_DIR or a directory listed in WEIGHTS_DIRS") from None
     if not any(path == root or root in path.parents for root in roots):
         raise StoreError(f"{what} must be under MODEL_DIR or a directory listed in WEIGHTS_DIRS")
     return path

@@ -68,10 +68,20 @@ def test_bad_values_are_rejected_with_a_message(params, message):
     ('{"min_annotations": 0}', "min_annotations", r"\[1, 1000000\]"),
     ('{"set_uncertainty_sampling": "maybe"}', "set_uncertainty_sampling", "true or false"),
     ('{"checkpoint": 5}', "checkpoint", "string"),
+    ('{"checkpoint": "\\ud800.pt"}', "checkpoint", "UTF-8"),
+    ('{"checkpoint": "a\\u0000b"}', "checkpoint", "without NUL"),
+    ('{"backbone": "%s"}' % ("x" * 5000), "backbone", "4096 bytes"),
+    ('{"backbone": "%s"}' % ("x" * 256), "backbone", "255 per file name"),
 ])
 def test_values_out_of_type_or_range_name_the_field_and_the_range(raw, field, message):
     with pytest.raises(ConfigError, match=rf"^{field} must be .*{message}"):
         ProjectSettings().with_overrides(parse_extra_params(raw))
+
+
+def test_a_long_bad_value_is_not_echoed_whole():
+    with pytest.raises(ConfigError) as info:
+        ProjectSettings().with_overrides({"checkpoint": "x" * 5000})
+    assert len(str(info.value)) < 300
 
 
 def test_validate_checks_settings_built_directly():
@@ -100,6 +110,8 @@ def test_validate_checks_settings_built_directly():
     ({"HTTP_SERVER": "uwsgi"}, "^HTTP_SERVER must be granian or gunicorn"),
     ({"XIL_EPOCHS": "0"}, r"^XIL_EPOCHS must be in \[1, 1000\]"),
     ({"XIL_LEARNING_RATE": "nan"}, "^XIL_LEARNING_RATE must be a finite number"),
+    ({"XIL_CHECKPOINT": "\ud800"}, "^XIL_CHECKPOINT must be a path in UTF-8"),
+    ({"XIL_BACKBONE": "a\x00b"}, "^XIL_BACKBONE must be a path in UTF-8 without NUL"),
 ])
 def test_environment_errors_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):

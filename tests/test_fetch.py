@@ -230,6 +230,17 @@ def test_local_files_from_disk_and_traversal(ls, tmp_path):
     assert ls.auth_headers() == [f"Token {KEY}"]
 
 
+def test_an_unreadable_local_file_is_a_data_error(ls, tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(PNG)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("ml_backend.data.fetch.open", refuse, raising=False)  # root reads a chmod 000 file
+    with pytest.raises(DataError, match="cannot be read .Permission denied"):
+        fetcher(ls.url, local_files_root=str(tmp_path)).fetch("/data/local-files/?d=a.png")
+
+
 def test_local_files_without_root_download(ls):
     ls.routes["/data/local-files/?d=../x.png"] = (200, PNG)  # Label Studio itself guards its root
     assert fetcher(ls.url).fetch("/data/local-files/?d=../x.png") == PNG

@@ -186,12 +186,16 @@ class Fetcher:
         path = os.path.abspath(os.path.join(root, posixpath.normpath(rel).lstrip("/")))
         if os.path.commonpath([path, root]) != root:
             raise DataError(f"Local Storage path {rel!r} points outside LOCAL_FILES_DOCUMENT_ROOT")
-        if not os.path.isfile(path):
+        if not os.path.isfile(path):  # also False for a NUL, a lone surrogate, a name too long
             return None
-        if os.path.getsize(path) > self.max_bytes:
-            raise DataError(f"{rel!r} is larger than MAX_BODY_BYTES ({self.max_bytes} bytes)")
-        with open(path, "rb") as f:
-            return f.read()
+        try:
+            if os.path.getsize(path) > self.max_bytes:
+                raise DataError(f"{rel!r} is larger than MAX_BODY_BYTES ({self.max_bytes} bytes)")
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:  # unreadable, or gone since isfile: the task is unreadable, not a 500
+            raise DataError(f"Local Storage file {_describe(rel)!r} cannot be read "
+                            f"({exc.strerror or type(exc).__name__})") from None
 
     # -- HTTP ---------------------------------------------------------------
 
