@@ -54,9 +54,14 @@ class Predictor:
         return project_context(self.settings, project, label_config, extra_params)
 
     def setup(self, project: Any, label_config: str, extra_params: Any = None) -> str:
+        """Store the project's label config and params once they serve (its checkpoint imported, for
+        a project without a version); the serving version. A refused setup stores nothing."""
         ctx = self.context(project, label_config, extra_params)  # a config the kinds cannot serve: 422 now
-        self.store(ctx.key).update_config(label_config=label_config, extra_params=parse_extra_params(extra_params))
+        # The model first: a checkpoint refused on import must not stay in project.json. A crash
+        # between the two leaves the imported version serving and the old params, which the next
+        # /setup (Label Studio repeats it) stores.
         loaded = self.model(ctx)
+        self.store(ctx.key).update_config(label_config=label_config, extra_params=parse_extra_params(extra_params))
         return loaded.version if loaded else UNTRAINED
 
     def model(self, ctx: ProjectContext) -> Optional[LoadedModel]:

@@ -100,3 +100,29 @@ def test_weights_dirs_allow_another_directory(tmp_path, image_config):
         response = requests.post(server.url + "/setup",
                                  json=setup_body(image_config, extra_params={"checkpoint": str(shared / "w.pt")}))
         assert response.json() == {"model_version": "p2-v1"}
+
+
+@pytest.mark.parametrize("refused", ["../../etc/passwd", "/etc", "weights/missing.pt"])
+def test_a_refused_checkpoint_changes_nothing_stored(backend, tmp_path, image_config, refused):
+    """A /setup answered 422 leaves the project as the last accepted /setup left it."""
+    store = ProjectStore(tmp_path / "models", "2")
+    accepted = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"epochs": 3}))
+    assert accepted.json() == {"model_version": "untrained"}
+    before = store.config()
+    assert before["extra_params"] == {"epochs": 3}
+
+    response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": refused}))
+    assert response.status_code == 422
+    assert store.config() == before
+    assert store.current() is None and not (store.root / "versions").exists()
+    assert requests.get(backend.url + "/versions?project=2").json()["projects"] == {"2": []}
+    # /predict without extra_params serves with what /setup stored: had the refused checkpoint been
+    # stored, it would be imported (and refused) here
+    prediction = requests.post(backend.url + "/predict", json=predict_body([_task()], image_config))
+    assert prediction.status_code == 200 and prediction.json()["results"][0]["model_version"] == "untrained"
+
+    path = _weights_file(tmp_path, "good.pt")
+    torch.save(adapt(ImageCNN(2, image_size=32)).checkpoint(("Class A", "Class B")), path)
+    response = requests.post(backend.url + "/setup", json=setup_body(image_config, extra_params={"checkpoint": str(path)}))
+    assert response.json() == {"model_version": "p2-v1"}
+    assert store.config()["extra_params"] == {"checkpoint": str(path)} and store.current() == "p2-v1"
