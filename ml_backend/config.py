@@ -266,6 +266,7 @@ class ProjectSettings:
     backbone: str = _setting("", allowed=_PATH)
     train_mode: str = "auto"  # backbone: frozen (head only) | finetune (last blocks too) | auto (finetune on GPU)
     finetune_blocks: int = _setting(2, 1, 100)  # backbone blocks trained in finetune mode
+    finetune_lr_scale: float = _setting(0.1, 0, 1, low_open=True)  # their learning rate, as a share of the head's
     max_windows: int = _setting(16, 1, 1024)  # text backbone: windows read per document (the rest is cut)
     # frozen backbone: MB of per-task features kept under the project's state (0 = no cache)
     feature_cache_mb: int = _setting(2048, 0, 1_000_000)

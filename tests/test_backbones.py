@@ -2,6 +2,7 @@
 save_pretrained and loaded through the real offline path, served, retrained and checked."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -215,8 +216,9 @@ def test_a_frozen_image_backbone_learns_through_the_training_core(backbone_dirs,
 
 def test_a_fine_tuned_text_backbone_learns_and_only_its_last_blocks_move(backbone_dirs, text_config):
     root, dirs = backbone_dirs
+    # a random tiny encoder has nothing pretrained to keep: its block learns at the head's rate
     settings = ProjectSettings(backbone=str(dirs["distilbert"]), train_mode="finetune", finetune_blocks=1, epochs=30,
-                               learning_rate=3e-3, strategies=())
+                               learning_rate=3e-3, finetune_lr_scale=1.0, strategies=())
     ctx = make_context("2", text_config, settings)
     model = new_model(ctx)
     rng = np.random.default_rng(0)
@@ -234,6 +236,22 @@ def test_a_fine_tuned_text_backbone_learns_and_only_its_last_blocks_move(backbon
     assert evaluate(model, fitted, [], settings)["train_accuracy"] >= 0.9
     assert all(torch.equal(a, b) for a, b in zip(first, layers[0].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(last, layers[-1].parameters()))
+
+
+@pytest.mark.parametrize("family", ["resnet", "distilbert"])
+def test_fine_tuned_blocks_learn_at_a_share_of_the_heads_rate(backbone_dirs, image_config, text_config, family):
+    _, dirs = backbone_dirs
+    settings = ProjectSettings(backbone=str(dirs[family]), train_mode="finetune", finetune_blocks=1,
+                               finetune_lr_scale=0.25)
+    model = new_model(make_context("2", text_config if family == "distilbert" else image_config, settings))
+    head, blocks = model.parameter_groups(2e-3, settings)
+    tuned = {id(p) for block in model.network._tuned for p in block.parameters()}
+    assert (head["lr"], blocks["lr"]) == (2e-3, 5e-4)
+    assert {id(p) for p in blocks["params"]} == tuned and not tuned & {id(p) for p in head["params"]}
+    assert {id(p) for p in head["params"] + blocks["params"]} == {id(p) for p in model.trainable_parameters()}
+    frozen = new_model(make_context("2", image_config, dataclasses.replace(settings, backbone=str(dirs["resnet"]),
+                                                                           train_mode="frozen")))
+    assert len(frozen.parameter_groups(2e-3, settings)) == 1
 
 
 @pytest.mark.parametrize("family", ["dinov2", "bert"])
@@ -311,8 +329,9 @@ def test_a_fine_tuned_version_serves_the_model_it_trained(backbone_dirs, image_c
 
     _, dirs = backbone_dirs
     text = family == "distilbert"
+    # random tiny backbones: their block learns at the head's rate (nothing pretrained to keep)
     settings = ProjectSettings(backbone=str(dirs[family]), train_mode="finetune", finetune_blocks=1, epochs=30,
-                               learning_rate=3e-3, strategies=(), holdout=0.0)
+                               learning_rate=3e-3, finetune_lr_scale=1.0, strategies=(), holdout=0.0)
     ctx = make_context("2", text_config if text else image_config, settings)
     model = new_model(ctx)
     rng = np.random.default_rng(0)

@@ -259,8 +259,8 @@ NOTES = [
     "(from scratch, 28 px) are read from `benchmarks/results/xil.json` at the same budgets.",
     "The backbones are the benchmark's own, trained without the targets' labels (`benchmarks/xil/backbones.py`); "
     "each reads the task at its own input size. Frozen: the head is a logistic regression on standardised "
-    "features fitted whole (`training/head.py`); fine-tuned: the head and the last 2 blocks, 20 base epochs and "
-    "8 per round, as the CNN.",
+    "features fitted whole (`training/head.py`); fine-tuned: the head and the last 2 blocks (those at a tenth of "
+    "the head's learning rate, `XIL_FINETUNE_LR_SCALE`), 20 base epochs and 8 per round, as the CNN.",
     "Gap recovered is against the same kind's own gap: (acc - acc(same kind, no feedback)) / (acc(same kind, "
     "clean) - acc(same kind, no feedback)) at the same N, on the means over seeds.",
     "On a frozen backbone the clean bound is no upper bound: trained without the confounder, its head never saw "

@@ -268,6 +268,19 @@ class BackboneKind:
     def use_feature_cache(self, cache: Optional[FeatureCache]) -> None:
         self.network.use_cache(cache)
 
+    def parameter_groups(self, learning_rate: float, settings: Any) -> list[dict[str, Any]]:
+        """The head at the learning rate, fine-tuned blocks at ``finetune_lr_scale`` of it: at the
+        head's rate the pretrained blocks drift from what they learned, round after round (four
+        corners, ResNet fine-tuned: 0.975 at 0.5% of corrections, 0.922 at 5%)."""
+        tuned = {id(p) for block in self.network._tuned for p in block.parameters()}
+        params = self.trainable_parameters()
+        head = [p for p in params if id(p) not in tuned]
+        blocks = [p for p in params if id(p) in tuned]
+        groups = [{"params": head, "lr": learning_rate}]
+        if blocks:
+            groups.append({"params": blocks, "lr": learning_rate * settings.finetune_lr_scale})
+        return groups
+
     def frozen_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """A frozen backbone's pooled features of ``x`` (from the cache when there is one): a fit
         runs the backbone once per example, not once per epoch."""

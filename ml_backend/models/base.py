@@ -200,6 +200,10 @@ class ModelKind(ABC):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.network.parameters() if p.requires_grad]
 
+    def parameter_groups(self, learning_rate: float, settings: Any) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, each with its learning rate (one group by default)."""
+        return [{"params": self.trainable_parameters(), "lr": learning_rate}]
+
 
 def squared_gradients(logits: torch.Tensor, wrt: torch.Tensor, reduce_dim: int,
                       multi_label: bool = False) -> torch.Tensor:

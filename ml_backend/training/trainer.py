@@ -96,7 +96,7 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
     network = model.network
     network.to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate,
+    optimizer = torch.optim.AdamW(model.parameter_groups(config.learning_rate, config.project), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     report = FitReport(device=str(device))
     started = time.perf_counter()
