@@ -144,3 +144,19 @@ def test_device_is_chosen_at_run_time():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_a_corrected_example_always_trains_and_the_holdout_keeps_its_place():
+    from ml_backend.feedback.parse import Feedback
+    from ml_backend.training.fit import Example, in_holdout, split_holdout
+
+    mark = np.zeros((8, 8), dtype=bool)
+    mark[0, 0] = True
+    examples = [Example(i, torch.zeros(3, 8, 8), Feedback(i, i, 0, mark if i % 3 == 0 else None, None,
+                                                          "irrelevant" if i % 3 == 0 else "label_only"))
+                for i in range(300)]
+    train, held = split_holdout(examples, 0.2)
+    held_ids = {e.task_id for e in held}
+    assert held and {e.task_id for e in train} | held_ids == set(range(300)) and len(train) + len(held) == 300
+    assert not any(i % 3 == 0 for i in held_ids)  # every corrected task trains
+    assert held_ids == {i for i in range(300) if in_holdout(i, 0.2) and i % 3}  # the rest keeps its side

@@ -409,6 +409,24 @@ class _SENNAdapter(ConceptExplainer):
         return {k: (None if v is None or v != v else float(v)) for k, v in out.items()}
 
 
+# a patch holding this share of a task's marked pixels belongs to the correction, however little of
+# the patch they cover: a 4-px corner mark read at 32 px covers a third of its 8-px patch
+PATCH_SHARE_OF_MARK = 1 / 16
+
+
+def patches_marked(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, S, S) pixel marks -> (N, P) patch concepts: a patch is marked when most of it is marked
+    or when it holds a fair share (``PATCH_SHARE_OF_MARK``) of the task's marked pixels. A mark
+    never vanishes (the majority rule alone dropped small marks, and CALI had nothing to correct);
+    a large mark (a background) does not take the patches it only grazes."""
+    pixels = mask[:, None].float()
+    covered = F.avg_pool2d(pixels, patch).flatten(1)  # share of each patch marked
+    held = covered * patch * patch / pixels.flatten(1).sum(1, keepdim=True).clamp_min(1.0)  # share of the mark
+    chosen = ((covered > 0.5) | (held >= PATCH_SHARE_OF_MARK)) & (covered > 0)
+    spread = ~chosen.any(1, keepdim=True) & (covered > 0).any(1, keepdim=True)  # thin, over many patches
+    return chosen | (spread & (held >= 0.5 * held.amax(1, keepdim=True)) & (covered > 0))
+
+
 class SENNKind(_SENNAdapter, ImageKind):
     """Image ``SENN``: pixel, patch or learned concepts."""
 
@@ -428,8 +446,8 @@ class SENNKind(_SENNAdapter, ImageKind):
         kind = self.network.concept_kind
         if kind == "pixels":
             return mask.flatten(1)
-        if kind == "patches":  # a patch belongs to the correction when most of it is marked
-            return (F.avg_pool2d(mask[:, None].float(), self.network.patch) > 0.5).flatten(1)
+        if kind == "patches":
+            return patches_marked(mask, self.network.patch)
         return None
 
     def training_terms(self, batch: Any, n_train: int, settings: Any, parts: dict[str, float]) -> Optional[torch.Tensor]:
