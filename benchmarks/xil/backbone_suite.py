@@ -55,6 +55,7 @@ class Kind:
     modality: str  # "image" | "text"
     backbone: str  # a family of benchmarks.xil.backbones
     train_mode: str  # "frozen" | "finetune"
+    finetune_lr_scale: Optional[float] = None  # None: the shipped XIL_FINETUNE_LR_SCALE
 
 
 KINDS = {
@@ -64,7 +65,13 @@ KINDS = {
     "vit_finetune": Kind("ViT (self-supervised), fine-tuned", "image", "vit", "finetune"),
     "bert_frozen": Kind("BERT (generated corpus), frozen", "text", "bert", "frozen"),
     "bert_finetune": Kind("BERT (generated corpus), fine-tuned", "text", "bert", "finetune"),
+    # before XIL_FINETUNE_LR_SCALE: the blocks learned at the head's rate
+    "resnet_finetune_lr1": Kind("ResNet (self-supervised), fine-tuned, blocks at the head's rate", "image", "resnet",
+                                "finetune", 1.0),
+    "bert_finetune_lr1": Kind("BERT (generated corpus), fine-tuned, blocks at the head's rate", "text", "bert",
+                              "finetune", 1.0),
 }
+OPTIONAL_KINDS = ("resnet_finetune_lr1", "bert_finetune_lr1")  # comparisons: not run by default
 IMAGE_PROBLEMS = ["decoy_digits_4", "decoy_digits", "edge_stripe", "random_patch", "background", "stamp"]
 TEXT_PROBLEMS = ["decoy_text", "text_variants", "text_phrase"]
 
@@ -78,8 +85,10 @@ def backbone_dir(kind: Kind) -> Path:
 def kind_settings(kind: Kind, feedback: bool, acquisition: str = "entropy") -> ProjectSettings:
     """A project's shipped settings with this backbone and train mode; feedback: the default strategies."""
     base = ProjectSettings()
+    lr_scale = base.finetune_lr_scale if kind.finetune_lr_scale is None else kind.finetune_lr_scale
     return dataclasses.replace(base, backbone=str(backbone_dir(kind)), train_mode=kind.train_mode,
-                               strategies=base.strategies if feedback else (), acquisition=acquisition).validate()
+                               finetune_lr_scale=lr_scale, strategies=base.strategies if feedback else (),
+                               acquisition=acquisition).validate()
 
 
 def probe(model: Any, prepared: PreparedProblem) -> dict[str, float]:
@@ -133,7 +142,7 @@ def run(problems: list[str], seeds: list[int], kinds: list[str], budgets: dict[s
                         point = {"n": 0, **backend.evaluate(model), "train_seconds": seconds}
                         rec = {"problem": problem, "seed": seed, "method": f"{name}:clean", "kind": name,
                                "backbone": Path(plain.backbone).name, "acquisition": None, "points": [point],
-                               "epochs": epochs}
+                               "epochs": epochs, "finetune_lr_scale": plain.finetune_lr_scale}
                         if kind.train_mode == "frozen":
                             rec["probe"] = probe(model, prepared)
                         records.append(rec)
@@ -151,7 +160,8 @@ def run(problems: list[str], seeds: list[int], kinds: list[str], budgets: dict[s
                         records.append({"problem": problem, "seed": seed, "method": f"{name}:{method}", "kind": name,
                                         "backbone": Path(settings.backbone).name, "acquisition": acquisition,
                                         "points": points, "base_seconds": base_seconds,
-                                        "wall_seconds": time.perf_counter() - t0, "epochs": finetune_epochs})
+                                        "wall_seconds": time.perf_counter() - t0, "epochs": finetune_epochs,
+                                        "finetune_lr_scale": settings.finetune_lr_scale})
                         log(f"  {method} [{acquisition}]: " + " ".join(f"N={p['n']}:{p['accuracy']:.3f}" for p in points)
                             + f" mass {points[-1]['confounder_mass']} ({time.perf_counter() - t0:.0f}s)")
                         save(records)
@@ -174,6 +184,8 @@ def tables(records: list[dict[str, Any]], cnn: list[dict[str, Any]], gap_min: fl
     for problem in [p for p in IMAGE_PROBLEMS + TEXT_PROBLEMS if any(r["problem"] == p for r in records)]:
         for name in [k for k in KINDS if any(r["problem"] == problem and r["kind"] == k for r in records)]:
             mine = [r for r in records if r["problem"] == problem and r["kind"] == name]
+            finished = {r["seed"] for r in mine if r["method"] == f"{name}:default"}  # a seed cut short is left out
+            mine = [r for r in mine if r["seed"] in finished]
             budgets = sorted({p["n"] for r in mine for p in r["points"] if p["n"] > 0})
             if not budgets:  # a clean bound alone: no rounds ran yet
                 continue
@@ -243,7 +255,8 @@ def markdown() -> list[str]:
              f"{payload.get('seconds', 0) / 60:.0f} min.", ""]
     lines += [f"- {n}" for n in NOTES]
     records = payload.get("records", [])
-    missing = [f"{k} ({KINDS[k].label})" for k in KINDS if not any(r["kind"] == k for r in records)]
+    missing = [f"{k} ({KINDS[k].label})" for k in KINDS
+               if k not in OPTIONAL_KINDS and not any(r["kind"] == k for r in records)]
     if missing:
         lines.append(f"- **Not run yet:** {', '.join(missing)}; each runs with `--kinds NAME`.")
     lines.append("")
@@ -280,7 +293,7 @@ NOTES = [
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="XIL benchmarks on pretrained backbones")
-    parser.add_argument("--kinds", nargs="*", default=list(KINDS))
+    parser.add_argument("--kinds", nargs="*", default=[k for k in KINDS if k not in OPTIONAL_KINDS])
     parser.add_argument("--problems", nargs="*", default=IMAGE_PROBLEMS + TEXT_PROBLEMS)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only-seeds", type=int, nargs="*")
