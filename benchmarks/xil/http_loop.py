@@ -479,8 +479,29 @@ def save(record: dict[str, Any], out: Path) -> None:
     data.setdefault("title", "Four-corner decoy digits driven over HTTP through the real server (issue 23)")
     data["machine"] = describe("cpu")
     data.setdefault("records", []).append(record)
+    data["command"] = ".venv/bin/python -m benchmarks.xil.http_loop [options] (each record keeps its own command)"
+    data["tables"] = [{"title": "CALI on the SENN, four corners: one row per run",
+                       "markdown": table(data["records"])}]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1, default=float))
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The runs side by side: how they ran, the served accuracy before and after the corrections."""
+    rows = ["| run | mode | seed | strategies | image size | holdout | epochs | patch rule | corrections held out "
+            "| accuracy before -> after |", "|---|---|---:|---|---:|---:|---:|---|---:|---:|"]
+    for r in records:
+        params = r.get("extra_params") or {}
+        overrides = r.get("overrides") or {}
+        size = r.get("image_size") or params.get("image_size", 64)
+        holdout = params.get("holdout", overrides.get("holdout", 0.2 if r["mode"] == "http" else "none"))
+        epochs = params.get("epochs", 30) if r["mode"] == "http" else f"{r.get('base_epochs')}+{r.get('finetune_epochs')}"
+        strategies = "+".join(params.get("strategies") or r.get("strategies") or [])
+        rule = (r.get("patch_rule") or "").split(" ")[0] + (" (any pixel)" if r.get("concept_mask_any") else "")
+        rows.append(f"| {r.get('name')} | {r['mode']} | {r['seed']} | {strategies} | {size} | {holdout} | {epochs} "
+                    f"| {rule} | {r.get('picked_in_holdout', '')} "
+                    f"| {r.get('base_accuracy', 0):.3f} -> {r.get('accuracy', 0):.3f} |")
+    return "\n".join(rows)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
