@@ -245,7 +245,7 @@ def test_fine_tuned_blocks_learn_at_a_share_of_the_heads_rate(backbone_dirs, ima
                                finetune_lr_scale=0.25)
     model = new_model(make_context("2", text_config if family == "distilbert" else image_config, settings))
     head, blocks = model.parameter_groups(2e-3, settings)
-    tuned = {id(p) for block in model.network._tuned for p in block.parameters()}
+    tuned = {id(p) for block in model.network.tuned_blocks for p in block.parameters()}
     assert (head["lr"], blocks["lr"]) == (2e-3, 5e-4)
     assert {id(p) for p in blocks["params"]} == tuned and not tuned & {id(p) for p in head["params"]}
     assert {id(p) for p in head["params"] + blocks["params"]} == {id(p) for p in model.trainable_parameters()}

@@ -272,7 +272,7 @@ class BackboneKind:
         """The head at the learning rate, fine-tuned blocks at ``finetune_lr_scale`` of it: at the
         head's rate the pretrained blocks drift from what they learned, round after round (four
         corners, ResNet fine-tuned: 0.975 at 0.5% of corrections, 0.922 at 5%)."""
-        tuned = {id(p) for block in self.network._tuned for p in block.parameters()}
+        tuned = {id(p) for block in self.network.tuned_blocks for p in block.parameters()}
         params = self.trainable_parameters()
         head = [p for p in params if id(p) not in tuned]
         blocks = [p for p in params if id(p) in tuned]

@@ -52,7 +52,7 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
                            fingerprint=fingerprint or backbones.fingerprint(path))
         self.family = backbones.IMAGE_FAMILIES[backbones.model_type(path)]
         self.backbone = copy.deepcopy(pristine)  # a project's fine-tuning must not touch the shared copy
-        self._tuned = backbones.set_trainable(self.backbone, train_mode, finetune_blocks)
+        self.tuned_blocks = backbones.set_trainable(self.backbone, train_mode, finetune_blocks)
         width = backbones.hidden_size(self.backbone)
         self.scaler = backbones.FeatureScaler(width)  # standardised features: the head fits them as a logistic regression would
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))
@@ -63,7 +63,7 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
 
     def train(self, mode: bool = True) -> "BackboneImageClassifier":
         super().train(mode)
-        backbones.set_train_mode(self.backbone, self._tuned, mode)
+        backbones.set_train_mode(self.backbone, self.tuned_blocks, mode)
         return self
 
     def features_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,7 +46,7 @@ class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
                            finetune_blocks=finetune_blocks, dropout=dropout, max_windows=max_windows,
                            fingerprint=fingerprint or backbones.fingerprint(path))
         self.encoder = copy.deepcopy(pristine)  # a project's fine-tuning must not touch the shared copy
-        self._tuned = backbones.set_trainable(self.encoder, train_mode, finetune_blocks)
+        self.tuned_blocks = backbones.set_trainable(self.encoder, train_mode, finetune_blocks)
         limits = [getattr(pristine.config, "max_position_embeddings", None), self.tokenizer.model_max_length, 512]
         self.window = int(min(v for v in limits if isinstance(v, int) and v > 0))
         self.stride = self.window // 4
@@ -56,7 +56,7 @@ class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
 
     def train(self, mode: bool = True) -> "BackboneTextClassifier":
         super().train(mode)
-        backbones.set_train_mode(self.encoder, self._tuned, mode)
+        backbones.set_train_mode(self.encoder, self.tuned_blocks, mode)
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

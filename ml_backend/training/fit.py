@@ -62,8 +62,7 @@ def split_holdout(examples: list[Example], share: float) -> tuple[list[Example],
     always trains: the queue puts the least confident first, which are the held-out tasks the model
     never fitted, so a holdout took most corrections (6 of 8 on four corners) and none reached it."""
     held = [e for e in examples if in_holdout(e.task_id, share) and not marked(e)]
-    kept = {id(e) for e in held}
-    train = [e for e in examples if id(e) not in kept] or examples
+    train = [e for e in examples if marked(e) or not in_holdout(e.task_id, share)] or examples
     return train, held
 
 
