@@ -47,7 +47,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,8 @@ from typing import Any, Optional
 
 import numpy as np
 import requests
+
+from benchmarks import _common as C
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "xil_http.json"
@@ -83,15 +84,6 @@ def build_problem(seed: int, n_train: int):
     return problem
 
 
-def ls_task(task_id: int, image_url: str) -> dict[str, Any]:
-    """A task as Label Studio 1.23.2 sends it (TaskSimpleSerializer fields), its image in Local Storage."""
-    return {"id": task_id, "data": {"image": image_url}, "meta": {}, "created_at": CREATED, "updated_at": CREATED,
-            "is_labeled": False, "overlap": 1, "inner_id": task_id, "total_annotations": 0,
-            "cancelled_annotations": 0, "total_predictions": 0, "comment_count": 0, "unresolved_comment_count": 0,
-            "last_comment_updated_at": None, "project": PROJECT_ID, "updated_by": [], "file_upload": None,
-            "comment_authors": [], "annotations": [], "predictions": []}
-
-
 def write_images(problem, root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """PNG files under the document root; (train tasks, test tasks) pointing at them."""
     folder = root / "images"
@@ -102,24 +94,18 @@ def write_images(problem, root: Path) -> tuple[list[dict[str, Any]], list[dict[s
         for t in split.tasks:
             uri = t["data"]["image"]
             (folder / f"{t['id']}.png").write_bytes(base64.b64decode(uri.split(",", 1)[1]))
-            out.append(ls_task(int(t["id"]), f"/data/local-files/?d=images/{t['id']}.png"))
+            out.append(C.ls_task(int(t["id"]), {"image": f"/data/local-files/?d=images/{t['id']}.png"}, PROJECT_ID))
         return out
 
     return tasks(problem.train), tasks(problem.test)
 
 
 # --------------------------------------------------------------------------- the server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``ml-backend serve`` in a child process (embedded queue, jobs in a forkserver child)."""
 
     def __init__(self, work: Path, docroot: Path, env_extra: dict[str, str]) -> None:
-        self.port = free_port()
+        self.port = C.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model_dir = work / "models"
         self.log_path = work / "server.log"
@@ -163,16 +149,13 @@ class Client:
         self.updated = 0
 
     def setup(self, extra_params: dict[str, Any]) -> dict[str, Any]:
-        body = {"project": self.project_uid, "schema": self.label_config, "hostname": "http://localhost:8080",
-                "access_token": "0123456789abcdef", "extra_params": json.dumps(extra_params)}
+        body = C.setup_body(self.project, self.label_config, extra_params)
         r = self.http.post(self.url + "/setup", json=body, timeout=30)
         r.raise_for_status()
         return r.json()
 
     def _project_obj(self) -> dict[str, Any]:
-        return {"id": self.project, "title": "xil", "label_config": self.label_config, "model_version": "",
-                "sampling": "Sequential sampling", "min_annotations_to_start_training": 0,
-                "show_collab_predictions": True}
+        return C.project_object(self.project, self.label_config)
 
     def _annotation(self, annotation_id: int, task: dict[str, Any], result: list) -> dict[str, Any]:
         self.updated += 1
