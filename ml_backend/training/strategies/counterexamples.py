@@ -32,6 +32,7 @@ def image_counterexamples(
     fill: str = "randomize",
     donors: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
+    donor_rows: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """(c, C, H, W) copies of x (C, H, W) with the pixels under ``irrelevant`` (H, W) replaced.
 
@@ -40,7 +41,8 @@ def image_counterexamples(
     instead (the median of its outermost pixels), since the donor's pixels there would paste the
     donor's object, of another class, into the copy; randomize: uniform values within each
     channel's range in x;
-    blur: a heavy box blur of x (every copy the same).
+    blur: a heavy box blur of x (every copy the same). ``donor_rows``: draw from these rows of
+    ``donors`` only (a whole set's images can be passed without copying a donor pool out of it).
     """
     if x.dim() != 3:
         raise ValueError(f"x must be (C, H, W), got shape {tuple(x.shape)}")
@@ -56,8 +58,10 @@ def image_counterexamples(
     copies = x.unsqueeze(0).repeat(c, 1, 1, 1)
     if c == 0 or not mask.any():
         return copies
-    if fill == "substitute" and donors is not None and donors.shape[0] > 0:
-        picks = torch.randint(donors.shape[0], (c,), generator=generator, device=_gen_device(generator))
+    rows = donor_rows if donor_rows is not None or donors is None else torch.arange(donors.shape[0])
+    if fill == "substitute" and rows is not None and len(rows) > 0:
+        picks = torch.randint(len(rows), (c,), generator=generator, device=_gen_device(generator))
+        picks = rows[picks.cpu()]
         replacement = donors[picks.to(donors.device)].to(device=x.device, dtype=x.dtype)
         if mask.float().mean() > LARGE_REGION:
             replacement = border_colour(replacement.float()).to(x.dtype)[:, :, None, None]
@@ -136,24 +140,27 @@ class Counterexamples(Strategy):
         words = self.word_pool(data, model) if data.x.dtype == torch.long else None
         keys = example_keys(data.x)
         candidates = donor_pool(keys)
-        xs = []
+        keep = torch.arange(len(data))
+        if data.x.dtype != torch.long:
+            background = data.propagated & (data.irrelevant.flatten(1).float().mean(dim=1) > LARGE_REGION)
+            keep = torch.nonzero(~background).flatten()
+        out = data.grown(keep, int(copies[idx].sum()))
+        out.y[len(keep):] = data.y[idx].repeat_interleave(copies[idx], dim=0)  # class indices or multi-hot rows
+        row = len(keep)
         for i in idx.tolist():
             k = int(copies[i])
             # each example's copies are drawn from its own content and mark: the same correction
             # gives the same copies in every version, so a frozen backbone's feature cache holds them
             generator = torch.Generator().manual_seed(draw_seed(keys[i], data.irrelevant[i]))
             if data.x.dtype == torch.long:
-                xs.append(model.replace_tokens(data.x[i], data.irrelevant[i], k, generator, words))
+                out.x[row:row + k] = model.replace_tokens(data.x[i], data.irrelevant[i], k, generator, words)
             else:
-                xs.append(image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
-                                                donors=donors(data.x, i, keys, candidates), generator=generator))
-        x = torch.cat(xs)
-        y = data.y[idx].repeat_interleave(copies[idx], dim=0)  # class indices or multi-hot rows
-        empty = torch.zeros((len(y), *data.irrelevant.shape[1:]), dtype=torch.bool)
-        if data.x.dtype != torch.long:
-            background = data.propagated & (data.irrelevant.flatten(1).float().mean(dim=1) > LARGE_REGION)
-            data = data.subset(torch.nonzero(~background).flatten())
-        return TrainingSet.concat([data, TrainingSet(x, y, empty, empty.clone())])
+                rows = donor_rows(i, keys, candidates)
+                out.x[row:row + k] = image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
+                                                           donors=None if rows is None else data.x,
+                                                           generator=generator, donor_rows=rows)
+            row += k
+        return out
 
 
     def word_pool(self, data: TrainingSet, model: ModelKind) -> Optional[list[tuple[int, ...]]]:
@@ -201,18 +208,23 @@ def donor_pool(keys: np.ndarray, size: int = DONOR_POOL) -> np.ndarray:
     return np.argpartition(_mix(keys), size - 1)[:size]
 
 
-def donors(x: torch.Tensor, i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None,
-           k: int = 16) -> Optional[torch.Tensor]:
-    """Up to k other examples of the ``pool`` (``donor_pool``; all by default) to substitute from,
-    chosen by rendezvous hashing of the examples' content: random-like, and stable as the project
-    grows (a new task displaces one of an example's donors with probability k / N), which keeps
-    its copies the same across versions."""
-    candidates = np.arange(len(x)) if pool is None else pool
+def donor_rows(i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None, k: int = 16) -> Optional[torch.Tensor]:
+    """The rows of up to k other examples of the ``pool`` (``donor_pool``; all by default) to
+    substitute from, chosen by rendezvous hashing of the examples' content: random-like, and stable
+    as the project grows (a new task displaces one of an example's donors with probability k / N),
+    which keeps its copies the same across versions."""
+    candidates = np.arange(len(keys)) if pool is None else pool
     candidates = candidates[candidates != i]
     if len(candidates) == 0:
         return None
     scores = _mix(keys[candidates] ^ keys[i])
     n = min(k, len(candidates))
     picks = np.argpartition(scores, n - 1)[:n]
-    picks = candidates[picks[np.argsort(scores[picks], kind="stable")]]
-    return x[torch.as_tensor(picks)]
+    return torch.as_tensor(candidates[picks[np.argsort(scores[picks], kind="stable")]])
+
+
+def donors(x: torch.Tensor, i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None,
+           k: int = 16) -> Optional[torch.Tensor]:
+    """The images of ``donor_rows``."""
+    rows = donor_rows(i, keys, pool, k)
+    return None if rows is None else x[rows]
