@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--only-seeds", type=int, nargs="*", help="run these seeds only (to shard a run)")
     parser.add_argument("--merge", type=Path, nargs="*", help="results files whose records to merge into --out")
+    parser.add_argument("--image-size", type=int,
+                        help="read images at this size, as a project does at XIL_IMAGE_SIZE (64 shipped); "
+                             "default: each problem at its own. Give such a run its own --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.seeds = [s for s in plan.seeds if s in args.only_seeds]
     if args.problems:
         plan.problems = [p for p in plan.problems if p in args.problems] or args.problems
+    plan.image_size = args.image_size
     out = args.out
     if out is None:
         out = RESULTS / "xil.json"
@@ -71,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     machine = describe(args.device)
     started = time.perf_counter()
     elapsed_before = float(previous.get("seconds", 0.0)) if records else 0.0
+    size_text = f"{plan.image_size} px" if plan.image_size else "each problem's own size"
     plan_text = (f"{'quick' if plan.quick else 'full'}: problems {', '.join(plan.problems)}; seeds "
                  f"{plan.seeds}; base training {plan.base_epochs} epochs, each fine-tuning round "
                  f"{plan.finetune_epochs} epochs; budgets {plan.budgets}; methods {plan.methods}; "
-                 f"acquisitions {plan.acquisitions}; lambdas {plan.lambdas}")
+                 f"acquisitions {plan.acquisitions}; lambdas {plan.lambdas}; images at {size_text}")
     meta = {"name": "xil", "title": "Learning from explanation feedback (XIL): confounder benchmarks",
             "command": command, "quick": plan.quick, "machine": machine, "plan_text": plan_text,
             "aims": ["On every problem with a gap, recover >= 95% of the gap between no feedback and the clean "

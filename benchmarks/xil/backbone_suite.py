@@ -281,6 +281,16 @@ NOTES = [
     "model, which saw counterexamples, beats it (shares over 100%). The bound the issue names, a model trained "
     "with the confounder present but independent of the label, needs a decorrelated training twin per problem; "
     "not built yet.",
+    "Fine-tuned kinds ran with entropy ranking only (CPU time: 6-15 min per problem and seed on one core); the "
+    "frozen and text kinds with entropy and random.",
+    "Background on a frozen ResNet stays at 85-88% of its gap, below the aim, and was looked into on seed 0 "
+    "(2026-12-05): at 1% the background rule's marks cover 95% of the planted background pixels at 99% "
+    "precision, every other task's copy replaces its original, and the copies' background shades are "
+    "uncorrelated with the label (r = 0.02), yet the head reaches 0.85 against its clean bound's 0.955. What the "
+    "marks miss is the digit's rim (grays between the class shade and 40, which the clean set lifts to its own "
+    "shade and a copy keeps). Moving the rim with the background in proportion to its nearness to the old shade "
+    "made it worse (0.741), so the rim is not shown to be the cause; the fill for backgrounds is an open part of "
+    "the concepts issue.",
     "What the suite still does differently from a Label Studio project, from the code: it trains on every "
     "labelled task (a project holds out `XIL_HOLDOUT`, 20%, for its metrics); its schedule is 20 base epochs and "
     "8 per round, where a project's job runs `XIL_EPOCHS` (30) with early stopping; its rounds are the budgets "

@@ -84,6 +84,8 @@ class Plan:
     lambdas: dict[str, list[float]] = field(default_factory=dict)  # problem -> RRR lambdas (at the 1% budget)
     acq_method: str = "default"
     one_point_methods: tuple[str, ...] = ()  # methods run at the 1% budget only (to bound the run time)
+    # images read at this size, as a project reads them at XIL_IMAGE_SIZE (None: each problem at its own)
+    image_size: Optional[int] = None
 
 
 def quick_plan(seeds: int = 3) -> Plan:
@@ -162,7 +164,7 @@ def run_plan(plan: Plan, device: torch.device, save: Callable[[list[dict[str, An
             continue
         started = time.perf_counter()
         data_problem = PROBLEMS[problem](seed)
-        size = data_problem.image_size
+        size = (plan.image_size or data_problem.image_size) if data_problem.kind == "image" else data_problem.image_size
         prepared = prepare_problem(data_problem, settings_for(size, METHODS["none"]))
         log(f"[{problem} seed {seed}] data ready in {time.perf_counter() - started:.1f}s "
             f"({len(prepared.train.tasks)} train / {len(prepared.test.tasks)} test)")
