@@ -422,8 +422,8 @@ MODELS_NOTES = [
     "queue, are the held-out ones the model never fitted, and 3 to 8 of 8 corrections sat there and never "
     "trained; a corrected task now always trains. What still differs: the tables here read images at each "
     "problem's own size (the CNN at 28 px), a project at `XIL_IMAGE_SIZE`; `python -m benchmarks.xil "
-    "--image-size 64 --out benchmarks/results/_xil_64.json` runs the suite at a project's size (not run yet: "
-    "about three times the CPU time of the 28-px run).",
+    "--image-size 64 --out benchmarks/results/_xil_64.json` runs the suite at a project's size (not run yet; "
+    "five times the pixels of the 28-px run).",
     "Why each kind's default adds counterexamples: alone, CALI (0.744, 48% of the gap) and activation evidence "
     "(0.672, 32%) left the class-shaded background in use at 1%. Both change the loss of the marked tasks only: "
     "every training image still shows its class's shade, which reaches the kept concepts or units through the "
