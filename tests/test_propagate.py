@@ -9,7 +9,7 @@ from ml_backend.project import make_context, new_model
 from ml_backend.training.fit import fit_set
 from ml_backend.training.sets import TrainingSet
 from ml_backend.training.strategies import strategies_for
-from ml_backend.training.strategies.counterexamples import donor_pool, donors, example_keys
+from ml_backend.training.strategies.counterexamples import donor_pool, donor_rows, example_keys
 
 
 def corner_masks(n: int, marked: list[int], size: int = 8) -> torch.Tensor:
@@ -80,13 +80,13 @@ def test_substitute_donors_are_other_tasks_drawn_without_copying_the_set():
     keys = example_keys(x)
     drawn = set()
     for i in range(40):
-        drawn_now = donors(x, i, keys, k=3)
+        drawn_now = x[donor_rows(i, keys, k=3)]
         values = drawn_now[:, 0, 0, 0].tolist()
         assert len(set(values)) == 3 and float(i) not in values  # three other tasks
-        assert torch.equal(drawn_now, donors(x, i, keys, k=3))  # the same in every version
+        assert torch.equal(drawn_now, x[donor_rows(i, keys, k=3)])  # the same in every version
         drawn |= set(values)
     assert len(drawn) > 30  # spread over the tasks, not always the same few
-    assert donors(x[:1], 0, keys[:1]) is None
+    assert donor_rows(0, keys[:1]) is None
 
 
 def test_a_large_sets_donors_come_from_a_bounded_stable_pool():
@@ -99,7 +99,7 @@ def test_a_large_sets_donors_come_from_a_bounded_stable_pool():
     grown = donor_pool(example_keys(torch.cat([x, x[:1] + 5000])), size=256)
     assert len(set(pool.tolist()) & set(grown.tolist())) >= 255
     for i in (0, int(pool[0]), 2999):
-        drawn = donors(x, i, keys, pool, k=16)[:, 0, 0, 0].long().tolist()
+        drawn = x[donor_rows(i, keys, pool, k=16)][:, 0, 0, 0].long().tolist()
         assert len(set(drawn)) == 16 and i not in drawn and set(drawn) <= set(pool.tolist())
 
 

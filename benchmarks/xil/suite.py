@@ -164,7 +164,7 @@ def run_plan(plan: Plan, device: torch.device, save: Callable[[list[dict[str, An
             continue
         started = time.perf_counter()
         data_problem = PROBLEMS[problem](seed)
-        size = (plan.image_size or data_problem.image_size) if data_problem.kind == "image" else data_problem.image_size
+        size = plan.image_size if plan.image_size and data_problem.kind == "image" else data_problem.image_size
         prepared = prepare_problem(data_problem, settings_for(size, METHODS["none"]))
         log(f"[{problem} seed {seed}] data ready in {time.perf_counter() - started:.1f}s "
             f"({len(prepared.train.tasks)} train / {len(prepared.test.tasks)} test)")

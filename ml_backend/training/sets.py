@@ -43,23 +43,15 @@ class TrainingSet:
     def has_relevant(self) -> torch.Tensor:
         return self.relevant.flatten(1).any(dim=1)
 
-    def subset(self, index: torch.Tensor) -> "TrainingSet":
-        return TrainingSet(self.x[index], self.y[index], self.irrelevant[index], self.relevant[index],
-                           self.propagated[index])
-
     def grown(self, keep: torch.Tensor, extra: int) -> "TrainingSet":
         """The rows ``keep`` followed by ``extra`` rows for the caller to fill (x and y unset, masks
         empty, not propagated), one allocation per tensor: at a backbone's 224 px a set is a GB,
         and each copy of it cost seconds (a concatenation took 8-14 s of a 1,000-task job)."""
         n = len(keep)
-        whole = n == len(self) and bool((keep == torch.arange(n)).all())
 
         def grow(t: torch.Tensor, zeros: bool) -> torch.Tensor:
             out = (torch.zeros if zeros else torch.empty)((n + extra, *t.shape[1:]), dtype=t.dtype)
-            if whole:
-                out[:n].copy_(t)
-            else:
-                torch.index_select(t, 0, keep, out=out[:n])
+            torch.index_select(t, 0, keep, out=out[:n])
             return out
 
         return TrainingSet(grow(self.x, False), grow(self.y, False), grow(self.irrelevant, True),

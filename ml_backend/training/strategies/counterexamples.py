@@ -58,10 +58,11 @@ def image_counterexamples(
     copies = x.unsqueeze(0).repeat(c, 1, 1, 1)
     if c == 0 or not mask.any():
         return copies
-    rows = donor_rows if donor_rows is not None or donors is None else torch.arange(donors.shape[0])
-    if fill == "substitute" and rows is not None and len(rows) > 0:
-        picks = torch.randint(len(rows), (c,), generator=generator, device=_gen_device(generator))
-        picks = rows[picks.cpu()]
+    if donors is not None and donor_rows is None:
+        donor_rows = torch.arange(donors.shape[0])
+    if fill == "substitute" and donors is not None and len(donor_rows) > 0:
+        picks = donor_rows[torch.randint(len(donor_rows), (c,), generator=generator,
+                                         device=_gen_device(generator)).cpu()]
         replacement = donors[picks.to(donors.device)].to(device=x.device, dtype=x.dtype)
         if mask.float().mean() > LARGE_REGION:
             replacement = border_colour(replacement.float()).to(x.dtype)[:, :, None, None]
@@ -222,9 +223,3 @@ def donor_rows(i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None, k: i
     picks = np.argpartition(scores, n - 1)[:n]
     return torch.as_tensor(candidates[picks[np.argsort(scores[picks], kind="stable")]])
 
-
-def donors(x: torch.Tensor, i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None,
-           k: int = 16) -> Optional[torch.Tensor]:
-    """The images of ``donor_rows``."""
-    rows = donor_rows(i, keys, pool, k)
-    return None if rows is None else x[rows]
