@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   start the backend on :9090 (embedded defaults: CPU, no Redis)
-#   make test    install everything the tests need (Python packages, redis-server,
+#   make test    install everything the tests need (Python packages, redis-server, postgresql,
 #                Label Studio 1.23.2 in .cache/ls-venv) and run every test
 PYTHON ?= python3
 VENV   := .venv

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -86,6 +87,25 @@ def path_problem(value: str) -> Optional[str]:
         return f"is longer than {PATH_MAX_BYTES} bytes"
     if any(len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")):
         return f"has a file name longer than {NAME_MAX_BYTES} bytes"
+    return None
+
+
+DATABASE_SCHEMES = ("postgresql", "postgres")
+
+
+def database_url_problem(url: str) -> Optional[str]:
+    """Why ``url`` cannot be DATABASE_URL (None when it can). Never quotes it: it holds a password."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        return "must be a postgresql:// URL (postgresql://user:password@host:5432/database)"
+    if scheme.lower() not in DATABASE_SCHEMES:
+        shown = f", not {scheme[:20]}://" if scheme.isascii() and scheme.isalnum() else ""
+        return (f"must be a postgresql:// URL{shown} (PostgreSQL is the only database supported; unset, "
+                "the annotation store is the SQLite file under MODEL_DIR)")
+    try:
+        urlsplit(url).port
+    except ValueError:
+        return "has a port that is not a number in 0-65535"
     return None
 
 
@@ -317,6 +337,9 @@ class Settings:
 
     model_dir: Path = _setting(Path("./models"), env=("MODEL_DIR",))
     redis_url: str = _setting("", env=("REDIS_URL",))
+    # the annotation store: PostgreSQL (shared by servers and workers on several hosts); "" = the
+    # SQLite file under MODEL_DIR. Not in repr: it holds a password
+    database_url: str = field(default="", repr=False, metadata={"allowed": None, "env": ("DATABASE_URL",)})
     queue_name: str = _setting("ml_backend", env=("RQ_QUEUE_NAME",))
     label_studio_url: str = _setting("", env=("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"))
     label_studio_api_key: str = _setting("", env=("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"))
@@ -384,6 +407,9 @@ class Settings:
 
     def validate(self) -> "Settings":
         _check_fields(self)
+        problem = database_url_problem(self.database_url) if self.database_url else None
+        if problem:
+            raise ConfigError(f"DATABASE_URL {problem}")
         self.project.validate()
         return self
 

@@ -2,7 +2,8 @@
 
 Layout under MODEL_DIR::
 
-    feedback.sqlite3                          annotations of every project (feedback.store)
+    feedback.sqlite3                          annotations of every project (feedback.store; with
+                                              DATABASE_URL they are in PostgreSQL instead)
     projects/<project>/project.json           label config + extra params (from /setup and webhooks)
     projects/<project>/versions/v3/model.pt   checkpoint (kind, config, classes, state_dict)
     projects/<project>/versions/v3/donors.pt  a few image training inputs (the counterfactual's fill)
@@ -42,7 +43,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ml_backend.config import path_problem
+from ml_backend.config import Settings, path_problem
+from ml_backend.feedback.store import AnnotationStore
 from ml_backend.models import CheckpointError, from_checkpoint, load_checkpoint_file
 from ml_backend.models.base import ModelKind
 from ml_backend.models.feature_cache import FeatureCache
@@ -93,7 +95,24 @@ def version_number(project: str, name: Any) -> Optional[int]:
 
 
 def annotation_store_path(model_dir: Path) -> Path:
+    """The SQLite annotation store under MODEL_DIR (the store when DATABASE_URL is unset)."""
     return Path(model_dir) / "feedback.sqlite3"
+
+
+_ANNOTATION_STORES: dict[str, AnnotationStore] = {}
+_ANNOTATION_STORES_LOCK = threading.Lock()
+
+
+def open_annotation_store(settings: Settings) -> AnnotationStore:
+    """The annotation store ``settings`` name: PostgreSQL with DATABASE_URL, else the SQLite file
+    under MODEL_DIR. One per database in a process (its connections, pool and group commit are shared)."""
+    target: Path | str = settings.database_url or annotation_store_path(settings.model_dir).resolve()
+    key = str(target)
+    with _ANNOTATION_STORES_LOCK:
+        store = _ANNOTATION_STORES.get(key)
+        if store is None:
+            store = _ANNOTATION_STORES[key] = AnnotationStore(target)
+        return store
 
 
 def allowed_path(name: str, model_dir: Path, weights_dirs: tuple[str, ...], what: str) -> Path:

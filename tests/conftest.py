@@ -26,3 +26,28 @@ def settings(tmp_path):
     from ml_backend.config import Settings
 
     return Settings(model_dir=tmp_path / "models")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (tests.support.postgres); fails, never skips,
+    when PostgreSQL is not installed."""
+    from tests.support.postgres import PostgresServer
+
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+    except BaseException as exc:
+        server.stop()
+        pytest.fail(f"cannot start PostgreSQL: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()

@@ -173,3 +173,32 @@ def test_extra_params_must_be_a_json_object():
         parse_extra_params("[1, 2]")
     with pytest.raises(ConfigError):
         parse_extra_params("{nope")
+
+
+def test_database_url_names_postgresql_or_nothing():
+    url = "postgresql://xil:hunter2@db.example:5432/xil"
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+    assert Settings.from_env({"DATABASE_URL": "postgres://db/xil"}).database_url == "postgres://db/xil"
+    assert Settings.from_env({"DATABASE_URL": ""}).database_url == ""  # unset: the SQLite file under MODEL_DIR
+    assert "hunter2" not in repr(Settings.from_env({"DATABASE_URL": url}))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("mysql://xil:hunter2@db/xil", "must be a postgresql:// URL, not mysql://"),
+    ("sqlite:///models/feedback.sqlite3", "must be a postgresql:// URL, not sqlite://"),
+    ("xil:hunter2@db/xil", r"must be a postgresql:// URL \(postgresql://user:password@host:5432/database\)"),
+    ("postgresql://xil:hunter2@db:port/xil", "has a port that is not a number"),
+])
+def test_a_bad_database_url_is_an_error_naming_the_variable_not_the_password(value, message):
+    with pytest.raises(ConfigError, match="^DATABASE_URL " + message) as caught:
+        Settings.from_env({"DATABASE_URL": value})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_backend_refuses_to_start_with_an_unsupported_database_url(monkeypatch, capsys):
+    from ml_backend.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", "mysql://xil:hunter2@db/xil")
+    assert main(["versions"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("configuration error: DATABASE_URL must be a postgresql:// URL") and "hunter2" not in err

@@ -145,8 +145,7 @@ def test_bayesian_model_is_refused_for_text(backend, text_config):
 def test_one_malformed_annotation_never_stops_training(backend, image_config, poison):
     """At the webhook it is quarantined (listed on /status with its reason, never trained on); one
     that reaches the store another way (a resync from Label Studio) is skipped by training."""
-    from ml_backend.feedback.store import AnnotationStore
-    from ml_backend.store import annotation_store_path
+    from ml_backend.store import open_annotation_store
 
     server, settings = backend
     assert requests.post(server.url + "/setup", json=setup_body(image_config)).status_code == 200
@@ -159,7 +158,7 @@ def test_one_malformed_annotation_never_stops_training(backend, image_config, po
     assert "quarantined" in requests.get(server.url + "/dashboard").text
     task, _ = image_task(98)
     resynced = annotation_webhook("ANNOTATION_CREATED", 98, task, poison, image_config)
-    AnnotationStore(annotation_store_path(settings.model_dir)).upsert("2", resynced["annotation"], task)
+    open_annotation_store(settings).upsert("2", resynced["annotation"], task)
     meta = train_on_corrections(server, settings, image_config, n=4)
     assert meta["examples"] == 4 and meta["skipped"]["invalid"] == 1
     # and the next training still runs

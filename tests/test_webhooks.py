@@ -10,8 +10,7 @@ import requests
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.feedback.store import AnnotationStore
-from ml_backend.store import annotation_store_path
+from ml_backend.store import open_annotation_store
 from ml_backend.jobs import make_queue
 from tests.support.data import confounded_images
 from tests.support.live import (PROJECT_TOKEN, TASK_DATA_PASSWORD, LiveServer, annotation_webhook, brush, choice,
@@ -62,7 +61,7 @@ def test_start_training_passes_with_basic_auth_when_configured(tmp_path, image_c
 
 
 def test_annotations_are_persisted_idempotently(backend, hook_settings, image_config):
-    store = AnnotationStore(annotation_store_path(hook_settings.model_dir))
+    store = open_annotation_store(hook_settings)
     task, _ = image_task(7)
     created = annotation_webhook("ANNOTATION_CREATED", 11, task, [choice("Class A")], image_config)
     assert post(backend, created).json()["changed"] == 1
@@ -85,7 +84,7 @@ def test_bulk_annotations_created(backend, hook_settings, image_config):
     body = {"action": "ANNOTATIONS_CREATED", "annotation": [s["annotation"] for s in singles],
             "task": [s["task"] for s in singles], "project": project_object(image_config)}
     assert post(backend, body).json()["changed"] == 2
-    assert AnnotationStore(annotation_store_path(hook_settings.model_dir)).count("2") == 2
+    assert open_annotation_store(hook_settings).count("2") == 2
 
 
 @pytest.mark.parametrize("body, message", [

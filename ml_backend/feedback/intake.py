@@ -14,16 +14,16 @@ from ml_backend.feedback.store import AnnotationStore
 from ml_backend.labelstudio.schema import SchemaError, TaskSchema, parse_label_config
 from ml_backend.jobs import JobQueue, make_queue
 from ml_backend.project import project_key
-from ml_backend.store import ProjectStore, StoreError, annotation_store_path
+from ml_backend.store import ProjectStore, StoreError, open_annotation_store
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
-MAX_ID = 2 ** 63 - 1  # SQLite's integer
+MAX_ID = 2 ** 63 - 1  # the annotation store's 64-bit integer
 
 
 def record_id(value: Any, what: str) -> int:
-    """A Label Studio record id: a non-negative integer SQLite can hold; ValueError otherwise."""
+    """A Label Studio record id: a non-negative integer the annotation store can hold; ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
         raise ValueError(f"{what} id must be a non-negative integer, got {type(value).__name__}")
     return value
@@ -106,7 +106,7 @@ class WebhookIntake:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "WebhookIntake":
-        return cls(settings, AnnotationStore(annotation_store_path(settings.model_dir)), make_queue(settings))
+        return cls(settings, open_annotation_store(settings), make_queue(settings))
 
     def handle(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         if action in ANNOTATION_EVENTS:

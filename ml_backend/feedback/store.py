@@ -1,4 +1,4 @@
-"""Durable, idempotent store of Label Studio annotations (SQLite, WAL, synchronous=FULL).
+"""Durable, idempotent store of Label Studio annotations: a SQLite file, or PostgreSQL (DATABASE_URL).
 
 Keyed by (project id, annotation id). Webhooks arrive unordered and may repeat, so an
 upsert only replaces a stored annotation with a strictly newer ``updated_at``; a repeated
@@ -11,58 +11,77 @@ webhook's ``project`` object (it holds the project ``token`` and ``task_data_pas
 As a guard, a ``project`` key holding an object inside either dict is stored as its id.
 Task data itself is stored unchanged.
 
-Thread- and process-safe: one connection per thread (and per process after a fork), writes
-in ``BEGIN IMMEDIATE`` transactions, and a busy timeout for concurrent writers.
+One implementation, two engines: the contract and its SQL are written once, here;
+``feedback.database`` holds what differs (SQLite: WAL, synchronous=FULL, a connection per
+thread and process; PostgreSQL: a psycopg pool, synchronous_commit on). Every write transaction
+excludes the other writers of every process and host (SQLite's BEGIN IMMEDIATE, an advisory
+lock in PostgreSQL): the updated_at rule and the tombstones read before they write.
 
 Group commit: writes that arrive while another thread's transaction commits wait, then go
 together in the next transaction, each in its own savepoint (one failing write rolls back
 alone). A burst of webhooks then costs one fsync per group instead of one per annotation; every
-write still returns only after the COMMIT that holds it.
+write still returns only after the COMMIT that holds it. A group whose connection is lost before
+its COMMIT (a PostgreSQL restart) runs again on a new connection, for up to BUSY_TIMEOUT_S.
+
+Schema: versioned in the ``schema_version`` table, created on first use and brought up to date
+by the steps of ``_UPGRADES`` whenever a store opens. A SQLite store made before versioning is
+version 1.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
-import sqlite3
+import logging
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
-BUSY_TIMEOUT_S = 30.0
+from ml_backend.feedback.database import BUSY_TIMEOUT_S, Connection, Database, DatabaseError, open_database
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS annotations (
-    project_id TEXT NOT NULL,
-    annotation_id INTEGER NOT NULL,
-    task_id INTEGER NOT NULL,
-    updated_us INTEGER,
-    annotation TEXT NOT NULL,
-    task TEXT NOT NULL,
-    PRIMARY KEY (project_id, annotation_id)
-);
-CREATE INDEX IF NOT EXISTS annotations_by_task ON annotations (project_id, task_id, annotation_id);
-CREATE TABLE IF NOT EXISTS deleted (
-    project_id TEXT NOT NULL,
-    annotation_id INTEGER NOT NULL,
-    PRIMARY KEY (project_id, annotation_id)
-);
-CREATE TABLE IF NOT EXISTS revisions (
-    project_id TEXT PRIMARY KEY,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rejected (
-    project_id TEXT NOT NULL,
-    annotation_id INTEGER NOT NULL,
-    task_id INTEGER,
-    reason TEXT NOT NULL,
-    received_us INTEGER NOT NULL,
-    PRIMARY KEY (project_id, annotation_id)
-);
-"""
+__all__ = ["AnnotationStore", "BUSY_TIMEOUT_S", "DatabaseError", "SCHEMA_VERSION"]
+
+log = logging.getLogger(__name__)
+
+# Step i brings the schema from version i to i + 1. A change to the schema appends a step (never
+# edits one: stores in use ran it already). {bigint} is the engine's 64-bit integer type.
+_UPGRADES: tuple[tuple[str, ...], ...] = (
+    (  # 1: annotations, tombstones, revisions, quarantine
+        """CREATE TABLE IF NOT EXISTS annotations (
+            project_id TEXT NOT NULL,
+            annotation_id {bigint} NOT NULL,
+            task_id {bigint} NOT NULL,
+            updated_us {bigint},
+            annotation TEXT NOT NULL,
+            task TEXT NOT NULL,
+            PRIMARY KEY (project_id, annotation_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS annotations_by_task ON annotations (project_id, task_id, annotation_id)",
+        """CREATE TABLE IF NOT EXISTS deleted (
+            project_id TEXT NOT NULL,
+            annotation_id {bigint} NOT NULL,
+            PRIMARY KEY (project_id, annotation_id)
+        )""",
+        """CREATE TABLE IF NOT EXISTS revisions (
+            project_id TEXT PRIMARY KEY,
+            revision {bigint} NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS rejected (
+            project_id TEXT NOT NULL,
+            annotation_id {bigint} NOT NULL,
+            task_id {bigint},
+            reason TEXT NOT NULL,
+            received_us {bigint} NOT NULL,
+            PRIMARY KEY (project_id, annotation_id)
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(_UPGRADES)
 
 MAX_REASON_CHARS = 300
+MAX_ID = 2 ** 63 - 1  # ids are 64-bit integer columns
 
 Pair = tuple[dict, dict]
 T = TypeVar("T")
@@ -74,46 +93,100 @@ class _Write:
 
     __slots__ = ("work", "done", "result", "error")
 
-    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, work: Callable[[Connection], Any]) -> None:
         self.work = work
         self.done = False
         self.result: Any = None
         self.error: Optional[BaseException] = None
 
 
-class AnnotationStore:
-    """Annotations and their tasks per project, surviving restarts and killed processes."""
+class _Lost(Exception):
+    """The connection went away before COMMIT: the group may run again."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class AnnotationStore:
+    """Annotations and their tasks per project, surviving restarts and killed processes.
+
+    ``database``: a SQLite file's path, a postgresql:// URL, or a ``feedback.database.Database``.
+    """
+
+    def __init__(self, database: Database | Path | str) -> None:
+        self._db = database if isinstance(database, Database) else open_database(database)
         self._lock = threading.Lock()
         # One writer at a time inside the process: SQLite's own busy handler makes waiting
         # writers sleep in growing steps, which dominated webhook latency under bursts.
         self._write_lock = threading.Lock()
         self._pending: list[_Write] = []  # writes waiting for the next group (under self._lock)
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
-        conn.executescript(_SCHEMA)
+        try:
+            self._write(self._upgrade_schema)
+        except Exception as exc:
+            self._db.close()  # a pool would go on connecting in the background
+            if isinstance(exc, DatabaseError):
+                raise
+            raise DatabaseError(f"cannot open the annotation store ({self._db.describe()}): "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    def _upgrade_schema(self, conn: Connection) -> int:
+        """Create or upgrade the schema to SCHEMA_VERSION (inside a write transaction); the version found."""
+        if not self._db.has_table(conn, "schema_version"):
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            found = 1 if self._db.has_table(conn, "annotations") else 0  # made before versioning: 1
+            conn.execute("INSERT INTO schema_version VALUES (?)", (found,))
+        else:
+            found = row[0]
+        if found > SCHEMA_VERSION:
+            raise DatabaseError(f"the annotation store ({self._db.describe()}) has schema version {found}, "
+                                f"newer than this release's {SCHEMA_VERSION}: upgrade ml_backend")
+        for step in _UPGRADES[found:]:
+            for statement in step:
+                conn.execute(statement.format(bigint=self._db.bigint))
+        if found < SCHEMA_VERSION:
+            conn.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
+            log.info("annotation store (%s): schema version %d -> %d", self._db.describe(), found, SCHEMA_VERSION)
+        return found
+
+    def schema_version(self) -> int:
+        """The schema version the database holds."""
+        return self._read(lambda conn: conn.execute("SELECT version FROM schema_version").fetchone()[0])
 
     # -- connections -----------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA synchronous=FULL")  # per connection: an acknowledged commit is on disk
-            self._local.conn, self._local.pid = conn, os.getpid()
-            with self._lock:
-                self._connections.append(conn)
-        return conn
+    def _may_retry(self, exc: BaseException, deadline: float, attempt: int) -> bool:
+        """Whether to run again after ``exc``: a lost connection, with time left. Waits first."""
+        if not self._db.lost(exc) or time.monotonic() >= deadline:
+            return False
+        log.warning("annotation store (%s): connection lost (%s); trying again", self._db.describe(),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        self._db.recover()
+        time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        return True
 
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _read(self, query: Callable[[Connection], T]) -> T:
+        """``query(conn)``, again on a new connection if the connection was lost."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        for attempt in itertools.count():
+            try:
+                with self._db.connection() as conn:
+                    return query(conn)
+            except Exception as exc:
+                if not self._may_retry(exc, deadline, attempt):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` in a committed write transaction, grouped with the writes of other
-        threads waiting at the same time; its exception (if any) is raised here, others' are not."""
+        threads waiting at the same time; its exception (if any) is raised here, others' are not.
+        ``work`` may run more than once (after a lost connection): it reads what it needs in it."""
         mine = _Write(work)
         with self._lock:
             self._pending.append(mine)
@@ -129,28 +202,18 @@ class AnnotationStore:
         return mine.result
 
     def _commit(self, group: list[_Write]) -> None:
-        conn = self._conn()
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
         try:
-            conn.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
-            try:
-                alone = len(group) == 1  # no savepoint: its transaction is its own (fewer statements)
-                for write in group:
-                    if not alone:
-                        conn.execute("SAVEPOINT one_write")
-                    try:
-                        write.result = write.work(conn)
-                    except Exception as exc:
-                        write.error = exc
-                        conn.execute("ROLLBACK" if alone else "ROLLBACK TO one_write")
-                        if alone:
-                            return
-                    if not alone:
-                        conn.execute("RELEASE one_write")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            for attempt in itertools.count():
+                try:
+                    with self._db.connection() as conn:
+                        self._run_group(conn, group)
+                    return
+                except _Lost as lost:
+                    if not self._may_retry(lost.error, deadline, attempt):
+                        raise lost.error from None
+                    for write in group:
+                        write.result = write.error = None
         except BaseException as exc:  # nothing of the group is stored: each of its writes fails
             for write in group:
                 write.error, write.result = write.error or exc, None
@@ -158,16 +221,44 @@ class AnnotationStore:
             for write in group:
                 write.done = True
 
-    def close(self) -> None:
-        """Close every connection this store opened (in this process)."""
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
+    def _run_group(self, conn: Connection, group: list[_Write]) -> None:
+        """One transaction for the group; _Lost if the connection went away before COMMIT."""
+        committing = False
+        try:
+            self._db.begin_write(conn)
+            alone = len(group) == 1  # no savepoint: its transaction is its own (fewer statements)
+            for write in group:
+                if not alone:
+                    conn.execute("SAVEPOINT one_write")
+                try:
+                    write.result = write.work(conn)
+                except Exception as exc:
+                    if self._db.lost(exc):
+                        raise  # the connection's failure, not this write's
+                    write.error = exc
+                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO one_write")
+                    if alone:
+                        return
+                if not alone:
+                    conn.execute("RELEASE one_write")
+            committing = True
+            conn.execute("COMMIT")
+        except BaseException as exc:
             try:
-                conn.close()
-            except sqlite3.ProgrammingError:  # opened by another thread; it goes with that thread
+                if self._db.in_transaction(conn):
+                    conn.execute("ROLLBACK")
+            except Exception:  # a lost connection: its transaction is gone with it
                 pass
-        self._local = threading.local()
+            if not self._db.lost(exc):
+                raise
+            if committing:  # the COMMIT may have been applied: running the group again could tell lies
+                raise DatabaseError(f"annotation store ({self._db.describe()}): the connection was lost while "
+                                    "committing; the write may or may not be stored") from exc
+            raise _Lost(exc) from exc
+
+    def close(self) -> None:
+        """Close every connection this store opened (in this process); it opens new ones if used again."""
+        self._db.close()
 
     def __enter__(self) -> "AnnotationStore":
         return self
@@ -182,7 +273,7 @@ class AnnotationStore:
         row = _row(annotation, task)
         project_id = str(project_id)
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: Connection) -> bool:
             if conn.execute(
                 "SELECT 1 FROM deleted WHERE project_id=? AND annotation_id=?", (project_id, row["annotation_id"])
             ).fetchone():
@@ -199,11 +290,15 @@ class AnnotationStore:
         """Quarantine a malformed annotation: kept out of training, listed with its reason. A
         stored version of it is removed (its newer form replaced it in Label Studio)."""
         project_id = str(project_id)
+        annotation_id = _record_id(annotation_id, "annotation")
+        task_id = None if task_id is None else _record_id(task_id, "task")
+        reason = _plain_text(reason[:MAX_REASON_CHARS])
         received = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
 
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?)",
-                         (project_id, annotation_id, task_id, reason[:MAX_REASON_CHARS], received))
+        def work(conn: Connection) -> None:
+            conn.execute("INSERT INTO rejected VALUES (?, ?, ?, ?, ?) ON CONFLICT (project_id, annotation_id) "
+                         "DO UPDATE SET task_id=excluded.task_id, reason=excluded.reason, "
+                         "received_us=excluded.received_us", (project_id, annotation_id, task_id, reason, received))
             if conn.execute("DELETE FROM annotations WHERE project_id=? AND annotation_id=?",
                             (project_id, annotation_id)).rowcount:
                 _bump(conn, project_id)
@@ -212,24 +307,27 @@ class AnnotationStore:
 
     def rejected(self, project_id: str, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
         """(how many of the project's annotations are quarantined, the latest with their reasons)."""
-        conn = self._conn()
-        count = conn.execute("SELECT COUNT(*) FROM rejected WHERE project_id=?", (str(project_id),)).fetchone()[0]
-        rows = conn.execute("SELECT annotation_id, task_id, reason, received_us FROM rejected WHERE project_id=? "
-                            "ORDER BY received_us DESC LIMIT ?", (str(project_id), limit)).fetchall()
+        def query(conn: Connection) -> tuple[int, list]:
+            count = conn.execute("SELECT COUNT(*) FROM rejected WHERE project_id=?", (str(project_id),)).fetchone()[0]
+            rows = conn.execute("SELECT annotation_id, task_id, reason, received_us FROM rejected WHERE project_id=? "
+                                "ORDER BY received_us DESC LIMIT ?", (str(project_id), limit)).fetchall()
+            return count, rows
+
+        count, rows = self._read(query)
         return count, [{"annotation": a, "task": t, "reason": r, "received_at": us / 1e6} for a, t, r, us in rows]
 
     def delete(self, project_id: str, annotation_ids: Iterable[int]) -> int:
         """Delete annotations by id (remembering the ids); returns how many were stored."""
         project_id = str(project_id)
-        ids = [int(i) for i in annotation_ids]
+        ids = [_record_id(int(i), "annotation") for i in annotation_ids]
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Connection) -> int:
             removed = 0
             for annotation_id in ids:
                 removed += conn.execute(
                     "DELETE FROM annotations WHERE project_id=? AND annotation_id=?", (project_id, annotation_id)
                 ).rowcount
-                conn.execute("INSERT OR IGNORE INTO deleted VALUES (?, ?)", (project_id, annotation_id))
+                conn.execute("INSERT INTO deleted VALUES (?, ?) ON CONFLICT DO NOTHING", (project_id, annotation_id))
                 conn.execute("DELETE FROM rejected WHERE project_id=? AND annotation_id=?", (project_id, annotation_id))
             if removed:
                 _bump(conn, project_id)
@@ -246,11 +344,12 @@ class AnnotationStore:
         project_id = str(project_id)
         rows = [_row(annotation, task) for annotation, task in pairs]
 
-        def work(conn: sqlite3.Connection) -> dict[str, int]:
+        def work(conn: Connection) -> dict[str, int]:
             counts = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0}
             keep = {row["annotation_id"] for row in rows}
             stored = [
-                r[0] for r in conn.execute("SELECT annotation_id FROM annotations WHERE project_id=?", (project_id,))
+                r[0] for r in conn.execute("SELECT annotation_id FROM annotations WHERE project_id=?",
+                                           (project_id,)).fetchall()
             ]
             for annotation_id in stored:
                 if annotation_id not in keep:
@@ -273,46 +372,39 @@ class AnnotationStore:
 
     def get(self, project_id: str, annotation_id: int) -> Optional[Pair]:
         """(annotation, task) for one annotation id, or None."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT annotation, task FROM annotations WHERE project_id=? AND annotation_id=?",
-                (str(project_id), int(annotation_id)),
-            )
-            .fetchone()
-        )
+        key = (str(project_id), _record_id(int(annotation_id), "annotation"))
+        row = self._read(lambda conn: conn.execute(
+            "SELECT annotation, task FROM annotations WHERE project_id=? AND annotation_id=?", key).fetchone())
         return (json.loads(row[0]), json.loads(row[1])) if row else None
 
     def list(self, project_id: str) -> list[Pair]:
         """Every (annotation, task) of the project, ordered by task id then annotation id."""
-        rows = self._conn().execute(
+        rows = self._read(lambda conn: conn.execute(
             "SELECT annotation, task FROM annotations WHERE project_id=? ORDER BY task_id, annotation_id",
-            (str(project_id),),
-        )
+            (str(project_id),)).fetchall())
         return [(json.loads(a), json.loads(t)) for a, t in rows]
 
     def count(self, project_id: str) -> int:
-        return (
-            self._conn()
-            .execute("SELECT COUNT(*) FROM annotations WHERE project_id=?", (str(project_id),))
-            .fetchone()[0]
-        )
+        return self._read(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM annotations WHERE project_id=?", (str(project_id),)).fetchone()[0])
 
     def has_at_least(self, project_id: str, n: int) -> bool:
         """Whether the project holds ``n`` annotations or more: reads n rows at most, where ``count``
         reads them all (every webhook asks this)."""
         if n <= 0:
             return True
-        return self._conn().execute("SELECT 1 FROM annotations WHERE project_id=? LIMIT 1 OFFSET ?",
-                                    (str(project_id), n - 1)).fetchone() is not None
+        return self._read(lambda conn: conn.execute(
+            "SELECT 1 FROM annotations WHERE project_id=? LIMIT 1 OFFSET ?", (str(project_id), n - 1)).fetchone()
+        ) is not None
 
     def revisions(self) -> dict[str, int]:
         """Every project's revision."""
-        return dict(self._conn().execute("SELECT project_id, revision FROM revisions").fetchall())
+        return dict(self._read(lambda conn: conn.execute("SELECT project_id, revision FROM revisions").fetchall()))
 
     def revision(self, project_id: str) -> int:
         """Monotonic counter, bumped by every change to the project's annotations (0 = none yet)."""
-        row = self._conn().execute("SELECT revision FROM revisions WHERE project_id=?", (str(project_id),)).fetchone()
+        row = self._read(lambda conn: conn.execute(
+            "SELECT revision FROM revisions WHERE project_id=?", (str(project_id),)).fetchone())
         return row[0] if row else 0
 
 
@@ -321,18 +413,35 @@ def _row(annotation: dict, task: dict) -> dict[str, Any]:
         raise ValueError("annotation and task must be JSON objects")
     annotation_id = annotation.get("id")
     if not isinstance(annotation_id, int) or isinstance(annotation_id, bool):
-        raise ValueError(f"annotation needs an integer 'id', got {annotation_id!r}")
+        raise ValueError(f"annotation needs an integer 'id', got {_shown(annotation_id)}")
     task_id = task.get("id", annotation.get("task"))
     if not isinstance(task_id, int) or isinstance(task_id, bool):
-        raise ValueError(f"task needs an integer 'id' (or the annotation a 'task'), got {task_id!r}")
+        raise ValueError(f"task needs an integer 'id' (or the annotation a 'task'), got {_shown(task_id)}")
     annotation, task = _without_project_object(annotation), _without_project_object(task)
     return {
-        "annotation_id": annotation_id,
-        "task_id": task_id,
+        "annotation_id": _record_id(annotation_id, "annotation"),
+        "task_id": _record_id(task_id, "task"),
         "updated_us": _timestamp_us(annotation.get("updated_at")),
-        "annotation": _canonical(annotation),
-        "task": _canonical(task),
+        "annotation": _canonical(annotation, "annotation"),
+        "task": _canonical(task, "task"),
     }
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _record_id(value: int, what: str) -> int:
+    """``value`` if a 64-bit integer column holds it; ValueError otherwise."""
+    if not -MAX_ID - 1 <= value <= MAX_ID:
+        raise ValueError(f"{what} id {_shown(value)} does not fit a 64-bit integer")
+    return value
+
+
+def _plain_text(text: str) -> str:
+    """``text`` as both engines store it: no NUL (PostgreSQL refuses it), no lone surrogate."""
+    return text.replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
 
 
 def _without_project_object(obj: dict) -> dict:
@@ -342,8 +451,13 @@ def _without_project_object(obj: dict) -> dict:
     return obj
 
 
-def _canonical(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def _canonical(obj: dict, what: str) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} holds text that is not valid UTF-8 (a lone surrogate)") from None
+    return text
 
 
 def _timestamp_us(value: Any) -> Optional[int]:
@@ -360,7 +474,7 @@ def _timestamp_us(value: Any) -> Optional[int]:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _apply(conn: sqlite3.Connection, project_id: str, row: dict) -> Optional[str]:
+def _apply(conn: Connection, project_id: str, row: dict) -> Optional[str]:
     """Insert or replace by the updated_at rule; "added", "updated" or None (unchanged)."""
     stored = conn.execute(
         "SELECT updated_us, annotation, task FROM annotations WHERE project_id=? AND annotation_id=?",
@@ -385,8 +499,8 @@ def _apply(conn: sqlite3.Connection, project_id: str, row: dict) -> Optional[str
     return "updated"
 
 
-def _bump(conn: sqlite3.Connection, project_id: str) -> None:
+def _bump(conn: Connection, project_id: str) -> None:
     conn.execute(
-        "INSERT INTO revisions VALUES (?, 1) ON CONFLICT(project_id) DO UPDATE SET revision = revision + 1",
+        "INSERT INTO revisions VALUES (?, 1) ON CONFLICT (project_id) DO UPDATE SET revision = revisions.revision + 1",
         (project_id,),
     )

@@ -13,14 +13,13 @@ import numpy as np
 
 from ml_backend.config import Settings
 from ml_backend.data.fetch import Fetcher
-from ml_backend.feedback.store import AnnotationStore
 from ml_backend.inference import resolve_device
 from ml_backend.labelstudio.client import LabelStudioClient
 from ml_backend.project import project_context
 from ml_backend.ranking.acquisition import ACQUISITIONS
 from ml_backend.ranking.push import push_predictions
 from ml_backend.ranking.score import labeled_explanations, prepare_readable, rank_tasks
-from ml_backend.store import ProjectStore, annotation_store_path
+from ml_backend.store import ProjectStore, open_annotation_store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     fetcher = Fetcher(settings)
     labeled = None
     if ACQUISITIONS.get(ctx.settings.acquisition).needs_explanations:
-        pairs = AnnotationStore(annotation_store_path(settings.model_dir)).list(project)[-LABELED_FOR_EXPLANATIONS:]
+        pairs = open_annotation_store(settings).list(project)[-LABELED_FOR_EXPLANATIONS:]
         labeled = labeled_explanations(ctx, loaded, prepare_readable(ctx, loaded, [t for _, t in pairs], fetcher))
     with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
         spool = Path(tmp) / "predictions.jsonl"

@@ -16,7 +16,7 @@ from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.models.base import IMAGE, ModelKind
 from ml_backend.project import ProjectContext, new_model, project_context
 from ml_backend.inference import resolve_device
-from ml_backend.store import ProjectStore, StoreError, annotation_store_path
+from ml_backend.store import ProjectStore, StoreError, open_annotation_store
 from ml_backend.training.fit import Example, evaluate, fit_examples, split_holdout
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     """Retrain a project's model from every stored annotation; publish a new version."""
     started = time.perf_counter()
     ctx = project_context(settings, project)
-    annotations = AnnotationStore(annotation_store_path(settings.model_dir))
+    annotations = open_annotation_store(settings)
     progress(0.02, "checking annotations against Label Studio")
     synced = resync(settings, project, annotations, force=(reason == "resync"))
     revision = annotations.revision(project)
