@@ -38,3 +38,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The container images built and started for real, without a Docker daemon (root, Debian; minutes):
+# podman + debootstrap, a Debian bookworm base, docker/Dockerfile built and its command checked over
+# HTTP, docker/Dockerfile.gpu built. Caches in .cache/container/. See README "Containers".
+.PHONY: container-check
+container-check:
+	bash scripts/container_check.sh
