@@ -235,3 +235,40 @@ def test_a_corrections_copies_are_the_same_in_every_version_as_the_project_grows
     assert same >= 0.8 * len(before), same  # a new task displaces one of 16 donors now and then
     assert not torch.equal(before[0], before[1])  # the copies of one example still differ
     assert not torch.equal(before[:, :, :4, :4], x[:40].repeat_interleave(3, 0)[:, :, :4, :4])
+
+
+def _digit_on(background: float) -> torch.Tensor:
+    """A 28 px object (a bright bar) on a flat background, upsampled to 112 px as a processor does:
+    the object's edge blends into the background over a few pixels."""
+    small = torch.full((1, 3, 28, 28), background)
+    small[:, :, 6:22, 11:17] = 1.0
+    return torch.nn.functional.interpolate(small, size=112, mode="bilinear", align_corners=False)[0]
+
+
+def test_a_background_fill_moves_the_blended_rim_with_the_background():
+    """The copy of an upsampled image with its background recoloured looks like the same object
+    upsampled on the new background: no rim of the old shade is left around the object."""
+    old, new = 0.4, 0.05
+    x, truth = _digit_on(old), _digit_on(new)
+    mask = (x - old).abs().amax(dim=0) < 0.02  # the background as a colour rule finds it: not the rim
+    assert mask.float().mean() > 0.25
+    donor = torch.full((1, 3, 112, 112), new)
+    copy = image_counterexamples(x, mask, 1, fill="substitute", donors=donor)[0]
+    rim = ~mask & ((x - truth).abs().amax(dim=0) > 0.05)  # where the old shade is blended into the object
+    assert rim.sum() > 50
+    hard = torch.where(mask, torch.tensor(new), x)
+    assert (hard - truth)[:, rim].abs().mean() > 0.1  # a hard fill leaves the old shade there
+    assert (copy - truth)[:, rim].abs().mean() < 0.5 * (hard - truth)[:, rim].abs().mean()
+    assert torch.allclose(copy[:, mask], torch.tensor(new))
+    inner = ~mask & ~torch.nn.functional.max_pool2d(mask.float()[None], 9, stride=1, padding=4)[0].bool()
+    assert inner.any()
+    assert torch.equal(copy[:, inner], x[:, inner])  # the object's inside is untouched
+
+
+def test_a_small_image_keeps_a_hard_background_fill():
+    x = torch.rand(3, 28, 28)
+    mask = torch.zeros(28, 28, dtype=torch.bool)
+    mask[:14] = True
+    donor = torch.full((1, 3, 28, 28), 0.5)
+    copy = image_counterexamples(x, mask, 1, fill="substitute", donors=donor)[0]
+    assert torch.equal(copy[:, ~mask], x[:, ~mask]) and torch.allclose(copy[:, mask], torch.tensor(0.5))

@@ -65,7 +65,8 @@ def image_counterexamples(
                                          device=_gen_device(generator)).cpu()]
         replacement = donors[picks.to(donors.device)].to(device=x.device, dtype=x.dtype)
         if mask.float().mean() > LARGE_REGION:
-            replacement = border_colour(replacement.float()).to(x.dtype)[:, :, None, None]
+            colour = border_colour(replacement.float())[:, :, None, None]
+            return background_fill(copies, mask, colour)
     elif fill == "blur":
         replacement = _box_blur(x).unsqueeze(0).expand_as(copies)
     else:
@@ -86,6 +87,34 @@ def text_counterexamples(
     if n_buckets < 3:
         raise ValueError("n_buckets must be >= 3 so that a token has another id to become")
     return replace_marked_ids(ids, irrelevant, c, 1, n_buckets, generator)
+
+
+def feather_width(height: int, width: int) -> int:
+    """How many pixels a background blends into the object at its edge. Images reach a model
+    resized, mostly up from a smaller source, and each source pixel's edge spreads over the
+    upsampling factor; a side under 56 px is taken as not upsampled (no feather)."""
+    return max(height, width) // 56
+
+
+def background_fill(copies: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """(c, C, H, W) copies with the background under ``mask`` (H, W) turned to ``colour`` (c, C, 1, 1).
+
+    Inside the mask the colour replaces the pixels (a patterned background's content goes too).
+    Around it, where the resize blended the old background into the object's edge, the pixels move
+    by the colour change in proportion to the feathered mask: a hard edge would leave a rim of the
+    old background's shade around every object, and that rim still follows the class (on a
+    frozen ResNet at 112 px it cost 8 points of the background's 0.6 gap)."""
+    colour = colour.to(copies.dtype) if copies.is_floating_point() else colour
+    radius = feather_width(*mask.shape[-2:])
+    if radius == 0 or not copies.is_floating_point():
+        return torch.where(mask, colour.to(copies.dtype), copies)
+    soft = mask.float()[None, None]
+    grow = (radius + 1) // 2
+    soft = F.max_pool2d(soft, 2 * grow + 1, stride=1, padding=grow)
+    soft = F.avg_pool2d(soft, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)[0]
+    own = border_colour(copies[:1].float())[:, :, None, None]
+    moved = copies + (colour - own) * soft.to(copies.dtype)
+    return torch.where(mask, colour.expand_as(copies), moved)
 
 
 def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
