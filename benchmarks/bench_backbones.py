@@ -164,15 +164,14 @@ def model_settings(model_dir: Path, backbone: str, cache_mb: int, weights: Path)
 
 def last_annotation_to_served(settings: Any, label_config: str, n: int) -> dict[str, Any]:
     """The job on n - 1 annotations, then on the last one too, timed to the served version."""
-    from ml_backend.feedback.store import AnnotationStore
     from ml_backend.jobs.train import train_project
     from ml_backend.project import project_context
     from ml_backend.serving import Predictor
-    from ml_backend.store import ProjectStore, annotation_store_path
+    from ml_backend.store import ProjectStore, open_annotation_store
 
     store = ProjectStore(settings.model_dir, PROJECT)
     store.update_config(label_config=label_config, extra_params={})
-    annotations = AnnotationStore(annotation_store_path(settings.model_dir))
+    annotations = open_annotation_store(settings)
     for i in range(n - 1):
         annotate(annotations, label_config, i)
     t0 = time.perf_counter()

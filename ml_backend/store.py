@@ -12,6 +12,9 @@ Layout under MODEL_DIR::
     projects/<project>/queue.json             the last ranking of unlabeled tasks
     projects/<project>/pushed.json            predictions pushed to Label Studio (what is there already)
     projects/<project>/train.lock             one training job per project across serving processes
+    projects/<project>/rank.lock              one ranking job per project across serving processes
+                                              (both file locks: embedded queue, one host; with
+                                              REDIS_URL the locks are Redis keys, see jobs.queue)
     projects/<project>/features/<backbone>/   per-task features of a frozen backbone (models.feature_cache)
 
 Every serving process reads CURRENT on each request (one small read), so a version
@@ -146,6 +149,23 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_files(directory: Path) -> None:
+    """fsync every file of ``directory`` and the directory itself."""
+    for path in directory.iterdir():
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    _sync_dir(directory)
+
+
 def _read_json(path: Path) -> Optional[Any]:
     try:
         return json.loads(path.read_text())
@@ -218,8 +238,20 @@ class ProjectStore:
     def ranking(self) -> Optional[dict[str, Any]]:
         return _read_json(self.root / "queue.json")
 
-    def save_ranking(self, ranking: dict[str, Any]) -> None:
+    def save_ranking(self, ranking: dict[str, Any]) -> bool:
+        """Write the ranking unless a newer version than the one it ranked serves now (a slow
+        ranking of an older version must not overwrite the newer one's); whether it was written."""
+        if self.superseded(ranking.get("model_version")):
+            log.info("project %s: ranking of %s not saved: %s serves now", self.project,
+                     ranking.get("model_version"), self.current())
+            return False
         write_atomic(self.root / "queue.json", json.dumps(ranking).encode())
+        return True
+
+    def superseded(self, version: Any) -> bool:
+        """Whether a newer version than ``version`` serves now (a rollback to an older one is not)."""
+        number, current = version_number(self.project, version), self.current()
+        return number is not None and current is not None and version_number(self.project, current) > number
 
     def pushed(self) -> dict[str, Any]:
         return _read_json(self.root / "pushed.json") or {}
@@ -229,9 +261,11 @@ class ProjectStore:
 
     # locks --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def train_lock(self) -> Iterator[None]:
-        """Exclusive across processes on this machine (several serving processes without Redis)."""
-        path = self.root / "train.lock"
+    def job_lock(self, kind: str = "train") -> Iterator[None]:
+        """Exclusive per ``kind`` ("train", "rank") across processes on this machine (several serving
+        processes without Redis). An flock: not to be relied on over a network volume, so with
+        REDIS_URL the job locks are Redis keys instead."""
+        path = self.root / f"{kind}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -308,15 +342,20 @@ class ProjectStore:
                 meta = {**meta, "version": name, "created_at": time.time(), "classes": list(classes),
                         "kind": model.name}
                 (staging / "meta.json").write_text(json.dumps(meta, sort_keys=True, default=float))
-                try:  # fails if another publisher took the number
+                _sync_files(staging)  # on disk before the rename shows them: a crash leaves no empty model.pt
+                try:  # fails if another publisher took the number (a directory rename never replaces a full one)
                     os.rename(staging, self.versions_dir / f"v{number}")
                     break
                 except OSError:
                     number += 1
+            _sync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self.set_current(name)
+        # publishers of one project are serialised by the train lock; should two ever overlap, the
+        # older version still never replaces a newer one in CURRENT
+        if not self.superseded(name):
+            self.set_current(name)
         return name
 
     def set_current(self, version: str) -> None:

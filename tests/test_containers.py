@@ -26,20 +26,23 @@ VOLUME_AT_MODEL_DIR = {"type": "array", "contains": {"type": "string", "pattern"
 MODEL_DIR_ENV = {"type": "object", "required": ["MODEL_DIR", "REDIS_URL"],
                  "properties": {"MODEL_DIR": {"const": "/data/models"}, "REDIS_URL": {"const": "redis://redis:6379/0"}}}
 HEALTHCHECK = {"type": "object", "required": ["test"], "properties": {"test": {"type": "array", "minItems": 2}}}
-REDIS_HEALTHY = {"type": "object", "required": ["redis"],
-                 "properties": {"redis": {"type": "object", "required": ["condition"],
-                                          "properties": {"condition": {"const": "service_healthy"}}}}}
-ENV_NAMES = ["REDIS_URL", "MODEL_DIR", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "WEBHOOK_SECRET",
+HEALTHY = {"type": "object", "required": ["condition"], "properties": {"condition": {"const": "service_healthy"}}}
+REDIS_HEALTHY = {"type": "object", "required": ["redis"], "properties": {"redis": HEALTHY}}
+STORES_HEALTHY = {"type": "object", "required": ["redis", "postgres"],
+                  "properties": {"redis": HEALTHY, "postgres": HEALTHY}}
+ENV_NAMES = ["REDIS_URL", "DATABASE_URL", "MODEL_DIR", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "WEBHOOK_SECRET",
              "BASIC_AUTH_USER", "BASIC_AUTH_PASS"]
+# the password comes from the environment, never from the file
+DATABASE_URL = {"type": "string", "pattern": r"^postgresql://ml_backend:\$\{POSTGRES_PASSWORD:\?[^}]*\}@postgres:5432/"}
 
 COMPOSE_SCHEMA = {
     "type": "object",
     "required": ["services", "volumes"],
     "properties": {
-        "volumes": {"type": "object", "required": ["models"]},
+        "volumes": {"type": "object", "required": ["models", "postgres-data"]},
         "services": {
             "type": "object",
-            "required": ["redis", "backend", "worker", "label-studio", "rq-dashboard"],
+            "required": ["redis", "postgres", "backend", "worker", "label-studio", "rq-dashboard"],
             "properties": {
                 "redis": {
                     "type": "object", "required": ["image", "command", "healthcheck", "volumes"],
@@ -53,6 +56,18 @@ COMPOSE_SCHEMA = {
                         "volumes": {"type": "array", "minItems": 1},
                     },
                 },
+                "postgres": {
+                    "type": "object", "required": ["image", "environment", "volumes", "healthcheck"],
+                    "properties": {
+                        "image": {"pattern": "^postgres:1[56]"},
+                        "environment": {"type": "object", "required": ["POSTGRES_PASSWORD"], "properties": {
+                            "POSTGRES_PASSWORD": {"pattern": r"^\$\{POSTGRES_PASSWORD:\?"}}},
+                        "volumes": {"type": "array", "contains": {"pattern": "^postgres-data:/var/lib/postgresql/data"}},
+                        "healthcheck": {"type": "object", "required": ["test"], "properties": {
+                            "test": {"type": "array", "contains": {"const": "pg_isready"}}}},
+                        "profiles": False,
+                    },
+                },
                 "backend": {
                     "type": "object", "required": ["build", "ports", "environment", "volumes", "healthcheck",
                                                    "depends_on"],
@@ -64,7 +79,7 @@ COMPOSE_SCHEMA = {
                         "volumes": VOLUME_AT_MODEL_DIR,
                         "healthcheck": {**HEALTHCHECK, "properties": {"test": {
                             "type": "array", "contains": {"type": "string", "pattern": "/health"}}}},
-                        "depends_on": REDIS_HEALTHY,
+                        "depends_on": STORES_HEALTHY,
                         "profiles": False,
                     },
                 },
@@ -78,7 +93,7 @@ COMPOSE_SCHEMA = {
                         "stop_signal": {"const": "SIGTERM"},
                         "stop_grace_period": {"pattern": "^[1-9][0-9]*m"},
                         "deploy": {"type": "object", "required": ["replicas"]},
-                        "depends_on": REDIS_HEALTHY,
+                        "depends_on": STORES_HEALTHY,
                         "ports": False,
                         "profiles": False,
                     },
@@ -144,6 +159,45 @@ def test_compose_file_has_what_matters():
     assert services["rq-dashboard"]["environment"]["RQ_DASHBOARD_REDIS_URL"] == "redis://redis:6379/0"
     replicas = str(services["worker"]["deploy"]["replicas"])
     assert re.fullmatch(r"\d+|\$\{[A-Z_]+:-\d+\}", replicas)
+    for name in ("backend", "worker"):
+        jsonschema.validate(services[name]["environment"]["DATABASE_URL"], DATABASE_URL)
+    # Redis and PostgreSQL reach remote workers only where the operator binds them
+    for name, port in (("redis", 6379), ("postgres", 5432)):
+        assert services[name]["ports"] == [f"${{{name.upper()}_BIND:-127.0.0.1}}:{port}:{port}"]
+
+
+REMOTE_WORKER_SCHEMA = {
+    "type": "object", "required": ["services", "volumes"],
+    "properties": {
+        "services": {"type": "object", "required": ["worker"], "additionalProperties": False, "properties": {
+            "worker": {"type": "object", "required": ["command", "environment", "volumes", "stop_signal"],
+                       "properties": {
+                           "command": {"const": ["ml-backend", "worker"]},
+                           "environment": {"type": "object", "required": ["REDIS_URL", "DATABASE_URL", "MODEL_DIR"],
+                                           "properties": {
+                                               "REDIS_URL": {"pattern": r"^\$\{REDIS_URL:\?"},
+                                               "DATABASE_URL": {"pattern": r"^\$\{DATABASE_URL:\?"},
+                                               "MODEL_DIR": {"const": "/data/models"}}},
+                           "volumes": VOLUME_AT_MODEL_DIR,
+                           "stop_signal": {"const": "SIGTERM"},
+                           "ports": False, "depends_on": False}}}},
+        "volumes": {"type": "object", "required": ["models"], "properties": {"models": {
+            "type": "object", "required": ["driver_opts"], "properties": {"driver_opts": {
+                "type": "object", "required": ["type", "o", "device"],
+                "properties": {"type": {"const": "nfs"}}}}}}},
+    },
+}
+
+
+def test_remote_worker_file_runs_only_workers_on_the_main_hosts_stores_and_a_shared_volume():
+    remote = load("docker-compose.worker.yml")
+    jsonschema.validate(remote, REMOTE_WORKER_SCHEMA)
+    main = load("docker-compose.yml")["services"]["worker"]
+    assert remote["services"]["worker"]["image"] == main["image"]
+    broken = load("docker-compose.worker.yml")
+    broken["services"]["redis"] = {"image": "redis:7-alpine"}  # a second Redis would split the queue
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, REMOTE_WORKER_SCHEMA)
 
 
 def test_schema_catches_a_broken_compose_file():

@@ -135,3 +135,49 @@ def test_project_config_reads_see_every_write_and_the_cache_stays_bounded(tmp_pa
     assert all(ProjectStore(tmp_path, f"p{k}").config()["label_config"].endswith(str(k)) for k in range(40))
     assert 0 < cache._bytes <= cache.MAX_BYTES
     assert sum(entry[1] for entry in cache._entries.values()) == cache._bytes
+
+
+def test_a_ranking_of_an_older_version_never_replaces_a_newer_ones(settings):
+    """Two rank jobs finishing out of order: the older version's ranking is dropped."""
+    publish(settings), publish(settings)
+    store = ProjectStore(settings.model_dir, "2")
+    assert store.save_ranking({"model_version": "p2-v2", "tasks": [{"task": 1}]}) is True
+    assert store.save_ranking({"model_version": "p2-v1", "tasks": [{"task": 9}]}) is False
+    assert store.ranking()["model_version"] == "p2-v2"
+    # after a rollback the older version serves, and its ranking is the one to keep
+    store.rollback("p2-v1")
+    assert store.save_ranking({"model_version": "p2-v1", "tasks": []}) is True
+    assert store.ranking()["model_version"] == "p2-v1"
+
+
+def test_concurrent_publishers_take_distinct_numbers_and_readers_see_whole_versions(settings):
+    import threading
+
+    names, problems, done = [], [], threading.Event()
+    store = ProjectStore(settings.model_dir, "2")
+
+    def read() -> None:  # a serving process: every version it lists loads
+        while not done.is_set():
+            for version in store.list():
+                try:
+                    store.load(version["version"], donors=False)
+                except Exception as exc:  # noqa: BLE001 - any failure is what the test looks for
+                    problems.append(repr(exc))
+
+    def write() -> None:
+        for _ in range(4):
+            names.append(publish(settings))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write) for _ in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    done.set()
+    reader.join()
+    assert sorted(names, key=lambda n: int(n.rpartition("v")[2])) == [f"p2-v{i}" for i in range(1, 17)]
+    assert problems == []
+    assert not [p for p in store.versions_dir.iterdir() if p.name.startswith(".staging-")]
+    assert store.current() in names

@@ -28,7 +28,10 @@ JOB_TIMEOUT = 3600
 ENQUEUE_GRACE = 30  # seconds a fresh queued-marker may point at a job not yet in Redis
 ALIVE_TTL = 8  # seconds a running job's heartbeat key lives; refreshed every HEARTBEAT_EVERY
 HEARTBEAT_EVERY = 2
+ORPHAN_CHECK_EVERY = 0.25  # seconds between a work horse's checks that its worker lives (a getppid)
+LOST_AFTER = ALIVE_TTL - 2 * HEARTBEAT_EVERY  # seconds without renewing its lock before a job stops itself
 REAP_EVERY = 3  # seconds between a worker's checks for jobs whose heartbeat stopped
+OVERDUE_AFTER = 5  # seconds a due scheduled job waits for RQ's scheduler (it looks every second)
 
 _local = threading.local()
 
@@ -39,7 +42,8 @@ def train_job(project: str, reason: str = "annotations") -> dict[str, Any]:
 
     def work(settings: Settings, queue: "JobQueue") -> dict[str, Any]:
         resync = queue.mark_started(project) or reason == "resync"
-        return queue.execute(train_project, settings, project, reason="resync" if resync else reason)
+        return queue.execute(train_project, settings, project, reason="resync" if resync else reason,
+                             job_id=current_job_id())
 
     return _run(TRAIN, project, work)
 
@@ -72,6 +76,20 @@ def _run(kind: str, project: str, work: Callable[[Settings, "JobQueue"], dict[st
     if RANK in follow_up(kind, result):
         queue.enqueue_rank(project)
     return result
+
+
+def current_job_id() -> Optional[str]:
+    """The id of the job this thread (embedded queue) or work horse (RQ) runs; None outside a job."""
+    record = getattr(_local, "record", None)
+    if record is not None:
+        return record["id"]
+    try:
+        from rq import get_current_job
+
+        job = get_current_job()
+    except Exception:
+        return None
+    return job.id if job is not None else None
 
 
 def report_progress(fraction: float, message: str = "") -> None:
@@ -260,12 +278,10 @@ class EmbeddedQueue(JobQueue):
 
     @contextlib.contextmanager
     def running(self, kind: str, project: str) -> Iterator[None]:
-        """Jobs of one queue never overlap; a file lock keeps several serving processes
-        (gunicorn WORKERS > 1 without Redis) from training one project at once."""
-        if kind != TRAIN:
-            yield
-            return
-        with ProjectStore(self.settings.model_dir, project).train_lock():
+        """Jobs of one queue never overlap; file locks keep several serving processes (gunicorn
+        WORKERS > 1 without Redis) from training, or ranking, one project at once. File locks hold
+        on one host only: several hosts need REDIS_URL."""
+        with ProjectStore(self.settings.model_dir, project).job_lock(kind):
             yield
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
@@ -370,6 +386,10 @@ class RedisQueue(JobQueue):
             status = self.redis.hget(Job.key_for(existing), "status") if existing else None
             if status is not None:
                 status = status.decode()
+                if status == JobStatus.QUEUED.value and self.redis.lpos(self.queue.key, existing) is None:
+                    # taken off the queue by a worker that may have died before starting it: a job
+                    # that is not waiting any more must not swallow the annotation
+                    status = "dequeued"
                 if status in waiting:
                     if reason == "resync":
                         self._ask_resync(key, existing)
@@ -415,48 +435,72 @@ class RedisQueue(JobQueue):
     def _alive_key(self, job_id: str) -> str:
         return f"ml_backend:{self.settings.queue_name}:alive:{job_id}"
 
-    def _lock_key(self, project: str) -> str:
-        return f"ml_backend:{self.settings.queue_name}:lock:{project}"
+    def _lock_key(self, project: str, kind: str = TRAIN) -> str:
+        # the training lock keeps its older name: workers of the previous release use it too
+        suffix = project if kind == TRAIN else f"{kind}:{project}"
+        return f"ml_backend:{self.settings.queue_name}:lock:{suffix}"
 
     @contextlib.contextmanager
     def running(self, kind: str, project: str) -> Iterator[None]:
-        """One training job per project across all workers, and a heartbeat every HEARTBEAT_EVERY
-        seconds. RQ's own heartbeat notices a dead worker after 60 s or more; `reap_abandoned`
-        uses this one to retry its job within seconds. The project lock's token is the job id,
-        so the reaper can free a dead job's lock at once."""
+        """One training job, and one ranking job, per project across all workers and hosts (a Redis
+        lock per project and kind), and a heartbeat every HEARTBEAT_EVERY seconds. RQ's own
+        heartbeat notices a dead worker after 60 s or more; `reap_abandoned` uses this one to retry
+        its job within seconds. The project lock's token is the job id, so the reaper can free a
+        dead job's lock at once. The lock lives ALIVE_TTL seconds past the last beat: a job (a
+        work horse) that cannot renew it for LOST_AFTER seconds, or finds it taken, stops itself
+        before another job can take it, so two jobs never hold it at once."""
+        from redis.exceptions import LockNotOwnedError
         from rq import get_current_job
 
         job = get_current_job()
         job_id = job.id if job is not None else f"{kind}-{project}-{uuid.uuid4().hex[:10]}"
         alive = self._alive_key(job_id)
         # not thread-local: the heartbeat thread extends the lock the job's thread took
-        lock = self.redis.lock(self._lock_key(project), timeout=ALIVE_TTL, thread_local=False) \
-            if kind == TRAIN else None
-        worker_pid = os.getppid()
+        lock = self.redis.lock(self._lock_key(project, kind), timeout=ALIVE_TTL, thread_local=False)
+        worker_pid = self._worker_pid(job) if job is not None else os.getppid()
         held = threading.Event()
         stop = threading.Event()
+        renewed = [time.monotonic()]
+
+        def lost(why: str) -> None:
+            if job is not None:  # a work horse: stop, RQ retries (or fails) the job
+                log.error("%s: %s; stopping", job_id, why)
+                os._exit(71)
+            log.error("%s: %s", job_id, why)
+
+        def orphaned() -> bool:
+            """RQ forks the job into its own process group, so killing the worker leaves this horse
+            running unseen; it stops, so the reaper retries the job instead of a twin."""
+            if job is not None and os.getppid() != worker_pid:
+                log.error("%s: its worker (pid %d) died; stopping", job_id, worker_pid)
+                os._exit(70)
+            return stop.is_set()
 
         def beat() -> None:
             while True:
-                if job is not None and os.getppid() != worker_pid:
-                    # RQ forks the job into its own process group, so killing the worker leaves this
-                    # horse running unseen; stop it, so the reaper retries the job instead of a twin
-                    log.error("%s: its worker (pid %d) died; stopping", job_id, worker_pid)
-                    os._exit(70)
-                with contextlib.suppress(Exception):
+                if orphaned():
+                    return
+                try:
                     self.redis.set(alive, project, ex=ALIVE_TTL)
                     if held.is_set():
                         lock.extend(ALIVE_TTL, replace_ttl=True)
-                if stop.wait(HEARTBEAT_EVERY):
-                    return
+                    renewed[0] = time.monotonic()
+                except LockNotOwnedError:
+                    lost(f"another job holds the lock of project {project}")
+                except Exception:  # Redis away for a moment
+                    if held.is_set() and time.monotonic() - renewed[0] >= LOST_AFTER:
+                        lost(f"the lock of project {project} could not be renewed for {LOST_AFTER} s")
+                for _ in range(int(HEARTBEAT_EVERY / ORPHAN_CHECK_EVERY)):
+                    if stop.wait(ORPHAN_CHECK_EVERY) or orphaned():
+                        return
 
         beater = threading.Thread(target=beat, name="ml-backend-heartbeat", daemon=True)
         beater.start()
         try:
-            if lock is not None:
-                if not lock.acquire(blocking=True, blocking_timeout=JOB_TIMEOUT, token=job_id):
-                    raise TimeoutError(f"project {project}: another training job held the lock for too long")
-                held.set()
+            if not lock.acquire(blocking=True, blocking_timeout=JOB_TIMEOUT, token=job_id):
+                raise TimeoutError(f"project {project}: another {kind} job held the lock for too long")
+            renewed[0] = time.monotonic()
+            held.set()
             yield
         finally:
             stop.set()
@@ -465,6 +509,19 @@ class RedisQueue(JobQueue):
                 if held.is_set():
                     lock.release()
                 self.redis.delete(alive)
+
+    def _worker_pid(self, job) -> int:
+        """The pid of the worker running ``job`` (this horse's parent), from the worker's record in
+        Redis: a horse whose worker died before it got here would read its new parent's pid."""
+        from rq import Worker
+
+        with contextlib.suppress(Exception):
+            if job.worker_name:
+                worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name,
+                                            connection=self.redis)
+                if worker is not None and worker.pid:
+                    return int(worker.pid)
+        return os.getppid()
 
     def reap_abandoned(self) -> list[str]:
         """Retry (or fail, once out of retries) every started job whose heartbeat stopped: its
@@ -494,12 +551,67 @@ class RedisQueue(JobQueue):
             return []
         registry.cleanup(timestamp=2)  # only the entries marked above (RQ re-checks that each is still started)
         for job in abandoned:
-            lock_key = self._lock_key((job.meta or {}).get("project", ""))
+            meta = job.meta or {}
+            lock_key = self._lock_key(meta.get("project", ""), meta.get("kind") or TRAIN)
             if (self.redis.get(lock_key) or b"").decode() == job.id:
                 self.redis.delete(lock_key)
             log.warning("%s: its worker stopped beating; retried or failed (retries left: %s)", job.id,
                         job.retries_left)
         return [job.id for job in abandoned]
+
+    def requeue_stranded(self, grace: float = ALIVE_TTL) -> list[str]:
+        """Queue again every job a worker took off the queue but never started (it died between the
+        two: RQ itself looks for such jobs only every ten minutes). A job stays in RQ's intermediate
+        list for milliseconds when its worker lives; ``grace`` seconds means it died."""
+        from rq.exceptions import NoSuchJobError
+        from rq.intermediate_queue import IntermediateQueue
+        from rq.job import Job
+
+        intermediate = IntermediateQueue(self.queue.key, self.redis)
+        started = set(self.queue.started_job_registry.get_job_ids())
+        requeued = []
+        for job_id in intermediate.get_job_ids():
+            if job_id in started or intermediate.set_first_seen(job_id):
+                continue
+            first_seen = intermediate.get_first_seen(job_id)
+            if first_seen is None or time.time() - first_seen.timestamp() < grace:
+                continue
+            if not self.redis.lrem(intermediate.key, 1, job_id):  # another reaper, or the horse, took it
+                continue
+            try:
+                job = Job.fetch(job_id, connection=self.redis)
+            except NoSuchJobError:
+                continue
+            self.queue._enqueue_job(job)
+            requeued.append(job_id)
+        if requeued:
+            log.warning("queued again %d jobs whose worker died before starting them: %s", len(requeued),
+                        ", ".join(requeued))
+        return requeued
+
+    def enqueue_overdue(self, grace: float = OVERDUE_AFTER) -> list[str]:
+        """Queue every scheduled job (a debounced training, say) due more than ``grace`` seconds ago.
+        RQ's scheduler runs in one worker, under a Redis lock; when that worker dies, its lock
+        outlives it by a minute and the other workers try to take over only every ten minutes, so
+        due trainings would wait that long. ZREM decides who moves a job: never two movers."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        registry = self.queue.scheduled_job_registry
+        moved = []
+        for member in self.redis.zrangebyscore(registry.key, 0, time.time() - grace, start=0, num=1000):
+            if not self.redis.zrem(registry.key, member):  # the scheduler (or another reaper) took it
+                continue
+            try:
+                job = Job.fetch(member.decode(), connection=self.redis)
+            except NoSuchJobError:
+                continue
+            self.queue._enqueue_job(job)  # what RQ's scheduler calls for a due job
+            moved.append(job.id)
+        if moved:
+            log.warning("RQ's scheduler is late (its worker died?): queued %d due jobs: %s", len(moved),
+                        ", ".join(moved))
+        return moved
 
     def _ask_resync(self, key: str, job_id: str) -> None:
         """A resync folded into a waiting job that was queued for new annotations."""
@@ -552,8 +664,9 @@ class RedisQueue(JobQueue):
 
 
 def start_reaper(settings: Settings) -> threading.Thread:
-    """A daemon thread in an `rq worker`'s parent process that reaps abandoned jobs every
-    REAP_EVERY seconds; a Redis key makes one worker at a time do it."""
+    """A daemon thread in an `rq worker`'s parent process that reaps abandoned jobs, and queues due
+    jobs RQ's scheduler left waiting, every REAP_EVERY seconds; a Redis key makes one worker at a
+    time do it."""
     queue = make_queue(settings)
     assert isinstance(queue, RedisQueue), "the reaper needs REDIS_URL"
     turn = f"ml_backend:{settings.queue_name}:reaping"
@@ -563,6 +676,8 @@ def start_reaper(settings: Settings) -> threading.Thread:
             try:
                 if queue.redis.set(turn, 1, nx=True, ex=REAP_EVERY):
                     queue.reap_abandoned()
+                    queue.requeue_stranded()
+                    queue.enqueue_overdue()
             except Exception as exc:  # Redis away for a moment: try again next round
                 log.warning("reaping abandoned jobs failed: %s", exc)
             time.sleep(REAP_EVERY)

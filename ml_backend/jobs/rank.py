@@ -32,7 +32,9 @@ def _quiet(fraction: float, message: str = "") -> None:
 
 
 def rank_project(settings: Settings, project: str, progress: Progress = _quiet) -> dict[str, Any]:
-    """Rank the project's unlabeled tasks, push predictions and scores, switch Label Studio's queue."""
+    """Rank the project's unlabeled tasks, push predictions and scores, switch Label Studio's queue.
+    Jobs of one project run one at a time (the queue's rank lock); a ranking of a version that a
+    newer one replaced meanwhile is dropped, not written over the newer one's."""
     started = time.perf_counter()
     ctx = project_context(settings, project)
     store = ProjectStore(settings.model_dir, project)
@@ -54,6 +56,8 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
         tasks = client.iter_tasks(int(project), only_unlabeled=True, with_predictions=True)
         unreadable: dict[int, dict[str, Any]] = {}
         ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, spool, progress, labeled, unreadable)
+        if store.superseded(version):  # a newer version was published meanwhile: its own ranking follows
+            return {"version": version, "skipped": f"superseded by {store.current()}"}
         pushed, unchanged = push_predictions(client, int(project), version, ids, scores, spool, store.pushed(),
                                              store.save_pushed, progress)
     removed = drop_unreadable(client, project, unreadable, (store.ranking() or {}).get("unreadable") or {})
@@ -62,7 +66,7 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
         fields["model_version"] = version
     if ctx.settings.set_uncertainty_sampling:
         fields["sampling"] = "Uncertainty sampling"
-    if fields:
+    if fields and not store.superseded(version):
         client.update_project(int(project), **fields)
     order = np.argsort(scores, kind="stable")
     ranking = {"project": project, "model_version": version, "acquisition": ctx.settings.acquisition,
@@ -70,7 +74,8 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
                "tasks": [{"task": ids[i], "score": float(scores[i]), "acquisition_value": float(values[i])}
                          for i in order],
                "unreadable": {str(task): item["reason"] for task, item in unreadable.items()}}
-    store.save_ranking(ranking)
+    if not store.save_ranking(ranking):
+        return {"version": version, "skipped": f"superseded by {store.current()}"}
     log.info("project %s: ranked %d unlabeled tasks with %s (%d pushed, %d unchanged) in %.1fs", project, len(ids),
              ctx.settings.acquisition, pushed, unchanged, ranking["seconds"])
     progress(1.0, f"ranked {len(ids)} tasks")

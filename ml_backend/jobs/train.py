@@ -120,9 +120,12 @@ def starting_model(ctx: ProjectContext, store: ProjectStore) -> tuple[ModelKind,
 
 
 def train_project(settings: Settings, project: str, reason: str = "annotations",
-                  progress: Progress = _quiet) -> dict[str, Any]:
-    """Retrain a project's model from every stored annotation; publish a new version."""
+                  progress: Progress = _quiet, job_id: Optional[str] = None) -> dict[str, Any]:
+    """Retrain a project's model from every stored annotation; publish a new version. Its meta
+    says what the training read (``store_revision``, ``annotations``) and when it ran, by which job
+    (``trained``: job id, start and end, wall clock): the trainings of a project never overlap."""
     started = time.perf_counter()
+    started_at = time.time()
     ctx = project_context(settings, project)
     annotations = open_annotation_store(settings)
     progress(0.02, "checking annotations against Label Studio")
@@ -152,6 +155,7 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
         "epochs": report.epochs_run, "train_seconds": round(report.seconds, 3), "device": report.device,
         "final_loss": report.history[-1] if report.history else None, "parent": parent,
         "concept_examples": None, **model.version_notes(fitted.data.x, [e.task_id for e in train]),
+        "annotations": len(pairs), "trained": {"job": job_id, "started_at": started_at, "ended_at": time.time()},
     }
     donors = None
     if model.modality == IMAGE and len(fitted.data.x):

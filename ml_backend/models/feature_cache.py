@@ -34,6 +34,7 @@ Entry = dict[str, torch.Tensor]
 MEMORY_MB = 128  # per process and project; the disk holds the rest
 LOW_WATER = 0.9  # eviction frees down to this share of the cap, so it runs once per many writes
 SUFFIX = ".safetensors"
+TMP_STALE_S = 3600  # a temporary file this old has no writer any more (a killed process left it)
 
 
 def content_key(x: torch.Tensor) -> str:
@@ -87,7 +88,7 @@ class FeatureCache:
             return
         directory = self.root / namespace
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "source.json").write_text(json.dumps({"source": source}))
+        _write_whole(directory / "source.json", json.dumps({"source": source}).encode())
         for other in self.root.iterdir():
             if other.name == namespace or not other.is_dir():
                 continue
@@ -139,11 +140,7 @@ class FeatureCache:
             return
         path = self.path(namespace, key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)  # readers see a whole file or none; no fsync: it is a cache
+            _write_whole(path, data)
             _touch(path)
         except OSError as exc:
             log.warning("feature cache %s: cannot write an entry (%s)", self.root, exc)
@@ -217,7 +214,16 @@ class FeatureCache:
         return sum(size for _, size, _ in self._files())
 
     def evict(self) -> None:
-        """Remove the least recently used files until the rest fit under the cap (with room to spare)."""
+        """Remove the least recently used files until the rest fit under the cap (with room to spare),
+        and temporary files a killed writer left behind. Safe with other processes evicting or
+        writing meanwhile: a file already gone is skipped, and a reader of a removed file misses."""
+        stale = time.time() - TMP_STALE_S
+        for tmp in [*self.root.glob("*/.tmp-*"), *self.root.glob("*/*/.tmp-*")]:
+            try:
+                if tmp.stat().st_mtime < stale:
+                    tmp.unlink()
+            except OSError:
+                continue
         files = sorted(self._files(), key=lambda f: f[0])
         total = sum(size for _, size, _ in files)
         target = self.max_bytes * LOW_WATER
@@ -234,6 +240,19 @@ class FeatureCache:
         with self._lock:
             self._on_disk = total
             self.counts["evicted"] += removed
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Readers (any process) see the whole file or none; no fsync: it is a cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _touch(path: Path) -> None:

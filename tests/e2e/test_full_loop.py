@@ -95,6 +95,7 @@ class Backend:
             XIL_HOLDOUT="0",
             PYTHONUNBUFFERED="1",
         )
+        self.database_url = env.get("DATABASE_URL", "")
         self.env = env
 
     def start(self, timeout: float = 120.0) -> None:
@@ -135,7 +136,11 @@ class Backend:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def store(self) -> AnnotationStore:
-        return AnnotationStore(self.model_dir / "feedback.sqlite3")
+        """The annotation store the backend's environment names (MODEL_DIR's SQLite file here)."""
+        from ml_backend.config import Settings
+        from ml_backend.store import open_annotation_store
+
+        return open_annotation_store(Settings(model_dir=self.model_dir, database_url=self.database_url))
 
     def project_status(self, pid: int) -> dict[str, Any] | None:
         """This project's part of GET /status (serving version, jobs, ranking head)."""

@@ -60,9 +60,9 @@ class Process:
     """A subprocess in its own process group. (RQ forks each job into a group of its own; a work
     horse whose worker died stops itself: see RedisQueue.running.)"""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.log = log
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -80,10 +80,13 @@ class Process:
 def spawn(tmp_path):
     started: list[Process] = []
 
-    def _spawn(argv: list[str], env_extra: dict[str, str], name: str) -> Process:
+    def _spawn(argv: list[str], env_extra: dict[str, str], name: str, cwd: Path = ROOT) -> Process:
+        """``cwd``: the process's own working directory (a host of its own, but for MODEL_DIR)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("XIL_")}
         env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **env_extra)
-        process = Process(argv, env, tmp_path / f"{name}.log")
+        if cwd != ROOT:  # the code under test, wherever the process runs
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+        process = Process(argv, env, tmp_path / f"{name}.log", cwd)
         started.append(process)
         return process
 

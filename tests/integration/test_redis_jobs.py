@@ -11,10 +11,8 @@ import requests
 
 from ml_backend.app import create_app
 from ml_backend.config import ProjectSettings, Settings
-from ml_backend.feedback.store import AnnotationStore
-from ml_backend.store import annotation_store_path
 from ml_backend.jobs import make_queue
-from ml_backend.store import ProjectStore
+from ml_backend.store import ProjectStore, open_annotation_store
 from tests.integration.conftest import backend_env, free_port, serve_argv, wait_for, worker_argv
 from tests.support.data import confounded_images
 from tests.support.live import (LiveServer, annotation_webhook, brush, choice, ls_task, png_data_uri, predict_body,
@@ -72,7 +70,7 @@ def test_a_webhook_burst_gives_one_or_two_jobs_and_a_served_version(backend, app
     wait_for(lambda: all(j["status"] == "finished" for j in train_jobs(app_settings)), 180, message="jobs to finish")
     jobs = train_jobs(app_settings)
     assert 1 <= len(jobs) <= 2, jobs
-    assert AnnotationStore(annotation_store_path(app_settings.model_dir)).count("2") == 12
+    assert open_annotation_store(app_settings).count("2") == 12
     task, _ = image_task(99)
     served = requests.post(backend.url + "/predict", json=predict_body([task], image_config)).json()["results"][0]
     assert served["model_version"] == current_version(app_settings) and served["result"]
@@ -105,7 +103,7 @@ def test_duplicate_delivery_changes_nothing_and_deletion_removes(backend, app_se
     assert again["changed"] == 0 and "train_job" not in again
     assert len(train_jobs(app_settings)) == 1
     post(backend.url, webhook(8, 8, image_config))
-    store = AnnotationStore(annotation_store_path(app_settings.model_dir))
+    store = open_annotation_store(app_settings)
     assert store.count("2") == 2
     deleted = post(backend.url, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 7}],
                                  "project": project_object(image_config)}).json()
@@ -162,7 +160,7 @@ def test_every_acknowledged_annotation_survives_a_killed_server(tmp_path, redis_
     assert len(acknowledged) == 20
     restarted = spawn(serve_argv(port), env, "server-2")
     wait_for(lambda: _up(url), 60, message="the restarted backend")
-    store = AnnotationStore(model_dir / "feedback.sqlite3")
+    store = open_annotation_store(Settings(model_dir=model_dir))  # the store the processes' env names
     assert sorted(a["id"] for a, _ in store.list("2")) == acknowledged
     assert restarted.alive()
 
