@@ -344,7 +344,9 @@ def test_worker_command_registers_with_rq_and_shuts_down_warm_on_sigterm(tmp_pat
     try:
         def registered():
             assert process.poll() is None, (tmp_path / "worker.log").read_text()
-            return Worker.all(connection=connection)
+            # idle: waiting for jobs. RQ registers a worker before it installs its SIGTERM handler
+            # (after starting its scheduler), and a SIGTERM in between ends it with -15
+            return [w for w in Worker.all(connection=connection) if w.get_state() == "idle"]
 
         [worker] = wait_for(registered, 30, "the worker to register")
         assert worker.queue_names() == ["ml_backend"]

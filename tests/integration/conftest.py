@@ -72,6 +72,13 @@ class Process:
             pass
         self.proc.wait(30)
 
+    def stop(self) -> None:
+        """SIGTERM to the process alone, as `docker stop` sends it to a container's first process
+        (RQ's warm shutdown; sent to the whole group it also hits RQ's scheduler process, and
+        the worker could wait on it for ever)."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 

@@ -120,7 +120,7 @@ def test_killed_worker_leaves_the_old_version_serving_and_the_job_is_retried(bac
     first = wait_for(lambda: current_version(app_settings), 120, message="the first version")
     wait_for(lambda: train_jobs(app_settings) and train_jobs(app_settings)[0]["status"] == "finished", 60,
              message="the first job to finish")
-    fast.kill(signal.SIGTERM)  # warm shutdown: it has no job, so it exits now
+    fast.stop()  # warm shutdown: it has no job, so it exits now
     assert fast.proc.returncode == 0
     slow = spawn(worker_argv(), {**env, "XIL_EPOCHS": "1000", "XIL_PATIENCE": "1000"}, "worker-slow")
     post(backend.url, webhook(2, 2, image_config))
