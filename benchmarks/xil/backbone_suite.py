@@ -283,14 +283,21 @@ NOTES = [
     "not built yet.",
     "Fine-tuned kinds ran with entropy ranking only (CPU time: 6-15 min per problem and seed on one core); the "
     "frozen and text kinds with entropy and random.",
-    "Background on a frozen ResNet stays at 85-88% of its gap, below the aim, and was looked into on seed 0 "
-    "(2026-12-05): at 1% the background rule's marks cover 95% of the planted background pixels at 99% "
-    "precision, every other task's copy replaces its original, and the copies' background shades are "
-    "uncorrelated with the label (r = 0.02), yet the head reaches 0.85 against its clean bound's 0.955. What the "
-    "marks miss is the digit's rim (grays between the class shade and 40, which the clean set lifts to its own "
-    "shade and a copy keeps). Moving the rim with the background in proportion to its nearness to the old shade "
-    "made it worse (0.741), so the rim is not shown to be the cause; the fill for backgrounds is an open part of "
-    "the concepts issue.",
+    "Background (2026-12-06): the ResNets stayed at 84-88% of the gap because the processor's upsampling "
+    "(28 to 112 px) blends the old class shade into every digit's edge, and the hard fill left that rim in every "
+    "copy, still following the class (on seed 0, a logistic regression on the frozen features: 0.83-0.85 with "
+    "the rule's marks and a hard fill, 0.91 with the planted marks, 0.93 with the rule's marks and the rim moved, "
+    "0.955 trained on backgrounds of random shade). The fill now moves the blended rim with the background "
+    "(`training/strategies/counterexamples.py` `background_fill`: a feather of side/56 px, none under 56 px, so "
+    "the 28-px kinds are unchanged).",
+    "Left open on the frozen ResNet's background: with entropy ranking it falls from 1% to 5% (0.908 to 0.887). "
+    "Traced on seed 0: at 5% entropy's picks lean to the darkest and brightest shades (classes 9, 0, 3). A dark "
+    "background's marks include the digit's faint edge (grays under 40 that stay above the shade), so the "
+    "background rule's tolerance (the 95% quantile of the marked pixels' distance from the border colour, "
+    "pooled) widens, and on bright backgrounds the rule then marks the digit's rim too: its precision on class 0 "
+    "falls to 0.92 when every correction comes from class 9, and the head to 0.80 (0.90 with the planted marks). "
+    "Dropping the corrected originals or making fewer copies did not help; a per-task minimum tolerance mends "
+    "mixed picks (0.84 to 0.93) but not one-class picks (0.83). The concepts issue replaces this pixel rule.",
     "What the suite still does differently from a Label Studio project, from the code: it trains on every "
     "labelled task (a project holds out `XIL_HOLDOUT`, 20%, for its metrics); its schedule is 20 base epochs and "
     "8 per round, where a project's job runs `XIL_EPOCHS` (30) with early stopping; its rounds are the budgets "
