@@ -8,4 +8,7 @@ from ml_backend.serving import configure_torch
 _settings = Settings.from_env()
 logging.basicConfig(level=_settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 configure_torch(_settings)
+if _settings.project.backbone:
+    # transformers takes seconds to import, and Label Studio gives a backend's /setup 3 s
+    import transformers  # noqa: F401
 app = create_app(_settings)
