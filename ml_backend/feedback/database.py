@@ -9,6 +9,7 @@ transaction may run again on a new one).
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 import logging
 import os
 import sqlite3
@@ -38,24 +39,28 @@ class Connection(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
 
 
-class Database:
+class Database(ABC):
     """What differs between SQL engines. Subclasses: SqliteDatabase, PostgresDatabase."""
 
     bigint = "INTEGER"  # a 64-bit integer column
 
+    @abstractmethod
     def connection(self) -> contextlib.AbstractContextManager[Connection]:
         """A connection in autocommit mode for the length of the block."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def begin_write(self, conn: Connection) -> None:
         """Begin a transaction that no other writer runs beside (in any process)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def in_transaction(self, conn: Connection) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def has_table(self, conn: Connection, name: str) -> bool:
-        raise NotImplementedError
+        ...
 
     def lost(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the connection (or the server) went away: nothing of the transaction
@@ -68,9 +73,10 @@ class Database:
     def close(self) -> None:
         """Close this process's connections; the database opens new ones when used again."""
 
+    @abstractmethod
     def describe(self) -> str:
         """What and where, for messages (never a password)."""
-        raise NotImplementedError
+        ...
 
 
 class SqliteDatabase(Database):
