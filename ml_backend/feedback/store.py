@@ -222,27 +222,42 @@ class AnnotationStore:
                 write.done = True
 
     def _run_group(self, conn: Connection, group: list[_Write]) -> None:
-        """One transaction for the group; _Lost if the connection went away before COMMIT."""
+        """One transaction for the group; _Lost if the connection went away before COMMIT.
+
+        The writes run one after another without savepoints (two statements fewer each). Only if
+        one of them fails is the group run again with a savepoint per write, so that its failure
+        is its own: writes may run more than once, as after a lost connection."""
+        if not self._try_group(conn, group, isolated=len(group) == 1):
+            for write in group:
+                write.result = write.error = None
+            self._try_group(conn, group, isolated=True)
+
+    def _try_group(self, conn: Connection, group: list[_Write], isolated: bool) -> bool:
+        """False (all rolled back) if a write failed and the writes were not isolated."""
         committing = False
+        alone = len(group) == 1  # isolated by its own transaction: no savepoint needed
         try:
             self._db.begin_write(conn)
-            alone = len(group) == 1  # no savepoint: its transaction is its own (fewer statements)
             for write in group:
-                if not alone:
+                if isolated and not alone:
                     conn.execute("SAVEPOINT one_write")
                 try:
                     write.result = write.work(conn)
                 except Exception as exc:
                     if self._db.lost(exc):
                         raise  # the connection's failure, not this write's
+                    if not isolated:
+                        conn.execute("ROLLBACK")
+                        return False
                     write.error = exc
                     conn.execute("ROLLBACK" if alone else "ROLLBACK TO one_write")
                     if alone:
-                        return
-                if not alone:
+                        return True
+                if isolated and not alone:
                     conn.execute("RELEASE one_write")
             committing = True
             conn.execute("COMMIT")
+            return True
         except BaseException as exc:
             try:
                 if self._db.in_transaction(conn):
@@ -274,15 +289,13 @@ class AnnotationStore:
         project_id = str(project_id)
 
         def work(conn: Connection) -> bool:
-            if conn.execute(
-                "SELECT 1 FROM deleted WHERE project_id=? AND annotation_id=?", (project_id, row["annotation_id"])
-            ).fetchone():
-                return False
-            change = _apply(conn, project_id, row)
-            if change:
+            changed = _apply(conn, project_id, row)
+            if changed:
                 _bump(conn, project_id)
-            conn.execute("DELETE FROM rejected WHERE project_id=? AND annotation_id=?", (project_id, row["annotation_id"]))
-            return change is not None
+            conn.execute("DELETE FROM rejected WHERE project_id=? AND annotation_id=? AND NOT EXISTS "
+                         "(SELECT 1 FROM deleted WHERE project_id=? AND annotation_id=?)",
+                         (project_id, row["annotation_id"], project_id, row["annotation_id"]))
+            return changed
 
         return self._write(work)
 
@@ -351,6 +364,7 @@ class AnnotationStore:
                 r[0] for r in conn.execute("SELECT annotation_id FROM annotations WHERE project_id=?",
                                            (project_id,)).fetchall()
             ]
+            stored_ids = set(stored)
             for annotation_id in stored:
                 if annotation_id not in keep:
                     conn.execute(
@@ -361,7 +375,10 @@ class AnnotationStore:
                 conn.execute(
                     "DELETE FROM deleted WHERE project_id=? AND annotation_id=?", (project_id, row["annotation_id"])
                 )
-                counts[_apply(conn, project_id, row) or "unchanged"] += 1
+                if not _apply(conn, project_id, row):
+                    counts["unchanged"] += 1
+                else:
+                    counts["added" if row["annotation_id"] not in stored_ids else "updated"] += 1
             if counts["added"] or counts["updated"] or counts["removed"]:
                 _bump(conn, project_id)
             return counts
@@ -474,29 +491,24 @@ def _timestamp_us(value: Any) -> Optional[int]:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _apply(conn: Connection, project_id: str, row: dict) -> Optional[str]:
-    """Insert or replace by the updated_at rule; "added", "updated" or None (unchanged)."""
-    stored = conn.execute(
-        "SELECT updated_us, annotation, task FROM annotations WHERE project_id=? AND annotation_id=?",
-        (project_id, row["annotation_id"]),
+def _apply(conn: Connection, project_id: str, row: dict) -> bool:
+    """Insert, or replace by the updated_at rule, unless the annotation was deleted; True if
+    the stored row changed. One statement: a webhook's write is a few round trips, not seven."""
+    changed = conn.execute(
+        "INSERT INTO annotations (task_id, updated_us, annotation, task, project_id, annotation_id) "
+        "SELECT CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), "
+        "CAST(? AS BIGINT) WHERE NOT EXISTS (SELECT 1 FROM deleted WHERE project_id=? AND annotation_id=?) "
+        "ON CONFLICT (project_id, annotation_id) DO UPDATE SET task_id=excluded.task_id, "
+        "updated_us=excluded.updated_us, annotation=excluded.annotation, task=excluded.task "
+        # a repeated or stale delivery, or the same content, changes nothing
+        "WHERE (annotations.updated_us IS NULL OR excluded.updated_us IS NULL "
+        "OR excluded.updated_us > annotations.updated_us) "
+        "AND (annotations.annotation <> excluded.annotation OR annotations.task <> excluded.task) "
+        "RETURNING 1",
+        (row["task_id"], row["updated_us"], row["annotation"], row["task"], project_id, row["annotation_id"],
+         project_id, row["annotation_id"]),
     ).fetchone()
-    values = (row["task_id"], row["updated_us"], row["annotation"], row["task"], project_id, row["annotation_id"])
-    if stored is None:
-        conn.execute(
-            "INSERT INTO annotations (task_id, updated_us, annotation, task, project_id, annotation_id) VALUES (?,?,?,?,?,?)",
-            values,
-        )
-        return "added"
-    old_us, old_annotation, old_task = stored
-    if old_us is not None and row["updated_us"] is not None and row["updated_us"] <= old_us:
-        return None  # a repeated or stale delivery
-    if (old_annotation, old_task) == (row["annotation"], row["task"]):
-        return None
-    conn.execute(
-        "UPDATE annotations SET task_id=?, updated_us=?, annotation=?, task=? WHERE project_id=? AND annotation_id=?",
-        values,
-    )
-    return "updated"
+    return changed is not None
 
 
 def _bump(conn: Connection, project_id: str) -> None:
