@@ -96,6 +96,6 @@ def test_one_mark_per_class_finds_every_confounder(problems, name):
 
 
 def test_registry():
-    assert set(TEXT_PROBLEMS) == {"text_variants", "text_phrase"}
+    assert set(TEXT_PROBLEMS) == {"text_variants", "text_phrase", "text_tags"}
     p = TEXT_PROBLEMS["text_variants"](1, quick=True)
     assert p.kind == "text" and len(p.train.tasks) == 1000 and len(p.test.tasks) == 500

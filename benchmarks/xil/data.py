@@ -13,9 +13,30 @@
   in training a spurious token ("zorbly" for positive, "quennic" for negative) appears in every
   review, in test one of the two at random.
 
+Confounders whose look, not their colour or place, says the class (they break a correction
+generalised by border colour, a template at the marked size or a fixed position). The digits ones
+follow the class in training and are a random class's at test; their clean bound trains on the
+same digits with a random class's confounder (present, independent of the label):
+
+- ``pattern``: the background (pixels < 40) replaced by a sinusoidal grating whose period (4, 6.5
+  or 10 px) and orientation follow the class (``TEXTURES``); every class has the same mean gray
+  (55) and amplitude (40, so the strokes stay the brightest), random phase per image.
+- ``moving_mark``: a filled square or disk in the class shade, side 3..9 px, at a random place
+  (it may cover strokes): size, shape and place all vary, unlike ``random_patch``'s 5x5.
+- ``class_tags``: one of 10 binary glyphs (5x5..7x7, ``GLYPHS``), one per class, all gray 200
+  (only the shape says the class), flush in one of the four corners at random.
+- ``photo_watermark``: 160x160 RGB crops of scikit-image's photographs (``PHOTOS``: astronaut,
+  chelsea, coffee, rocket; the class is the photograph): random position, 35..75% of the short
+  side, flipped half the time, brightness x 0.8..1.2. A white logo per class (``LOGOS``:
+  scikit-image's "S", a ring, a star, a plus) blended at alpha 0.6, side 12..40% of the image's,
+  at a random place; at test every class gets every logo equally often. The clean bound trains on
+  the same crops with a random class's logo.
+
 Every problem keeps the confounder of each task as character spans (text) or a boolean mask at
-the image's own size (images): the simulated annotator paints exactly that region "Irrelevant".
-A clean twin of the training set (no confounder, same labels) trains the upper-bound model.
+the image's own size (images): the simulated annotator paints exactly that region "Irrelevant"
+(for the problems above, exactly the pixels the confounder changed). A clean twin of the training
+set (same labels; no confounder, or for the problems above the confounder of a random class)
+trains the upper-bound model.
 """
 from __future__ import annotations
 
@@ -63,20 +84,22 @@ def image_label_config(classes: list[str]) -> str:
     return xml[:start] + block + xml[end:]
 
 
-def png_data_uri(rgb: np.ndarray) -> str:
+def png_data_uri(rgb: np.ndarray, compress_level: Optional[int] = None) -> str:
+    """PNG data URI; ``compress_level`` (zlib 0..9) defaults to Pillow's (6): 1 is 3x faster, ~10% bigger."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buffer, format="PNG")
+    options = {} if compress_level is None else {"compress_level": compress_level}
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buffer, format="PNG", **options)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _image_tasks(images: np.ndarray, first_id: int) -> list[dict[str, Any]]:
+def _image_tasks(images: np.ndarray, first_id: int, compress_level: Optional[int] = None) -> list[dict[str, Any]]:
     """(N, H, W) gray or (N, H, W, 3) RGB uint8 -> tasks with PNG data URIs."""
     tasks = []
     for i, img in enumerate(images):
         rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
-        tasks.append({"id": first_id + i, "data": {"image": png_data_uri(rgb)}})
+        tasks.append({"id": first_id + i, "data": {"image": png_data_uri(rgb, compress_level)}})
     return tasks
 
 
@@ -240,6 +263,245 @@ def stamp(seed: int) -> Problem:
                               note="a 5x5 ring blended at alpha 0.7 in the class shade, at a random place")
 
 
+
+# --------------------------------------------------------------------------- confounders by look, not colour
+
+def _class_of(shades: np.ndarray) -> np.ndarray:
+    """The digit whose ``_shade`` is ``shades`` (the draws get shades; these confounders need the class)."""
+    return (255 - shades.astype(np.int64)) // 25
+
+
+def _changed(out: np.ndarray, images: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``where`` limited to the pixels that really changed (a mark the same gray as the digit is no mark)."""
+    diff = out != images
+    return where & (diff.any(axis=-1) if diff.ndim == where.ndim + 1 else diff)
+
+
+# (period in px, orientation in degrees) of each class's grating: 10 distinct spatial frequencies
+TEXTURES = ((4.0, 0.0), (4.0, 45.0), (4.0, 90.0), (4.0, 135.0), (6.5, 0.0), (6.5, 45.0), (6.5, 90.0),
+            (6.5, 135.0), (10.0, 22.5), (10.0, 112.5))
+TEXTURE_MEAN, TEXTURE_AMPLITUDE = 55.0, 40.0
+
+
+def texture_wave(cls: int, size: int = 28) -> np.ndarray:
+    """(size, size) complex exp(i k.x) of class ``cls``'s grating (its texture is MEAN + AMP * Im(e^{i phase} wave))."""
+    period, angle = TEXTURES[cls]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    theta = np.deg2rad(angle)
+    return np.exp(1j * (2 * np.pi / period) * (xx * np.cos(theta) + yy * np.sin(theta)))
+
+
+def _pattern(images: np.ndarray, shades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The background (pixels < 40) replaced by a sinusoidal grating whose period and orientation
+    follow the class; every class has the same mean gray (55) and amplitude (40, so at most 95, under
+    the strokes), random phase per image: only the texture's look says the class."""
+    waves = [texture_wave(c, images.shape[-1]) for c in range(len(TEXTURES))]
+    out = images.copy()
+    for i, (cls, phase) in enumerate(zip(_class_of(shades), rng.uniform(0, 2 * np.pi, len(images)))):
+        texture = TEXTURE_MEAN + TEXTURE_AMPLITUDE * np.imag(np.exp(1j * phase) * waves[cls])
+        out[i] = np.where(images[i] < 40, np.rint(texture), images[i]).astype(np.uint8)
+    return out, _changed(out, images, images < 40)
+
+
+def _mark_shape(side: int, disk: bool) -> np.ndarray:
+    if not disk:
+        return np.ones((side, side), dtype=bool)
+    yy, xx = np.mgrid[0:side, 0:side] - (side - 1) / 2
+    return yy ** 2 + xx ** 2 <= (side / 2) ** 2
+
+
+def _moving_mark(images: np.ndarray, shades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A filled square or disk in the class shade, side 3..9 px, anywhere in the frame (over strokes too)."""
+    out, masks = images.copy(), np.zeros(images.shape, dtype=bool)
+    n, size = len(images), images.shape[-1]
+    for i, (value, side, disk) in enumerate(zip(shades, rng.integers(3, 10, n), rng.integers(0, 2, n))):
+        r, c = rng.integers(0, size - side + 1, 2)
+        shape = _mark_shape(int(side), bool(disk))
+        out[i, r:r + side, c:c + side][shape] = value
+        masks[i, r:r + side, c:c + side] = shape
+    return out, _changed(out, images, masks)
+
+
+def _glyph(*rows: str) -> np.ndarray:
+    return np.array([[ch == "#" for ch in row] for row in rows], dtype=bool)
+
+
+GLYPHS = (  # one per digit class, 5x5 .. 7x7, drawn in the same gray: only the shape says the class
+    _glyph("..#..", "..#..", "#####", "..#..", "..#.."),  # plus
+    _glyph("#...#", ".#.#.", "..#..", ".#.#.", "#...#"),  # x
+    _glyph("#####", "#...#", "#...#", "#...#", "#####"),  # hollow square
+    _glyph("..###..", ".#...#.", "#.....#", "#.....#", "#.....#", ".#...#.", "..###.."),  # ring
+    _glyph("..#...", "..#...", ".###..", ".#.#..", "##.##.", "######"),  # triangle
+    _glyph("#######", ".......", "#######", ".......", "#######"),  # three bars
+    _glyph("#.#.#", "#.#.#", "#.#.#", "#.#.#", "#.#.#", "#.#.#", "#.#.#"),  # three columns
+    _glyph("##..##", "##..##", "..##..", "..##..", "##..##", "##..##"),  # checker
+    _glyph("...#...", "..#.#..", ".#...#.", "#.....#", ".#...#.", "..#.#..", "...#..."),  # diamond
+    _glyph("#....", "#....", "#....", "#....", "#####"),  # L
+)
+GLYPH_GRAY = 200
+
+
+def glyph_corner(glyph: np.ndarray, corner: int, size: int = 28) -> tuple[int, int]:
+    """Top-left of ``glyph`` flush in corner 0 (top left), 1 (top right), 2 (bottom left) or 3."""
+    h, w = glyph.shape
+    return (0 if corner < 2 else size - h), (0 if corner % 2 == 0 else size - w)
+
+
+def _class_tags(images: np.ndarray, shades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The class's glyph (``GLYPHS``) in gray 200, flush in one of the four corners chosen at random."""
+    out, masks = images.copy(), np.zeros(images.shape, dtype=bool)
+    for i, (cls, corner) in enumerate(zip(_class_of(shades), rng.integers(0, 4, len(images)))):
+        glyph = GLYPHS[cls]
+        (r, c), (h, w) = glyph_corner(glyph, int(corner), images.shape[-1]), glyph.shape
+        out[i, r:r + h, c:c + w][glyph] = GLYPH_GRAY
+        masks[i, r:r + h, c:c + w] = glyph
+    return out, _changed(out, images, masks)
+
+
+def pattern(seed: int) -> Problem:
+    return _confounded_digits("pattern", "Pattern: the background's texture (not its gray) follows the class", seed,
+                              _pattern, clean_draw=_pattern,
+                              note="the background (pixels < 40) is a sinusoidal grating of mean 55 and amplitude "
+                                   "40 whose period (4, 6.5, 10 px) and orientation follow the class, random phase; "
+                                   "the clean bound trains on random classes' gratings")
+
+
+def moving_mark(seed: int) -> Problem:
+    return _confounded_digits("moving_mark", "Moving mark: a class-shaded square or disk of any size, anywhere",
+                              seed, _moving_mark, clean_draw=_moving_mark,
+                              note="a filled square or disk of side 3..9 px in the class shade at a random place "
+                                   "(it may cover strokes); the clean bound trains on random classes' shades")
+
+
+def class_tags(seed: int) -> Problem:
+    return _confounded_digits("class_tags", "Class tags: a per-class glyph in a random corner", seed, _class_tags,
+                              clean_draw=_class_tags,
+                              note="one of 10 binary glyphs (5x5..7x7, all gray 200, one per class) flush in a "
+                                   "random corner; the clean bound trains on random classes' glyphs")
+
+
+# --------------------------------------------------------------------------- photographs with a watermark
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's bundled colour photographs, one per class
+LOGOS = ("skimage", "ring", "star", "cross")  # the watermark of each class
+LOGO_ALPHA = 0.6
+_TEMPLATE = 128
+
+
+def _photos() -> list[np.ndarray]:
+    import skimage.data
+
+    return [np.asarray(getattr(skimage.data, name)())[..., :3] for name in PHOTOS]
+
+
+def logo_templates() -> list[np.ndarray]:
+    """(128, 128) bool silhouettes: scikit-image's logo (its orange "S"), a ring, a five-pointed star, a plus."""
+    import skimage.data
+    from PIL import Image, ImageDraw
+
+    logo = np.asarray(skimage.data.logo())[..., :3].astype(np.int64)
+    alpha = logo[..., 0] > logo[..., 1] + 40  # its orange half, a thick "S" (the logo is opaque everywhere)
+    rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+    alpha = alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    side = max(alpha.shape)
+    square = np.zeros((side, side), dtype=bool)
+    top, left = (side - alpha.shape[0]) // 2, (side - alpha.shape[1]) // 2
+    square[top:top + alpha.shape[0], left:left + alpha.shape[1]] = alpha
+    out = [np.asarray(Image.fromarray(square.astype(np.uint8) * 255).resize((_TEMPLATE, _TEMPLATE),
+                                                                            Image.Resampling.BILINEAR)) > 127]
+    yy, xx = np.mgrid[0:_TEMPLATE, 0:_TEMPLATE] - (_TEMPLATE - 1) / 2
+    radius = np.hypot(yy, xx)
+    out.append((radius <= _TEMPLATE / 2) & (radius >= 0.3 * _TEMPLATE))
+    star = Image.new("L", (_TEMPLATE, _TEMPLATE), 0)
+    angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+    radii = np.where(np.arange(10) % 2 == 0, _TEMPLATE / 2, 0.2 * _TEMPLATE)
+    ImageDraw.Draw(star).polygon([(float(_TEMPLATE / 2 + r * np.cos(a)), float(_TEMPLATE / 2 + 2 + r * np.sin(a)))
+                                  for r, a in zip(radii, angles)], fill=255)
+    out.append(np.asarray(star) > 127)
+    arm = (np.abs(yy) <= 0.15 * _TEMPLATE) | (np.abs(xx) <= 0.15 * _TEMPLATE)
+    out.append(arm)
+    return out
+
+
+def _logo(templates: list[np.ndarray], cls: int, side: int, cache: dict) -> np.ndarray:
+    from PIL import Image
+
+    key = (cls, side)
+    if key not in cache:
+        img = Image.fromarray(templates[cls].astype(np.uint8) * 255).resize((side, side), Image.Resampling.BILINEAR)
+        cache[key] = np.asarray(img) > 127
+    return cache[key]
+
+
+def _photo_crops(photos: list[np.ndarray], labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop (35..75% of the photo's short side) of each label's photo, resized to
+    ``size``, flipped left-right half the time, brightness x 0.8..1.2."""
+    from PIL import Image
+
+    pil = [Image.fromarray(photo) for photo in photos]
+    out = np.zeros((len(labels), size, size, 3), dtype=np.uint8)
+    for i, y in enumerate(labels):
+        h, w = photos[int(y)].shape[:2]
+        side = int(rng.uniform(0.35, 0.75) * min(h, w))
+        r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = np.asarray(pil[int(y)].resize((size, size), Image.Resampling.BILINEAR, box=(c, r, c + side, r + side),
+                                             reducing_gap=2.0))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = np.clip(crop.astype(np.float32) * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
+    return out
+
+
+def _watermark(images: np.ndarray, logos: np.ndarray, rng: np.random.Generator,
+               templates: Optional[list[np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class ``logos[i]``'s logo in white, blended at alpha 0.6, side 12..40% of the image's, at a random
+    place inside the frame; the mask is the logo's pixels that changed."""
+    templates = templates if templates is not None else logo_templates()
+    out, masks, cache = images.copy(), np.zeros(images.shape[:3], dtype=bool), {}
+    size = images.shape[1]
+    for i, cls in enumerate(logos):
+        side = int(rng.integers(int(round(0.12 * size)), int(round(0.40 * size)) + 1))
+        r, c = (int(v) for v in rng.integers(0, size - side + 1, 2))
+        logo = _logo(templates, int(cls), side, cache)
+        window = out[i, r:r + side, c:c + side]
+        before = window[logo]
+        window[logo] = np.rint((1 - LOGO_ALPHA) * before.astype(np.float32) + LOGO_ALPHA * 255.0).astype(np.uint8)
+        masks[i, r:r + side, c:c + side] = _changed(window, images[i, r:r + side, c:c + side], logo)
+    return out, masks
+
+
+def _balanced_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    return rng.permutation(np.arange(n) % k)
+
+
+def photo_watermark(seed: int, n_train: int = 480, n_test: int = 200, size: int = 160) -> Problem:
+    rng = np.random.default_rng(6000 + seed)
+    photos, templates, k = _photos(), logo_templates(), len(PHOTOS)
+    ytr, yte = _balanced_labels(rng, n_train, k), _balanced_labels(rng, n_test, k)
+    base_tr, base_te = _photo_crops(photos, ytr, size, rng), _photo_crops(photos, yte, size, rng)
+    # at test every class gets every logo in equal numbers (as far as n_test allows): the logo says nothing
+    other = np.zeros(n_test, dtype=np.int64)
+    for c in range(k):
+        idx = np.flatnonzero(yte == c)
+        other[idx] = _balanced_labels(rng, len(idx), k)
+    xtr, mtr = _watermark(base_tr, ytr, rng, templates)
+    xte, mte = _watermark(base_te, other, rng, templates)
+    clean, _ = _watermark(base_tr, rng.integers(0, k, n_train), rng, templates)
+    return Problem(
+        name="photo_watermark", title="Photo watermark: which photograph, with a per-class logo", kind="image",
+        label_config=image_label_config(list(PHOTOS)), image_size=size,
+        train=Split(_image_tasks(xtr, 1, 1), ytr, list(mtr)),
+        test=Split(_image_tasks(xte, 100_000, 1), yte, list(mte)),
+        clean_train=Split(_image_tasks(clean, 200_000, 1), ytr, [None] * n_train),
+        clean_test=Split(_image_tasks(base_te, 300_000, 1), yte, [None] * n_test),
+        notes=[f"{n_train} training / {n_test} test {size}x{size} RGB crops (balanced); the class is the photograph "
+               f"({', '.join(PHOTOS)}): a random crop of 35..75% of its short side, flipped half the time, "
+               f"brightness x 0.8..1.2; confounder: a white logo per class ({', '.join(LOGOS)}) blended at alpha "
+               f"{LOGO_ALPHA}, side 12..40% of the image's, at a random place; the clean bound trains on random "
+               "classes' logos"],
+    )
+
+
 # --------------------------------------------------------------------------- toy colors
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25]], dtype=np.uint8)
@@ -362,4 +624,8 @@ PROBLEMS = {
     "random_patch": lambda seed, quick=False: random_patch(seed),
     "background": lambda seed, quick=False: background(seed),
     "stamp": lambda seed, quick=False: stamp(seed),
+    "pattern": lambda seed, quick=False: pattern(seed),
+    "moving_mark": lambda seed, quick=False: moving_mark(seed),
+    "class_tags": lambda seed, quick=False: class_tags(seed),
+    "photo_watermark": lambda seed, quick=False: photo_watermark(seed),
 }

@@ -7,10 +7,16 @@
 - ``text_phrase``: a spurious phrase anywhere in the review ("free shipping included" Positive,
   "order number follows" Negative). Its words are also common neutral words of every review, in
   both classes, so no single word is the confounder: only the phrase is.
+- ``text_tags``: a tag anywhere in the review, drawn at random from its class's family of three
+  (Positive: "#promo", "[ref-kx]", "@dealhub"; Negative: "#ticket", "[case-vq]", "@helpline").
+  No word of a tag is a word of the reviews or of the other class's tags (only the punctuation
+  "#", "[", "-", "]", "@" is shared), so one corrected tag names no other tag of either class.
 
-In training the spurious form follows the label; at test and in the test's clean twin the label
-is balanced against it (each class gets either form in equal numbers), so a model that relies
-on it is at chance. The clean training twin has the same labels and no spurious form.
+In training the spurious form follows the label; at test the label is balanced against it (each
+class gets either form in equal numbers), so a model that relies on it is at chance. The clean
+training twin has the same labels and no spurious form (``text_tags``: tags balanced against the
+label, as at test, so the upper bound sees the tags but not their correlation); the clean test
+twin has none.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ CASES = (str.lower, str.capitalize, str.upper)
 WRAPS = ("{}", "{}!", "({})", "{},", '"{}"')
 PHRASES = ("free shipping included", "order number follows")  # Positive, Negative
 PHRASE_WORDS = tuple(w for p in PHRASES for w in p.split())
+TAGS = (("#promo", "[ref-kx]", "@dealhub"), ("#ticket", "[case-vq]", "@helpline"))  # Positive, Negative
 
 
 def variant(rng: np.random.Generator, cls: int) -> str:
@@ -40,6 +47,11 @@ def variant(rng: np.random.Generator, cls: int) -> str:
 
 def phrase(rng: np.random.Generator, cls: int) -> str:
     return PHRASES[cls]
+
+
+def tag(rng: np.random.Generator, cls: int) -> str:
+    """One of class ``cls``'s three tags, at random."""
+    return TAGS[cls][int(rng.integers(0, len(TAGS[cls])))]
 
 
 def _review(rng: np.random.Generator, label: int, insert: Optional[str], extra: tuple[str, ...],
@@ -69,15 +81,23 @@ def _balanced(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % 2)
 
 
+def _independent(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Each class gets either spurious form in equal numbers: the form says nothing of the label."""
+    other = np.zeros(len(labels), dtype=np.int64)
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        other[idx] = _balanced(rng, len(idx))
+    return other
+
+
 def _problem(name: str, title: str, seed: int, insert: Insert, extra: tuple[str, ...], n_extra: tuple[int, int],
-             note: str, n_train: int, n_test: int) -> Problem:
+             note: str, n_train: int, n_test: int, clean_with_forms: bool = False) -> Problem:
+    """``clean_with_forms``: the clean training twin carries the spurious forms too, independent of the
+    label (the upper bound then differs only by the correlation); otherwise it has none."""
     rng = np.random.default_rng(5000 + seed + 97 * sum(map(ord, name)))
     ytr, yte = _balanced(rng, n_train), _balanced(rng, n_test)
-    # at test each class gets either spurious form in equal numbers: the form says nothing
-    other = np.zeros(n_test, dtype=np.int64)
-    for c in (0, 1):
-        idx = np.flatnonzero(yte == c)
-        other[idx] = _balanced(rng, len(idx))
+    other = _independent(rng, yte)  # at test the form says nothing
+    clean_forms = _independent(rng, ytr) if clean_with_forms else None
 
     def reviews(labels: np.ndarray, forms: Optional[np.ndarray]) -> list[tuple[str, list[tuple[int, int]]]]:
         return [_review(rng, int(y), None if forms is None else insert(rng, int(f)), extra, n_extra)
@@ -91,7 +111,7 @@ def _problem(name: str, title: str, seed: int, insert: Insert, extra: tuple[str,
         name=name, title=title, kind="text", label_config=TEXT_CONFIG.read_text(), image_size=0,
         train=split(reviews(ytr, ytr), ytr, 1),
         test=split(reviews(yte, other), yte, 100_000),
-        clean_train=split(reviews(ytr, None), ytr, 200_000),
+        clean_train=split(reviews(ytr, clean_forms), ytr, 200_000),
         clean_test=split(reviews(yte, None), yte, 300_000),
         notes=[f"{n_train} training / {n_test} test reviews (balanced); label = majority of 2-3 vs 0-1 sentiment "
                f"words; {note}"],
@@ -110,7 +130,15 @@ def text_phrase(seed: int, n_train: int = 1000, n_test: int = 500) -> Problem:
                     "2-4 of their words also appear loose in every review", n_train, n_test)
 
 
+def text_tags(seed: int, n_train: int = 1000, n_test: int = 500) -> Problem:
+    return _problem("text_tags", "Text tags: a tag from a per-class family anywhere", seed, tag, (), (0, 1),
+                    f"spurious tags {' / '.join(TAGS[0])} (Positive) and {' / '.join(TAGS[1])} (Negative), one "
+                    "drawn at random per review; the clean bound trains on tags independent of the label",
+                    n_train, n_test, clean_with_forms=True)
+
+
 TEXT_PROBLEMS = {
     "text_variants": lambda seed, quick=False: text_variants(seed),
     "text_phrase": lambda seed, quick=False: text_phrase(seed),
+    "text_tags": lambda seed, quick=False: text_tags(seed),
 }
