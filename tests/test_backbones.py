@@ -394,3 +394,17 @@ def test_a_frozen_head_fits_as_a_tuned_logistic_regression_on_held_out_digits(im
     tuned = probe.score(features[test], y[test].numpy())
     assert tuned > 0.6, "a probe this weak would not show whether the head fits"
     assert head >= tuned - 0.01, (head, tuned)
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2", "resnet"])
+def test_region_features_cover_the_input_and_tell_places_apart(backbone_dirs, image_config, family):
+    """The space a marked region's concept lives in: one vector per place on a grid over the
+    input, the same for the same pixels wherever the batch puts them, and different across places."""
+    _, dirs = backbone_dirs
+    model = new_model(make_context("2", image_config, ProjectSettings(backbone=str(dirs[family]))))
+    x = torch.stack([model.encode_image(Image.fromarray(photo(i, 50, 80)))[0] for i in range(3)])
+    maps = model.region_features(x)
+    assert maps.dim() == 4 and maps.shape[0] == 3 and min(maps.shape[2:]) >= 2
+    assert torch.allclose(model.region_features(x[1:2]), maps[1:2], atol=1e-4)
+    cells = maps[0].flatten(1)
+    assert float((cells - cells[:, :1]).abs().amax()) > 1e-3

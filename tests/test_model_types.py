@@ -167,3 +167,21 @@ def test_one_malformed_annotation_never_stops_training(backend, image_config, po
                                                                    image_config))
     assert make_queue(settings).wait_idle(180)
     assert ProjectStore(settings.model_dir, "2").list()[-1]["examples"] == 5
+
+
+@pytest.mark.parametrize("kind, network", [("cnn", "ImageCNN"), ("senn", "SENN"), ("bayesian_cnn", "BayesianCNN")])
+def test_image_kinds_give_region_features_on_a_grid_over_the_input(kind, network):
+    """Hypercolumns of the network's own blocks, half the input's side, whatever mode it was in."""
+    import torch
+
+    from ml_backend.models.base import KINDS
+
+    cls = KINDS.get(kind)
+    net = cls.network_class(n_classes=4, image_size=32, in_channels=3)
+    model = cls(net)
+    net.train()
+    x = torch.rand(2, 3, 32, 32)
+    maps = model.region_features(x)
+    assert maps.shape[0] == 2 and maps.shape[2:] == (16, 16) and maps.shape[1] >= 16
+    assert net.training  # the mode it was in comes back
+    assert torch.allclose(model.region_features(x[:1]), maps[:1], atol=1e-5)

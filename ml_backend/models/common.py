@@ -4,12 +4,17 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ml_backend.data.images import image_to_tensor
 from ml_backend.data.text import (PAD_ID, Token, encode_tokens, replace_marked_ids, substitute_marked_ids,
                                   substitute_marked_spans, tokenize)
 from ml_backend.explain.attribution import explain_images, explain_tokens
 from ml_backend.models.base import IMAGE, TEXT, InputSpec, ModelKind, squared_gradients
+
+
+REGION_GRID_MAX = 32  # cells a side of ``region_features``: marks are coarser, memory stays bounded
 
 
 class ImageKind(ModelKind):
@@ -31,6 +36,29 @@ class ImageKind(ModelKind):
     def to(self, device: torch.device) -> "ImageKind":
         self.network.to(device, memory_format=torch.channels_last)  # NHWC convolutions: ~2x on CPU
         return self
+
+    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Hypercolumns: every spatial ReLU output of ``network.features`` (edges and shades from
+        the first blocks, parts and textures from the last), on the grid of the first pooled map
+        (half the input side, at most ``REGION_GRID_MAX``)."""
+        network = self.network
+        maps: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if output.dim() == 4:
+                maps.append(output)
+
+        hooks = [m.register_forward_hook(keep) for m in network.modules() if isinstance(m, nn.ReLU)]
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad():
+                network.features(x)
+        finally:
+            network.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        return hypercolumns(maps, min(REGION_GRID_MAX, max(1, x.shape[-2] // 2)), min(REGION_GRID_MAX, max(1, x.shape[-1] // 2)))
 
     def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
         relevance = explain_images(self.network, x, targets, method)
@@ -95,3 +123,11 @@ def fill_empty_with_saliency(network: torch.nn.Module, x: torch.Tensor, targets:
     if bool(empty.any()):
         relevance[empty] = explain_images(network, x[empty], targets[empty], "saliency")
     return relevance
+
+
+def hypercolumns(maps: list[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    """(N, sum of channels, rows, cols): each (N, C, h, w) map averaged down or interpolated up to
+    the grid, then concatenated."""
+    resized = [F.adaptive_avg_pool2d(m, (rows, cols)) if m.shape[-2] >= rows and m.shape[-1] >= cols
+               else F.interpolate(m, size=(rows, cols), mode="bilinear", align_corners=False) for m in maps]
+    return torch.cat([m.float() for m in resized], dim=1)

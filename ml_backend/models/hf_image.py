@@ -28,11 +28,12 @@ from torch import nn
 from ml_backend.data.frame import Frame
 from ml_backend.models import backbones
 from ml_backend.models.base import IMAGE, InputSpec
-from ml_backend.models.common import ImageKind
+from ml_backend.models.common import REGION_GRID_MAX, ImageKind, hypercolumns
 
 log = logging.getLogger(__name__)
 
 FRAMES_CACHED = 256
+TOKEN_LAYERS = 3  # a ViT's region features: its last layers' patch tokens
 
 
 class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
@@ -194,6 +195,28 @@ class BackboneImageKind(backbones.BackboneKind, ImageKind):
 
     def encode_image(self, image: Any) -> tuple[torch.Tensor, Optional[Frame]]:
         return self.network.pixel_values(image), self.network.frame((image.height, image.width))
+
+    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Hypercolumns of the backbone's stages on the grid of its second-deepest one (CNN
+        families), or the patch tokens of its last ``TOKEN_LAYERS`` layers on the patch grid (ViT
+        families): where a pretrained model's features tell textures, marks and parts apart."""
+        network = self.network
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad():
+                hidden = network.backbone(pixel_values=x, output_hidden_states=True).hidden_states
+        finally:
+            network.train(was_training)
+        if network.family == "tokens":
+            patch = network.backbone.config.patch_size
+            grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+            n_patches = grid[0] * grid[1]
+            maps = [h[:, -n_patches:].transpose(1, 2).reshape(h.shape[0], -1, *grid) for h in hidden[-TOKEN_LAYERS:]]
+            return hypercolumns(maps, *grid)
+        maps = [h for h in hidden if h.dim() == 4]
+        rows, cols = maps[-2].shape[-2:] if len(maps) > 1 else maps[-1].shape[-2:]
+        return hypercolumns(maps, min(rows, REGION_GRID_MAX), min(cols, REGION_GRID_MAX))
 
     def _evidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, evidence map (N, H', W') of the predicted class) from one forward pass."""
