@@ -1,41 +1,53 @@
-"""Image corrections generalise by what was marked, not only where (ProtoPDebug's idea, for any CNN).
+"""Image corrections generalise by what was marked, not only where (ProtoPDebug's idea, for any kind).
 
-An Irrelevant mark defines a concept. Three rules carry a concept from the corrected tasks to every
+An Irrelevant mark defines a concept. Four rules carry a concept from the corrected tasks to every
 labelled task:
 
+- ``position``: pixels marked on at least half of the corrected tasks (a tag printed at the same
+  place on every scan).
+- ``background``: a marked region larger than a quarter of the image is matched as "pixels close
+  to the image's own border colour", the husky's snow in every image whatever its shade.
 - ``template``: each marked region, cut out with a one-pixel margin, is matched anywhere in every
   image by normalised cross-correlation. NCC ignores gain and offset, so a swatch, stripe or stamp
   whose shade follows the class still matches in every class, wherever it sits.
-- ``background``: a marked region larger than a quarter of the image is matched as "pixels close
-  to the image's own border colour", the husky's snow in every image whatever its shade.
-- ``position``: pixels marked on at least half of the corrected tasks (a tag printed at the same
-  place on every scan).
+- ``feature``: the concept in the model's own feature space (``ModelKind.region_features``): a
+  place counts as marked where its representation is nearer the marked regions' than anything the
+  annotators left unmarked, at any place and scale: a texture or a pattern by what it is to the
+  model, not by its pixels.
 
 A rule is used only if it predicts the annotators' own marks: each corrected task is predicted from
 the others' marks (leave one out), and a rule whose predicted pixels are not mostly marked ones
-(``min_precision``) is dropped. A rule that would spread marks onto the object, and so teach the
-model to ignore it, never runs. Rules are tried simplest first (position, background, template),
-and one joins only if it finds marks the ones before it miss: a few corrected tasks cannot show
-every look-alike of a template, so a template is not trusted where a position already explains
-the marks. With fewer than two corrected tasks nothing generalises. A task's Relevant pixels are
-never marked Irrelevant.
+(``min_precision``), or that marks more than ``MAX_SPILL`` of what the annotators left unmarked, is
+dropped. A rule that would spread marks onto the object, and so teach the model to ignore it,
+never runs. Rules are tried simplest first, and one joins only if it finds marks the ones before it
+miss: a few corrected tasks cannot show every look-alike of a template, so a template is not
+trusted where a position already explains the marks. With fewer than two corrected tasks nothing
+generalises. A task's Relevant pixels are never marked Irrelevant.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-RULES = ("position", "background", "template")  # simplest first; a rule joins only if it finds more
+RULES = ("position", "background", "template", "feature")  # simplest first; a rule joins only if it finds more
+MAX_SPILL = 0.15  # share of the unmarked pixels of the corrected tasks a rule may mark (leave one out)
 MIN_GAIN = 0.05  # share of the marked pixels a rule must add to those the rules before it find
 WORK_SIDE = 64  # matching runs on images at most this big: marks are coarse, NCC is quadratic in size
 LARGE_REGION = 0.25  # share of the image above which a region is a background, not an object
 MAX_TEMPLATES = 48
 THRESHOLDS = (0.8, 0.85, 0.9, 0.95)  # NCC; each template takes the loosest that validates
+PROTOTYPES = 12  # feature rule: cluster centres of each corrected task's marked cells, and of its unmarked ones
+MARGINS = (-0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3)  # feature rule: how much nearer a marked centre than an unmarked one
+FEATURE_BATCH = 128
+STATISTICS_TASKS = 64  # feature rule: tasks drawn at random for the channels' mean and spread
+
+# task indices -> the model's representation of every place of those tasks, (n, D, h, w) (``ModelKind.region_features``)
+RegionFeatures = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -57,10 +69,12 @@ class _Template:
 
 
 def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.Tensor, *,
-                     min_precision: float = 0.85) -> Generalised:
+                     min_precision: float = 0.85, features: Optional[RegionFeatures] = None,
+                     rules: Sequence[str] = RULES) -> Generalised:
     """Own Irrelevant marks plus the concept matches that pass leave-one-out validation.
 
-    ``x`` (N, C, H, W) float images at the masks' resolution; masks (N, H, W) bool.
+    ``x`` (N, C, H, W) float images at the masks' resolution; masks (N, H, W) bool. ``features``
+    gives the model's representation of the tasks (the ``feature`` rule; without it, pixels only).
     """
     if x.dim() != 4 or irrelevant.shape != (x.shape[0], *x.shape[2:]) or relevant.shape != irrelevant.shape:
         raise ValueError(f"x must be (N, C, H, W) with masks (N, H, W); got {tuple(x.shape)}, "
@@ -75,12 +89,17 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
     truth = marks[corrected]
     held = torch.zeros_like(truth)  # what the rules taken so far predict on the corrected tasks
     matched = torch.zeros((x.shape[0], *work.shape[2:]), dtype=torch.bool)
-    for rule in RULES:
-        everywhere, predicted = _RULES[rule](work, marks, corrected, min_precision)
+    for rule in rules:
+        if rule == "feature":
+            if features is None:
+                continue
+            everywhere, predicted = _feature_rule(features, work, marks, corrected, min_precision)
+        else:
+            everywhere, predicted = _RULES[rule](work, marks, corrected, min_precision)
         precision = _precision(predicted, truth)
         if precision is None:
             continue
-        if precision < min_precision:
+        if precision < min_precision or _spill(predicted, truth) > MAX_SPILL:
             out.rejected[rule] = precision
             continue
         merged = held | predicted
@@ -175,6 +194,90 @@ def _calibrate(t: "_Template", padded: torch.Tensor, marks: torch.Tensor, others
     return threshold, precision, predicted
 
 
+def _feature_rule(features: RegionFeatures, work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                  min_precision: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Places whose representation in the model's own features is nearer a marked region's than
+    anything the annotators left unmarked, at any place and scale: a texture, a stamp or a
+    background by what it is to the model, not by its pixels.
+
+    Each corrected task gives cluster centres of its marked cells and of its unmarked ones
+    (features standardised over the corrected tasks, then unit length). A cell's score is its
+    cosine to the nearest marked centre less that to the nearest unmarked one; the margin it must
+    clear is calibrated leave one out, as the templates' thresholds are."""
+    size = tuple(work.shape[2:])
+    source_maps = _batched(features, sources)
+    # channel statistics over tasks of every kind, not only the corrected ones: corrections from one
+    # class would make that class's own channels look informative everywhere else
+    others = torch.from_numpy(np.setdiff1d(np.arange(work.shape[0]), sources.numpy()))
+    sample = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(0))[:STATISTICS_TASKS]]
+    pooled = torch.cat([source_maps, _batched(features, sample)]) if len(sample) else source_maps
+    mean = pooled.mean(dim=(0, 2, 3), keepdim=True)
+    scale = pooled.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    units = _unit(source_maps, mean, scale)  # (k, D, h, w)
+    grid = tuple(units.shape[2:])
+    share = _on_grid(marks[sources].float(), grid)  # (k, h, w) marked share of each cell
+    centres = [(_centres(u.flatten(1).T[(m >= 0.5).flatten()]), _centres(u.flatten(1).T[(m == 0).flatten()]))
+               for u, m in zip(units, share)]
+    truth = marks[sources]
+    empty = torch.zeros((len(sources), *size), dtype=torch.bool)
+    scores = []
+    for k in range(len(sources)):  # each corrected task scored by the others' centres
+        marked = torch.cat([c[0] for j, c in enumerate(centres) if j != k])
+        unmarked = torch.cat([c[1] for j, c in enumerate(centres) if j != k])
+        scores.append(_score(units[k:k + 1], marked, unmarked, size)[0] if len(marked) and len(unmarked)
+                      else torch.full(size, -float("inf")))
+    held_scores = torch.stack(scores)
+    valid = []
+    for margin in MARGINS:
+        predicted = held_scores > margin
+        total, hit = int(predicted.sum()), int((predicted & truth).sum())
+        if total and hit >= min_precision * total and _spill(predicted, truth) <= MAX_SPILL:
+            valid.append((margin, hit))
+    if not valid:
+        return torch.zeros((work.shape[0], *size), dtype=torch.bool), empty
+    best = max(hit for _, hit in valid)
+    margin = min(m for m, hit in valid if hit >= 0.8 * best)  # as in _calibrate: the margin goes to precision
+    marked = torch.cat([c[0] for c in centres])
+    unmarked = torch.cat([c[1] for c in centres])
+    everywhere = torch.cat([_score(_unit(_batched(features, chunk), mean, scale), marked, unmarked, size) > margin
+                            for chunk in torch.arange(work.shape[0]).split(FEATURE_BATCH)])
+    return everywhere, held_scores > margin
+
+
+def _batched(features: RegionFeatures, indices: torch.Tensor) -> torch.Tensor:
+    return torch.cat([features(chunk).float().cpu() for chunk in indices.split(FEATURE_BATCH)])
+
+
+def _unit(maps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return F.normalize((maps - mean) / scale, dim=1)
+
+
+def _on_grid(masks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """(k, h, w) share of each grid cell's pixels that the (k, H, W) masks cover."""
+    if masks.shape[1] >= grid[0] and masks.shape[2] >= grid[1]:
+        return F.adaptive_avg_pool2d(masks.unsqueeze(1), grid)[:, 0]
+    return F.interpolate(masks.unsqueeze(1), size=grid, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _centres(vectors: torch.Tensor, n: int = PROTOTYPES, iterations: int = 8) -> torch.Tensor:
+    """Up to ``n`` unit cluster centres of unit ``vectors`` (spherical k-means from spread-out seeds)."""
+    if len(vectors) <= n:
+        return vectors
+    centres = vectors[torch.linspace(0, len(vectors) - 1, n).long()]
+    for _ in range(iterations):
+        nearest = (vectors @ centres.T).argmax(dim=1)
+        summed = torch.zeros_like(centres).index_add_(0, nearest, vectors)
+        centres = torch.where(summed.norm(dim=1, keepdim=True) > 0, F.normalize(summed, dim=1), centres)
+    return centres
+
+
+def _score(units: torch.Tensor, marked: torch.Tensor, unmarked: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """(n, H, W): nearest marked centre's cosine less nearest unmarked one's, at the masks' size."""
+    cells = units.permute(0, 2, 3, 1)  # (n, h, w, D)
+    score = (cells @ marked.T).amax(dim=-1) - (cells @ unmarked.T).amax(dim=-1)
+    return F.interpolate(score.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def _background_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
                       targets: torch.Tensor) -> torch.Tensor:
     """Pixels near their image's border colour, as near as the marked backgrounds are."""
@@ -219,6 +322,12 @@ _RULES = {"template": _template_rule, "background": _left_out(_background_marks)
 def _precision(predicted: torch.Tensor, truth: torch.Tensor) -> Optional[float]:
     total = int(predicted.sum())
     return None if total == 0 else int((predicted & truth).sum()) / total
+
+
+def _spill(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+    """Share of the pixels the annotators left unmarked that ``predicted`` marks: where a marked
+    background fills most of the image, precision alone would pass a rule that marks the object."""
+    return int((predicted & ~truth).sum()) / max(int((~truth).sum()), 1)
 
 
 def _recall(predicted: torch.Tensor, truth: torch.Tensor) -> float:

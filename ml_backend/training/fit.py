@@ -16,7 +16,7 @@ import torch
 from ml_backend.config import ProjectSettings
 from ml_backend.explain.quality import irrelevant_mass
 from ml_backend.feedback.parse import Feedback
-from ml_backend.feedback.concepts import generalise_marks
+from ml_backend.feedback.concepts import RegionFeatures, generalise_marks
 from ml_backend.feedback.propagate import propagate
 from ml_backend.feedback.text_concepts import match_marked_text
 from ml_backend.models.base import ModelKind
@@ -105,8 +105,9 @@ class Spread:
 def generalise(data: TrainingSet, model: ModelKind, settings: ProjectSettings,
                docs: Optional[list[tuple[str, list[Any]]]] = None) -> Spread:
     """Irrelevant marks carried to every labelled task by what was marked: text by the marked
-    words and phrases (``feedback.text_concepts``), images by validated template, background and
-    position rules (``feedback.concepts``). ``propagate_min_support`` = 0 keeps marks where they are."""
+    words and phrases (``feedback.text_concepts``), images by validated position, background,
+    template and feature-space rules (``feedback.concepts``; the features are the model's before
+    this fit: the version whose evidence the annotators corrected). ``propagate_min_support`` = 0 keeps marks where they are."""
     none = Spread(data.irrelevant, torch.zeros(len(data), dtype=torch.bool), [])
     if settings.propagate_min_support < 1 or not data.has_irrelevant.any():
         return none
@@ -123,8 +124,17 @@ def generalise(data: TrainingSet, model: ModelKind, settings: ProjectSettings,
     size = tuple(data.irrelevant.shape[1:])
     if tuple(x.shape[2:]) != size:
         x = torch.nn.functional.adaptive_avg_pool2d(x, size)
-    found = generalise_marks(x, data.irrelevant, data.relevant)
+    found = generalise_marks(x, data.irrelevant, data.relevant, features=region_feature_source(model, data.x))
     return Spread(found.irrelevant, found.added, sorted(found.rules))
+
+
+def region_feature_source(model: ModelKind, x: torch.Tensor) -> Optional[RegionFeatures]:
+    """Task indices -> the model's region features of those inputs, computed when asked (a
+    project's tasks need not fit in memory as feature maps), or None if its kind has none."""
+    device = model.device()
+    if model.region_features(x[:1].to(device)) is None:
+        return None
+    return lambda indices: model.region_features(x[indices].to(device))
 
 
 def fit_examples(model: ModelKind, examples: list[Example], settings: ProjectSettings, *, seed: int,
