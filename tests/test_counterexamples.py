@@ -272,3 +272,33 @@ def test_a_small_image_keeps_a_hard_background_fill():
     donor = torch.full((1, 3, 28, 28), 0.5)
     copy = image_counterexamples(x, mask, 1, fill="substitute", donors=donor)[0]
     assert torch.equal(copy[:, ~mask], x[:, ~mask]) and torch.allclose(copy[:, mask], torch.tensor(0.5))
+
+
+def test_a_marked_background_is_refilled_with_another_tasks_background_content_not_its_colour():
+    """Pattern for pattern: a counterexample of a task whose background (a grating here) follows
+    its class gets a donor's grating, read from around the donor's own object, and no object pixel."""
+    from ml_backend.training.strategies.counterexamples import background_content
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def task(period: float, cy: int, cx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        obj = ((yy - cy) ** 2 + (xx - cx) ** 2) <= 36
+        grating = 0.3 + 0.2 * torch.sin(2 * torch.pi * xx / period)
+        return torch.where(obj, torch.ones(()), grating).expand(3, -1, -1).clone(), ~obj
+
+    x, mask = task(4.0, 16, 16)
+    donor, donor_mask = task(8.0, 10, 22)
+    filled = background_content(donor, donor_mask, torch.full((3,), 0.3))
+    assert float(filled.max()) <= 0.5 + 1e-6  # none of the donor's object came along
+    row = filled[0, 16]  # the donor's period (8 px), also where its object was
+    assert torch.allclose(row, 0.3 + 0.2 * torch.sin(2 * torch.pi * torch.arange(32.0) / 8.0), atol=1e-5)
+
+    out = image_counterexamples(x, mask, 2, fill="substitute", donors=donor[None], donor_masks=donor_mask[None],
+                                generator=torch.Generator().manual_seed(0))
+    for copy in out:
+        assert torch.equal(copy[:, ~mask], x[:, ~mask])  # the object is kept
+        assert torch.allclose(copy[:, mask], filled[:, mask])
+    # without the donor's marks, the donor's background colour as before
+    flat = image_counterexamples(x, mask, 1, fill="substitute", donors=donor[None],
+                                 generator=torch.Generator().manual_seed(0))
+    assert flat[0, :, mask].std() < 1e-6

@@ -23,6 +23,10 @@ from ml_backend.training.strategies import Strategy
 
 FILLS = ("randomize", "substitute", "blur")
 DONOR_POOL = 1024  # examples a substitute fill draws its donors from
+DONORS = 16  # an example's donors, of other classes where it can
+# where a donor's background is read from where its object sits, as fractions of the side (y, x)
+BACKGROUND_SHIFTS = ((0, 0), (0.5, 0), (0, 0.5), (0.5, 0.5), (0.25, 0), (0, 0.25), (0.25, 0.25), (0.75, 0),
+                     (0, 0.75), (0.75, 0.75), (0.25, 0.75), (0.75, 0.25))
 
 
 def image_counterexamples(
@@ -33,6 +37,7 @@ def image_counterexamples(
     donors: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
     donor_rows: Optional[torch.Tensor] = None,
+    donor_masks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """(c, C, H, W) copies of x (C, H, W) with the pixels under ``irrelevant`` (H, W) replaced.
 
@@ -43,6 +48,8 @@ def image_counterexamples(
     channel's range in x;
     blur: a heavy box blur of x (every copy the same). ``donor_rows``: draw from these rows of
     ``donors`` only (a whole set's images can be passed without copying a donor pool out of it).
+    ``donor_masks`` (M, H, W): the donors' own Irrelevant marks; a background then gets the
+    donor's background content (``background_content``: a pattern for a pattern), not its colour.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be (C, H, W), got shape {tuple(x.shape)}")
@@ -66,7 +73,12 @@ def image_counterexamples(
         replacement = donors[picks.to(donors.device)].to(device=x.device, dtype=x.dtype)
         if mask.float().mean() > LARGE_REGION:
             colour = border_colour(replacement.float())[:, :, None, None]
-            return background_fill(copies, mask, colour)
+            content = None
+            if donor_masks is not None:
+                marks = donor_masks[picks.to(donor_masks.device)].to(device=x.device, dtype=torch.bool)
+                content = torch.stack([background_content(d, m, c[:, 0, 0])
+                                       for d, m, c in zip(replacement, marks, colour)])
+            return background_fill(copies, mask, colour, content)
     elif fill == "blur":
         replacement = _box_blur(x).unsqueeze(0).expand_as(copies)
     else:
@@ -96,25 +108,47 @@ def feather_width(height: int, width: int) -> int:
     return max(height, width) // 56
 
 
-def background_fill(copies: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-    """(c, C, H, W) copies with the background under ``mask`` (H, W) turned to ``colour`` (c, C, 1, 1).
+def background_content(donor: torch.Tensor, marks: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """(C, H, W): the donor's background over the whole frame. Its marked pixels where it has them;
+    where its object sits, its marked pixels from shifted places (a texture goes on, a shade stays);
+    ``colour`` (C,) where no shift reaches. A donor whose marks are no background gives its colour."""
+    out = colour[:, None, None].expand_as(donor).clone()
+    if marks.float().mean() <= LARGE_REGION:
+        return out
+    height, width = marks.shape
+    have = torch.zeros_like(marks)
+    for fy, fx in BACKGROUND_SHIFTS:
+        shift = (int(fy * height), int(fx * width))
+        take = torch.roll(marks, shift, (0, 1)) & ~have
+        out = torch.where(take, torch.roll(donor, shift, (1, 2)), out)
+        have |= take
+        if bool(have.all()):
+            break
+    return out
 
-    Inside the mask the colour replaces the pixels (a patterned background's content goes too).
+
+def background_fill(copies: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor,
+                    content: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(c, C, H, W) copies with the background under ``mask`` (H, W) turned to ``content`` (c, C, H, W;
+    another background), or to ``colour`` (c, C, 1, 1) if none.
+
+    Inside the mask the fill replaces the pixels (a patterned background's content goes too).
     Around it, where the resize blended the old background into the object's edge, the pixels move
     by the colour change in proportion to the feathered mask: a hard edge would leave a rim of the
     old background's shade around every object, and that rim still follows the class (on a
     frozen ResNet at 112 px it cost 8 points of the background's 0.6 gap)."""
     colour = colour.to(copies.dtype) if copies.is_floating_point() else colour
+    fill = colour.expand_as(copies) if content is None else content.to(copies.dtype)
     radius = feather_width(*mask.shape[-2:])
     if radius == 0 or not copies.is_floating_point():
-        return torch.where(mask, colour.to(copies.dtype), copies)
+        return torch.where(mask, fill.to(copies.dtype), copies)
     soft = mask.float()[None, None]
     grow = (radius + 1) // 2
     soft = F.max_pool2d(soft, 2 * grow + 1, stride=1, padding=grow)
     soft = F.avg_pool2d(soft, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)[0]
     own = border_colour(copies[:1].float())[:, :, None, None]
     moved = copies + (colour - own) * soft.to(copies.dtype)
-    return torch.where(mask, colour.expand_as(copies), moved)
+    return torch.where(mask, fill, moved)
 
 
 def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
@@ -185,10 +219,11 @@ class Counterexamples(Strategy):
             if data.x.dtype == torch.long:
                 out.x[row:row + k] = model.replace_tokens(data.x[i], data.irrelevant[i], k, generator, words)
             else:
-                rows = donor_rows(i, keys, candidates)
+                rows = other_classes(donor_rows(i, keys, candidates, k=2 * DONORS), data.y, i)
                 out.x[row:row + k] = image_counterexamples(data.x[i], data.irrelevant[i], k, fill=self.fill,
                                                            donors=None if rows is None else data.x,
-                                                           generator=generator, donor_rows=rows)
+                                                           generator=generator, donor_rows=rows,
+                                                           donor_masks=data.irrelevant)
             row += k
         return out
 
@@ -238,7 +273,7 @@ def donor_pool(keys: np.ndarray, size: int = DONOR_POOL) -> np.ndarray:
     return np.argpartition(_mix(keys), size - 1)[:size]
 
 
-def donor_rows(i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None, k: int = 16) -> Optional[torch.Tensor]:
+def donor_rows(i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None, k: int = DONORS) -> Optional[torch.Tensor]:
     """The rows of up to k other examples of the ``pool`` (``donor_pool``; all by default) to
     substitute from, chosen by rendezvous hashing of the examples' content: random-like, and stable
     as the project grows (a new task displaces one of an example's donors with probability k / N),
@@ -252,3 +287,12 @@ def donor_rows(i: int, keys: np.ndarray, pool: Optional[np.ndarray] = None, k: i
     picks = np.argpartition(scores, n - 1)[:n]
     return torch.as_tensor(candidates[picks[np.argsort(scores[picks], kind="stable")]])
 
+
+
+def other_classes(rows: Optional[torch.Tensor], y: torch.Tensor, i: int) -> Optional[torch.Tensor]:
+    """The donors whose class differs from example ``i``'s (a donor of its own class would hand the
+    copy its class's version of the shortcut); all of them if none does."""
+    if rows is None or y.dim() != 1:
+        return rows
+    other = rows[y[rows] != y[i]]
+    return (other if len(other) else rows)[:DONORS]
