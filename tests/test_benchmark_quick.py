@@ -2,9 +2,9 @@
 
 It runs the backend's own loop (ranking, Label Studio annotation JSON, parse_annotation,
 generalisation of the corrections by content, strategies, fit) with the shipped defaults, 3 seeds,
-on three confounders of different kinds: a decoy at fixed places (four corners), a background
-that fills the frame and whose shade follows the class, and a spurious token written in varying
-case, punctuation and spelling. Corrections come in two rounds (0.5%, then 1% of the training set),
+on four confounders of different kinds: a decoy at fixed places (four corners), a background
+that fills the frame and whose shade follows the class, a background whose texture (not its
+shade) follows the class, and a spurious token written in varying case, punctuation and spelling. Corrections come in two rounds (0.5%, then 1% of the training set),
 each ranked by the model the round before trained. At 1% the default must close most of the gap
 to the clean model on each, on the mean over seeds, and beat no feedback on every seed.
 """
@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-PROBLEMS = ("decoy_digits_4", "background", "text_variants")
+PROBLEMS = ("decoy_digits_4", "background", "pattern", "text_variants")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_quick_run_goes_through_the_backend_loop(quick_results):
         assert last["propagated_to"] > 0.4 * (1000 if r["problem"] == "text_variants" else 1438)
         # net examples added: 3 copies per corrected task and 1 per propagated task, except that a
         # propagated background's copy replaces its original
-        if r["problem"] == "background":
+        if r["problem"] in ("background", "pattern"):
             assert 3 * last["n"] <= last["counterexamples"] < 3 * last["n"] + 0.1 * last["propagated_to"]
         else:
             assert last["counterexamples"] == 3 * last["n"] + last["propagated_to"]

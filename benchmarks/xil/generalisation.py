@@ -7,7 +7,8 @@ queue orders them, or ``one_class``: random tasks of a single class), the simula
 corrects them through the parser the webhook uses, and ``feedback.concepts.generalise_marks`` runs
 with the pixel rules only, the feature concept only, and both (the default). The scores count the
 tasks that were not corrected: marked pixels that are confounder (precision) and confounder pixels
-that got marked (recall), and the share of object pixels marked (harm).
+that got marked (recall), and the share of object pixels (brighter than half, outside the confounder:
+the digit's strokes) marked (harm).
 
     python -m benchmarks.xil.generalisation --problems background pattern --seeds 0 1 2
 """
@@ -88,6 +89,46 @@ def run(problem: str, seed: int, selections: list[str], epochs: int, log=print) 
                 f"R={rec['recall']:.3f} object={rec['object_marked']:.3f} rules={rec['rules']} ({rec['seconds']:.1f}s)")
             out.append(rec)
     return out
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "xil_generalisation.json"
+
+
+def markdown(path: Path = RESULTS) -> list[str]:
+    """The section of docs/xil-benchmarks.md: per problem and selection, each variant's precision,
+    recall and object pixels marked (means over seeds), and the rules it used."""
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    lines = ["# How corrections carry: generalised marks against the planted confounder", "",
+             "Written by `python -m benchmarks.xil.generalisation` to `benchmarks/results/xil_generalisation.json`. "
+             + __doc__.split("\n\n")[1].replace("\n", " "),
+             "", "Cells: precision / recall / share of the object's pixels marked (means over seeds; - where "
+             "nothing was generalised); the rules each run used (seeds pooled).", ""]
+    problems = list(dict.fromkeys(r["problem"] for r in records))
+    header = ["problem", "selection", *[f"{v}: P / R / object" for v in VARIANTS], "rules (default)"]
+    rows = []
+    for problem in problems:
+        for selection in SELECTIONS:
+            cells = []
+            rules: set[str] = set()
+            for variant in VARIANTS:
+                recs = [r for r in records if r["problem"] == problem and r["selection"] == selection
+                        and r["variant"] == variant]
+                if not recs:
+                    cells.append("")
+                    continue
+                if variant == "default":
+                    rules |= {rule for r in recs for rule in r["rules"]}
+                precision = [r["precision"] for r in recs if r["precision"] is not None]
+                cells.append(f"{np.mean(precision):.3f} / {np.mean([r['recall'] for r in recs]):.3f} / "
+                             f"{np.mean([r['object_marked'] for r in recs]):.3f}" if precision else "-")
+            if any(cells):
+                rows.append([problem, selection, *cells, ", ".join(sorted(rules)) or "none"])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
 
 
 def main() -> None:

@@ -24,6 +24,11 @@ TITLES = {
     "decoy_text": "Decoy text: generated reviews with a spurious token",
     "text_variants": "Text variants: the spurious token in any case, punctuation or spelling",
     "text_phrase": "Text phrase: a spurious three-word phrase anywhere",
+    "pattern": "Pattern: a background grating whose look (angle, period), not its shade, follows the class",
+    "moving_mark": "Moving mark: a class-shaded square or disk of 3-9 px anywhere",
+    "class_tags": "Class tags: a different glyph per class in a random corner, all one gray",
+    "photo_watermark": "Photo watermark: 160-px photo crops with a per-class logo at random scale and place",
+    "text_tags": "Text tags: three tags per class (#promo, [ref-kx], @dealhub / #ticket, [case-vq], @helpline)",
 }
 ACQ_METHOD = full_plan().acq_method  # the method each acquisition function is compared with
 GAP = 0.02  # a problem "has a gap" when the clean bound beats no feedback by this much
@@ -360,6 +365,9 @@ def write_docs(payload: dict[str, Any], plot_paths: list[Path], path: Path = DOC
     from benchmarks.xil.backbone_suite import markdown as backbones_markdown
 
     lines += backbones_markdown()
+    from benchmarks.xil.generalisation import markdown as generalisation_markdown
+
+    lines += generalisation_markdown()
     notes = payload.get("notes") or []
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
