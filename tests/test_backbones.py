@@ -408,3 +408,16 @@ def test_region_features_cover_the_input_and_tell_places_apart(backbone_dirs, im
     assert torch.allclose(model.region_features(x[1:2]), maps[1:2], atol=1e-4)
     cells = maps[0].flatten(1)
     assert float((cells - cells[:, :1]).abs().amax()) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_a_text_backbone_gives_one_contextual_vector_per_document_token(backbone_dirs, text_config, family):
+    """Word pieces and windows fold into the document's tokens, as its relevances do."""
+    _, dirs = backbone_dirs
+    model = new_model(make_context("3", text_config, ProjectSettings(backbone=str(dirs[family]))))
+    text = " ".join(f"word{i % 7} tokenisation" for i in range(60))  # longer than one window
+    x, tokens = model.encode_text(text)
+    features = model.region_features(x[None])
+    assert features.shape[:2] == (1, model.input_spec().max_len)
+    filled = features[0].abs().sum(dim=1) > 0
+    assert int(filled.sum()) == len(tokens) and bool(filled[:len(tokens)].all())

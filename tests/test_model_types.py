@@ -185,3 +185,19 @@ def test_image_kinds_give_region_features_on_a_grid_over_the_input(kind, network
     assert maps.shape[0] == 2 and maps.shape[2:] == (16, 16) and maps.shape[1] >= 16
     assert net.training  # the mode it was in comes back
     assert torch.allclose(model.region_features(x[:1]), maps[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["text_cnn", "text_senn"])
+def test_text_kinds_give_a_vector_per_token_that_depends_on_its_context(kind):
+    import torch
+
+    from ml_backend.models.base import KINDS
+
+    cls = KINDS.get(kind)
+    model = cls(cls.network_class(n_classes=2, n_buckets=100, max_len=8))
+    ids = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0], [9, 6, 7, 0, 0, 0, 0, 0]])
+    features = model.region_features(ids)
+    assert features.shape[:2] == (2, 8) and features.shape[2] > 8
+    # token 6 in both texts: the same embedding, another context (its neighbour 5 or 9)
+    assert not torch.allclose(features[0, 1], features[1, 1])
+    assert torch.allclose(features[0, 2], model.region_features(ids[:1])[0, 2])

@@ -106,6 +106,17 @@ class TextKind(ModelKind):
                 return substitute_marked_ids(x, marked & (x != PAD_ID), copies, ids, generator)
         return replace_marked_ids(x, marked, copies, 1, self.input_spec().n_buckets, generator)
 
+    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(N, L, D): each token's embedding with the network's view of it in context."""
+        network = self.network
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad():
+                return network.token_features(x)
+        finally:
+            network.train(was_training)
+
     def relevance(self, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
         return explain_tokens(self.network, x, targets, method)
 

@@ -150,6 +150,31 @@ class BackboneTextKind(backbones.BackboneKind, TextKind):
     def mask_ids(self, x: torch.Tensor) -> torch.Tensor:
         return per_token(x[:, :, IDS], x, self.input_spec().max_len, "amax")
 
+    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(N, tokens, D): each document token's contextual embedding (the encoder's last hidden
+        state, averaged over its word pieces and the windows that hold it)."""
+        network = self.network
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad():
+                n, w, length = x.shape[0], x.shape[1], x.shape[3]
+                attention = x[:, :, ATTENTION].reshape(n * w, length)
+                present = attention.any(dim=1)
+                hidden = x.new_zeros((n * w, length, backbones.hidden_size(network.encoder)), dtype=torch.float)
+                if bool(present.any()):
+                    out = network.encoder(input_ids=x[:, :, IDS].reshape(n * w, length)[present],
+                                          attention_mask=attention[present])
+                    hidden[present] = out.last_hidden_state.float()
+        finally:
+            network.train(was_training)
+        tokens = self.input_spec().max_len
+        index = x[:, :, TOKEN].reshape(n, -1)
+        summed = hidden.new_zeros((n, tokens + 1, hidden.shape[-1])).scatter_add(
+            1, index[:, :, None].expand(-1, -1, hidden.shape[-1]), hidden.view(n, w * length, -1))
+        counts = hidden.new_zeros((n, tokens + 1)).scatter_add(1, index, torch.ones_like(index, dtype=hidden.dtype))
+        return (summed / counts.clamp_min(1)[:, :, None])[:, 1:]  # position 0: special tokens and padding
+
     def _gradients(self, x: torch.Tensor, targets: torch.Tensor | None, create_graph: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, embeddings, d objective / d embeddings): the objective is the target logits,

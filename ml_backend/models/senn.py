@@ -264,6 +264,11 @@ class TextSENN(nn.Module):
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         return self.features_embedded(self.embedding(ids), ids != PAD_ID)
 
+    def token_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N, L, E + C): each token's embedding and theta's local view of it in context."""
+        emb = self.embedding(ids)
+        return torch.cat([emb, self._split(self.features_embedded(emb, ids != PAD_ID))[1]], dim=2)
+
     def _split(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         length = f.shape[1] // (1 + self.channels)
         return f[:, :length], f[:, length:].view(f.shape[0], length, self.channels)

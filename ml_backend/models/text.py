@@ -35,6 +35,11 @@ class TextCNN(nn.Module):
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         return self.features_embedded(self.embedding(ids), ids != PAD_ID)
 
+    def token_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N, L, E + C): each token's embedding and the convolution's view of it in context."""
+        emb = self.embedding(ids)
+        return torch.cat([emb, torch.relu(self.conv(emb.transpose(1, 2))).transpose(1, 2)], dim=2)
+
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
 
