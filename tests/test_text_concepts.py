@@ -187,3 +187,44 @@ def test_fast_enough():
     assert time.perf_counter() - started < 5.0  # ~0.5 s here; generous for a loaded machine
     assert out.concepts == ["freeshipping", "zorbly"]
     assert int(out.added.sum()) == len(docs) - 3
+
+
+def _tagged(texts: list[str]):
+    return [(t, tokenize(t)) for t in texts]
+
+
+def _mark(docs, spans: dict[int, list[str]], length: int = 16) -> torch.Tensor:
+    """Irrelevant masks over the tokens of the given substrings of each document."""
+    irr = torch.zeros(len(docs), length, dtype=torch.bool)
+    for i, subs in spans.items():
+        text, tokens = docs[i]
+        for sub in subs:
+            start = text.index(sub)
+            for j, t in enumerate(tokens):
+                if t.start >= start and t.end <= start + len(sub):
+                    irr[i, j] = True
+    return irr
+
+
+def test_one_classs_tags_find_the_other_classs_by_their_shape():
+    """Corrections from the positive class only: #promo and [ref-kx] marked; the negative class's
+    #ticket and [case-vq] share their shape (#a, [a-a]) and are found too."""
+    docs = _tagged(["great box #promo arrived", "love it [ref-kx] works", "perfect #promo item",
+                    "awful #ticket broke", "poor [case-vq] hinge", "fine item today", "sturdy [ref-kx] lid"])
+    irr = _mark(docs, {0: ["#promo"], 1: ["[ref-kx]"], 2: ["#promo"], 6: ["[ref-kx]"]})
+    out = match_marked_text(docs, irr, torch.zeros_like(irr))
+    got = marked_texts(docs, out.irrelevant)
+    assert got[3] == ["#", "ticket"] and got[4] == ["[", "case", "-", "vq", "]"] and got[5] == []
+    assert "shape #a" in out.concepts and "shape [a-a]" in out.concepts
+
+
+def test_a_shape_the_annotators_left_alone_elsewhere_does_not_spread():
+    """'(zorbly)' is marked twice, but the corrected documents hold unmarked parenthesised words: the
+    shape (a) is not the concept, only the word is. A word's inner hyphen is spelling, never a shape."""
+    docs = _tagged(["nice (zorbly) box (mostly)", "good (zorbly) lid (again)", "great well-made item",
+                    "bad (quennic) thing", "poor well-made lid"])
+    irr = _mark(docs, {0: ["(zorbly)"], 1: ["(zorbly)"], 2: ["well-made"]})
+    out = match_marked_text(docs, irr, torch.zeros_like(irr))
+    got = marked_texts(docs, out.irrelevant)
+    assert got[3] == [] and not any(c.startswith("shape") for c in out.concepts)
+    assert got[4] == ["well", "-", "made"]  # the word itself, by its normalised key, as before

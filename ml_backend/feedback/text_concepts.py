@@ -21,6 +21,14 @@ pieces), so a match maps back to exactly the tokens it covers:
 - concepts shorter than ``min_chars`` (default 2) normalised characters stay local to the
   document they were marked in: a lone letter or digit ("s" of "it's", "5" of "$5") would match
   nearly every document. Pure punctuation normalises to nothing and never defines a concept.
+
+Marks also carry by their *shape*, so that one class's tags find the other classes' (corrections
+drawn from one class only): a marked span's surface with each run of letters written ``a`` and of
+digits ``9`` ("#promo" and "#ticket" are "#a", "[ref-kx]" and "[case-vq]" are "[a-a]"). A shape
+that begins or ends with a symbol (a word's inner hyphen or apostrophe is spelling, not a tag)
+matches every whole-token span of that shape, if it is validated on the corrected documents: marked
+in at least two of them, and at least ``MIN_SHAPE_PRECISION`` of its occurrences there are marked
+(so "(a)" never spreads where the annotators left parenthesised words alone).
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import torch
 from ml_backend.data.text import Token
 
 MIN_CHARS = 2
+MIN_SHAPE_PRECISION = 0.85  # share of a shape's occurrences in the corrected documents that are marked
 _NON_ALNUM = re.compile(r"[\W_]+")  # sre's \w is str.isalnum() plus "_"
 
 
@@ -133,6 +142,60 @@ def _find(text: str, tokens: Sequence[Token], concepts: Sequence[str], pattern: 
     return hits
 
 
+def shape(surface: str) -> str:
+    """Letters -> ``a``, digits -> ``9``, whitespace -> one space; symbols kept."""
+    return re.sub(r"\s+", " ", re.sub(r"[^\W\d_]+", "a", re.sub(r"\d+", "9", surface))).strip()
+
+
+def _is_tag_shape(form: str) -> bool:
+    return (len(form) >= 2 and any(c in "a9" for c in form)
+            and not (form[0] in "a9 " and form[-1] in "a9 "))
+
+
+def _shape_regex(form: str) -> re.Pattern:
+    parts = {"a": r"[^\W\d_]+", "9": r"\d+", " ": r"\s+"}
+    return re.compile(r"(?<!\w)" + "".join(parts.get(c, re.escape(c)) for c in form) + r"(?!\w)")
+
+
+def _shape_hits(text: str, tokens: Sequence[Token], regex: re.Pattern) -> list[list[int]]:
+    """Token indices of each occurrence of the shape that starts and ends on token boundaries."""
+    starts = {t.start: i for i, t in enumerate(tokens)}
+    ends = {t.end: i for i, t in enumerate(tokens)}
+    out = []
+    for m in regex.finditer(text):
+        first, last = starts.get(m.start()), ends.get(m.end())
+        if first is not None and last is not None and first <= last:
+            out.append(list(range(first, last + 1)))
+    return out
+
+
+def marked_shapes(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch.Tensor) -> list[str]:
+    """The tag shapes of the marked runs that the corrected documents validate (module docstring)."""
+    marks = irrelevant.detach().to("cpu", torch.bool).numpy()
+    seen: dict[str, set[int]] = {}
+    for d, ((text, tokens), row) in enumerate(zip(docs, marks)):
+        kept = tokens[:len(row)]
+        for first, last in _runs(row[:len(kept)]):
+            form = shape(text[kept[first].start:kept[last].end])
+            if _is_tag_shape(form):
+                seen.setdefault(form, set()).add(d)
+    out = []
+    corrected = np.flatnonzero(marks.any(axis=1))
+    for form, where in sorted(seen.items()):
+        if len(where) < 2:
+            continue
+        regex = _shape_regex(form)
+        hit = total = 0
+        for d in corrected:
+            text, tokens = docs[d]
+            for span in _shape_hits(text, tokens[:marks.shape[1]], regex):
+                total += 1
+                hit += bool(marks[d, span].all())
+        if total and hit >= MIN_SHAPE_PRECISION * total:
+            out.append(form)
+    return out
+
+
 def match_marked_text(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch.Tensor,
                       relevant: torch.Tensor, min_chars: int = MIN_CHARS) -> TextConcepts:
     """Own Irrelevant marks plus every whole-word occurrence of a marked concept in any document,
@@ -146,16 +209,20 @@ def match_marked_text(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: t
                          f"and {tuple(relevant.shape)}")
     own = irrelevant.any(dim=1)
     concepts = marked_concepts(docs, irrelevant, min_chars)
-    if not concepts:
+    shapes = marked_shapes(docs, irrelevant)
+    if not concepts and not shapes:
         return TextConcepts(irrelevant.clone(), torch.zeros_like(own), concepts)
     length = irrelevant.shape[1]
     matched = np.zeros(tuple(irrelevant.shape), dtype=bool)
-    pattern = re.compile("|".join(map(re.escape, concepts)))
+    pattern = re.compile("|".join(map(re.escape, concepts))) if concepts else None
+    regexes = [_shape_regex(form) for form in shapes]
     norm = _Normalizer()
     for i, (text, tokens) in enumerate(docs):
-        hits = _find(text, tokens[:length], concepts, pattern, norm)
+        hits = _find(text, tokens[:length], concepts, pattern, norm) if concepts else set()
+        for regex in regexes:
+            hits.update(t for span in _shape_hits(text, tokens[:length], regex) for t in span)
         if hits:
             matched[i, sorted(hits)] = True
     matched_t = torch.from_numpy(matched).to(irrelevant.device)
     marks = irrelevant | (matched_t & ~relevant.to(torch.bool))
-    return TextConcepts(marks, marks.any(dim=1) & ~own, concepts)
+    return TextConcepts(marks, marks.any(dim=1) & ~own, concepts + [f"shape {form}" for form in shapes])
