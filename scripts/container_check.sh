@@ -102,6 +102,9 @@ tools() {
     command -v podman >/dev/null 2>&1 || need+=(podman)
     command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
     command -v curl >/dev/null 2>&1 || need+=(curl)
+    # netavark sets up the bridge network with iptables; without it `podman run` fails with
+    # "netavark: No such file or directory"
+    command -v iptables >/dev/null 2>&1 || need+=(iptables)
     if [ ${#need[@]} -eq 0 ]; then
         log "podman and debootstrap already installed"
     else
