@@ -4,7 +4,7 @@ Three parts, all with the project's real code:
 
 1. **Stage breakdown, in process** (one task at a time): decode + resize (data: URI -> tensor),
    forward (the model kind's ``probs``, what serving runs without evidence), attribution
-   (the kind's ``relevance``, a pass of its own), evidence (``evidence_mask`` + ``mask_regions``), RLE encode
+   (the kind's ``relevance``, a pass of its own), evidence (``evidence_regions``: mask and regions), RLE encode
    (``brush_result``), and the whole ``rendering.render_predictions``, what /predict runs (the served evidence fused
    with the forward pass). The overhead ratio
    is (attribution + evidence + RLE) / forward, all p50 of the same model in the same run.
@@ -115,7 +115,7 @@ def _context(config_path: Path, method: str):
 def image_stages(orig: int, model_side: int, method: str, device: torch.device) -> Callable[[], dict[str, float]]:
     from ml_backend.config import Settings
     from ml_backend.data.fetch import Fetcher
-    from ml_backend.explain.regions import evidence_mask, mask_regions
+    from ml_backend.explain.regions import evidence_regions
     from ml_backend.labelstudio.results import brush_result, choices_result
     from ml_backend.data.prepare import prepare_task
     from ml_backend.rendering import render_predictions
@@ -137,9 +137,8 @@ def image_stages(orig: int, model_side: int, method: str, device: torch.device) 
                                    device, "attribution")
 
         def regions():
-            mask = evidence_mask(relevance[0], s.evidence_mass, out_shape=item.image_size,
-                                 slic_image=item.image, slic_segments=s.slic_segments)
-            return mask_regions(mask, relevance[0], s.evidence_regions)
+            return evidence_regions(relevance[0], s.evidence_mass, s.evidence_regions, out_shape=item.image_size,
+                                    slic_image=item.image, slic_segments=s.slic_segments)
 
         found, t_regions = _timed(regions, device, "regions")
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ml_backend.data.prepare import PreparedTask
-from ml_backend.explain.regions import evidence_mask, mask_regions, token_spans
+from ml_backend.explain.regions import evidence_regions, token_spans
 from ml_backend.inference import infer, infer_multi_label, least_certain_decision
 from ml_backend.labelstudio.results import brush_result, choices_result, for_class, span_result
 from ml_backend.project import ProjectContext
@@ -74,9 +74,9 @@ def evidence_results(ctx: ProjectContext, item: PreparedTask, relevance: np.ndar
     if schema.object_type == "image":
         if item.frame is not None:  # the input is a crop or resize of the image: place it back
             relevance = item.frame.to_original(relevance)
-        mask = evidence_mask(relevance, settings.evidence_mass, out_shape=item.image_size,
-                             slic_image=item.image, slic_segments=settings.slic_segments)
-        regions = mask_regions(mask, relevance, settings.evidence_regions)
+        regions = evidence_regions(relevance, settings.evidence_mass, settings.evidence_regions,
+                                   out_shape=item.image_size, slic_image=item.image,
+                                   slic_segments=settings.slic_segments)
         return [brush_result(schema, region, score, f"evidence-{item.index}-{k}")
                 for k, (region, score) in enumerate(regions)]
     n_tokens = min(len(item.tokens or []), relevance.shape[0])

@@ -1,9 +1,14 @@
 import numpy as np
 import pytest
+import torch
+from scipy import ndimage as ndi
+from skimage.morphology import disk
 from skimage.segmentation import slic
 
 from ml_backend.data.text import Token, tokenize
-from ml_backend.explain.regions import evidence_mask, mask_regions, token_spans
+from ml_backend.explain import regions
+from ml_backend.explain.regions import evidence_mask, evidence_regions, mask_regions, token_spans
+from ml_backend.models.cnn import CNNKind, ImageCNN
 
 RAW = dict(sigma=0.0, morph_radius=0, min_size_frac=0.0)  # thresholding only
 
@@ -139,6 +144,115 @@ def test_region_edge_cases():
     assert mask_regions(mask, np.zeros((8, 8)), "merged")[0][1] == 0.0
     with pytest.raises(ValueError):
         mask_regions(mask, None, "polygons")
+
+
+def _old_upsample(mask, shape):
+    # the whole-grid bilinear upsampling served before
+    r0, r1, t = regions._bilinear_axis(mask.shape[0], shape[0])
+    c0, c1, u = regions._bilinear_axis(mask.shape[1], shape[1])
+    m = mask.astype(np.float32)
+    cols = m[:, c0] * (1 - u) + m[:, c1] * u
+    return cols[r0] * (1 - t)[:, None] + cols[r1] * t[:, None] > 0.5
+
+
+def _old_served_regions(rel, keep_mass, mode, out_shape):
+    """The served path before regions were cut on the working grid: ndimage's filters, the mask
+    upsampled to ``out_shape``, then regions and shares at that size."""
+    rel = regions._nonnegative(rel)
+    work = rel
+    factor = -(-max(rel.shape) // 128)
+    if factor > 1:
+        work = regions._block_mean(work, factor)
+    work = ndi.gaussian_filter(work, 1.0, mode="nearest")
+    mask = regions._top_mass(work, keep_mass)
+    footprint = disk(1).astype(bool)
+    opened = ndi.binary_dilation(ndi.binary_erosion(mask, footprint, border_value=1), footprint)
+    mask = opened if opened.any() else mask
+    mask = ndi.binary_erosion(ndi.binary_dilation(mask, footprint), footprint, border_value=1)
+    labels, _ = ndi.label(mask, np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = sizes >= max(1, int(np.ceil(0.002 * mask.size)))
+    keep[0] = False
+    return mask_regions(_old_upsample(keep[labels], out_shape), rel, mode)
+
+
+def _cnn_evidence(n_images: int, side: int = 224) -> np.ndarray:
+    """The default CNN's served evidence (64 px) for a few images with a few coloured shapes."""
+    torch.manual_seed(0)
+    kind = CNNKind(ImageCNN(n_classes=2, image_size=64))
+    kind.network.eval()
+    gen = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side]
+    images = []
+    for _ in range(n_images):
+        image = np.full((side, side, 3), gen.random(3), np.float32)
+        for _ in range(4):
+            cy, cx, r = gen.integers(20, side - 20, 2).tolist() + [int(gen.integers(8, 40))]
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = gen.random(3)
+        images.append(torch.from_numpy(image).permute(2, 0, 1))
+    x = torch.nn.functional.interpolate(torch.stack(images), size=(64, 64), mode="bilinear", antialias=True)
+    _, evidence = kind.predict_and_explain(x, "gradcam")
+    return evidence.numpy()
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+@pytest.mark.parametrize("mode", ["merged", "components"])
+def test_served_regions_match_the_old_path_on_cnn_evidence(mode):
+    for rel in _cnn_evidence(6):
+        old = _old_served_regions(rel, 0.2, mode, (224, 224))
+        new = evidence_regions(rel, 0.2, mode, out_shape=(224, 224))
+        assert new and all(mask.shape == (224, 224) and mask.dtype == bool for mask, _ in new)
+        union = np.logical_or.reduce([mask for mask, _ in new])
+        assert _iou(union, np.logical_or.reduce([mask for mask, _ in old])) >= 0.9
+        assert sum(share for _, share in new) == pytest.approx(sum(share for _, share in old), abs=0.05)
+        if mode == "merged":
+            assert np.array_equal(new[0][0], evidence_mask(rel, 0.2, out_shape=(224, 224)))
+
+
+@pytest.mark.parametrize("shape, out_shape", [((64, 64), (300, 150)), ((224, 224), (224, 224)),
+                                              ((200, 256), (480, 640)), ((64, 64), (40, 30))])
+def test_served_regions_match_the_old_path_on_blobs(shape, out_shape):
+    rel = (blob(shape, centre=(shape[0] // 4, shape[1] // 4), radius=shape[0] / 12)
+           + 0.7 * blob(shape, centre=(3 * shape[0] // 4, 2 * shape[1] // 3), radius=shape[0] / 10))
+    rel += 0.05 * np.random.default_rng(0).random(shape).astype(np.float32)
+    for mode in ("merged", "components"):
+        old = _old_served_regions(rel, 0.4, mode, out_shape)
+        new = evidence_regions(rel, 0.4, mode, out_shape=out_shape)
+        assert len(new) == len(old)
+        for (a, sa), (b, sb) in zip(new, old):
+            assert a.shape == tuple(out_shape) and _iou(a, b) >= 0.9 and sa == pytest.approx(sb, abs=0.05)
+    assert evidence_regions(np.zeros(shape), 0.4, out_shape=out_shape) == []
+
+
+def test_upsampling_the_mask_box_only_is_exact():
+    gen = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = gen.integers(1, 40, 2)
+        out_shape = tuple(gen.integers(1, 160, 2))
+        mask = np.zeros((h, w), bool)
+        y, x = gen.integers(0, h), gen.integers(0, w)
+        mask[y:y + gen.integers(1, 8), x:x + gen.integers(1, 8)] = gen.random() < 0.9
+        mask |= gen.random((h, w)) < 0.02
+        assert np.array_equal(regions._upsample_mask(mask, out_shape), _old_upsample(mask, out_shape))
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_morphology_and_smoothing_equal_ndimage(radius):
+    gen = np.random.default_rng(radius)
+    footprint = disk(radius).astype(bool)
+    offsets = regions._disk_offsets(radius)
+    for h, w in [(1, 1), (2, 5), (7, 3), (64, 64), (37, 50)]:
+        mask = gen.random((h, w)) < 0.6
+        assert np.array_equal(regions._morph(mask, offsets, erode=True),
+                              ndi.binary_erosion(mask, footprint, border_value=1))
+        assert np.array_equal(regions._morph(mask, offsets, erode=False), ndi.binary_dilation(mask, footprint))
+        values = gen.random((h, w)).astype(np.float32)
+        np.testing.assert_allclose(regions._gaussian(values, radius / 2),
+                                   ndi.gaussian_filter(values, radius / 2, mode="nearest"), atol=1e-6)
 
 
 TEXT = "The plot was absolutely terrible, but the  music was great."

@@ -30,16 +30,18 @@ METHODS = ("gradcam", "saliency", "input_x_gradient", "integrated_gradients", "d
 
 @contextmanager
 def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    # Per module: MC-dropout sampling leaves only the dropout layers in training mode.
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    # Per module: MC-dropout sampling leaves only the dropout layers in training mode. Only those
+    # are switched (a served model is in eval mode already: nothing to do on every /predict).
+    training = [m for m in model.modules() if m.training]
+    if training:
+        model.eval()
     try:
         # Callers often predict under no_grad; every method here needs gradients.
         with torch.enable_grad():
             yield model
     finally:
-        for module, training in modes:
-            module.training = training
+        for module in training:
+            module.training = True
 
 
 def _check(method: str) -> None:
@@ -157,13 +159,17 @@ def predict_with_evidence(model: nn.Module, x: Tensor, layer: Optional[nn.Module
     def keep(_m: nn.Module, _i: tuple[Tensor, ...], out: Tensor) -> Tensor:
         # a leaf of our own: its gradient exists even when the weights are frozen
         captured["a"] = out.detach().requires_grad_()
+        # the layers up to here ran without recording a graph (nothing flows back past the leaf);
+        # the rest of the forward pass records one
+        torch.set_grad_enabled(True)
         return captured["a"]
 
     handle = layer.register_forward_hook(keep) if layer is not None else None
     try:
         with _evaluating(model):
             inputs = x.detach().requires_grad_(layer is None)
-            logits = model(inputs)
+            with torch.set_grad_enabled(layer is None):
+                logits = model(inputs)
             wrt = captured["a"] if layer is not None else inputs
             explained = logits.argmax(dim=1) if target is None else target.to(logits.device).long().reshape(-1)
             (grads,) = torch.autograd.grad(logits.gather(1, explained[:, None]).sum(), wrt)

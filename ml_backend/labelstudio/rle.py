@@ -33,7 +33,7 @@ def encode(mask: np.ndarray) -> list[int]:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    return _encode_pixels((mask != 0).astype(np.uint8) * np.uint8(255))
+    return _encode_pixels(mask if mask.dtype == bool else mask != 0, on_value=255)
 
 
 def encode_values(values: np.ndarray) -> list[int]:
@@ -50,7 +50,8 @@ def encode_values(values: np.ndarray) -> list[int]:
     return _encode_pixels(values)
 
 
-def _encode_pixels(pixels: np.ndarray) -> list[int]:
+def _encode_pixels(pixels: np.ndarray, on_value: int = 1) -> list[int]:
+    """``pixels`` (uint8 values, or bool: on pixels ``on_value``) -> LS RLE."""
     flat = pixels.ravel()
     n = flat.size * 4
     if flat.size == 0:
@@ -60,7 +61,7 @@ def _encode_pixels(pixels: np.ndarray) -> list[int]:
     # Runs over pixels; repeating every pixel 4 times (RGBA) just multiplies run lengths by 4.
     starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
     lengths = np.diff(np.append(starts, flat.size)).astype(np.int64) * 4
-    codes, widths = _run_tokens(lengths, flat[starts].astype(np.uint64))
+    codes, widths = _run_tokens(lengths, flat[starts].astype(np.uint64) * np.uint64(on_value))
     header_codes = np.array([n, WORDSIZE - 1, *(s - 1 for s in RLE_SIZES)], dtype=np.uint64)
     header_widths = np.array([32, 5, 4, 4, 4, 4], dtype=np.int64)
     return _pack(np.concatenate((header_codes, codes)), np.concatenate((header_widths, widths)))
