@@ -208,7 +208,10 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         observe_versions(settings)
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
+    from ml_backend.clusters_api import clusters_blueprint
     from ml_backend.dashboard import dashboard_blueprint
+
+    app.register_blueprint(clusters_blueprint(settings, webhooks))
 
     app.register_blueprint(dashboard_blueprint(settings, webhooks))
     return app

@@ -253,6 +253,33 @@ class ProjectStore:
         number, current = version_number(self.project, version), self.current()
         return number is not None and current is not None and version_number(self.project, current) > number
 
+    # evidence clusters, per version ------------------------------------------------------
+    CLUSTER_VERSIONS_KEPT = 3
+
+    def clusters(self, version: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """A version's evidence clusters (default: the serving version's), or None."""
+        version = version or self.current()
+        if not version or not version_number(self.project, version):
+            return None
+        return _read_json(self.root / "clusters" / f"{version}.json")
+
+    def save_clusters(self, payload: dict[str, Any]) -> None:
+        """Write a version's clusters whole (readers never see half a file); keep the newest few."""
+        directory = self.root / "clusters"
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(directory / f"{payload['version']}.json", json.dumps(payload).encode())
+        kept = sorted(directory.glob("*.json"), key=lambda p: version_number(self.project, p.stem) or 0)
+        for old in kept[:-self.CLUSTER_VERSIONS_KEPT]:
+            old.unlink(missing_ok=True)
+
+    def review(self) -> Optional[dict[str, Any]]:
+        """The tasks a project manager sent to annotators (a cluster's), first in the next ranking."""
+        return _read_json(self.root / "review.json")
+
+    def save_review(self, review: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.root / "review.json", json.dumps(review).encode())
+
     def pushed(self) -> dict[str, Any]:
         return _read_json(self.root / "pushed.json") or {}
 

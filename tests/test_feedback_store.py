@@ -380,19 +380,20 @@ INSERT INTO revisions VALUES ('2', 7);
 """
 
 
-def test_a_store_made_before_schema_versions_opens_as_version_1(tmp_path):
+def test_a_store_made_before_schema_versions_opens_as_version_1_and_is_upgraded(tmp_path):
     path = tmp_path / "feedback.sqlite3"
     conn = sqlite3.connect(path)
     conn.executescript(_UNVERSIONED_SCHEMA)
     conn.close()
     with AnnotationStore(path) as store:
-        assert store.schema_version() == store_module.SCHEMA_VERSION == 1
+        assert store.schema_version() == store_module.SCHEMA_VERSION == 2  # found at 1, upgraded
+        assert store.cluster_corrections("2") == []
         assert store.get("2", 1) == ({"id": 1, "result": [], "task": 10, "updated_at": "2024-05-01T10:00:00Z"},
                                      {"data": {}, "id": 10})
         assert store.revision("2") == 7
         assert store.upsert("2", ann(5, 12), task(12)) is False  # its tombstones hold
         assert store.upsert("2", ann(2, 11), task(11)) is True and store.revision("2") == 8
-    assert raw_rows(str(path), "SELECT version FROM schema_version") == [(1,)]
+    assert raw_rows(str(path), "SELECT version FROM schema_version") == [(2,)]
 
 
 def test_a_new_store_is_created_at_the_latest_version(store, target):
@@ -408,7 +409,7 @@ def test_opening_runs_the_upgrade_steps_a_store_has_not_run(target, monkeypatch)
     monkeypatch.setattr(store_module, "_UPGRADES", (*store_module._UPGRADES, step))
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(store_module._UPGRADES))
     with AnnotationStore(target) as store, AnnotationStore(target) as again:  # the second finds nothing to do
-        assert store.schema_version() == again.schema_version() == 2
+        assert store.schema_version() == again.schema_version() == len(store_module._UPGRADES)
         assert store.get("2", 1) == (ann(1, 10), task(10))
     assert raw_rows(target, "SELECT project_id, label, n FROM labels_seen") == [("2", "Class A", 1)]
 
@@ -423,7 +424,7 @@ def test_a_store_newer_than_the_code_is_refused(target):
     else:
         with sqlite3.connect(target) as conn:
             conn.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(DatabaseError, match=r"schema version 99, newer than this release's 1: upgrade ml_backend"):
+    with pytest.raises(DatabaseError, match=r"schema version 99, newer than this release's " + str(store_module.SCHEMA_VERSION) + ": upgrade ml_backend"):
         AnnotationStore(target)
 
 
@@ -546,3 +547,20 @@ def test_an_unreachable_postgres_is_a_clear_error_after_the_wait(monkeypatch):
         AnnotationStore(f"postgresql://xil:hunter2@127.0.0.1:{port}/xil")
     assert "hunter2" not in str(caught.value)
     assert time.monotonic() - started < 20
+
+
+def test_a_cluster_correction_is_recorded_once_listed_and_undone(target):
+    with AnnotationStore(target) as store:
+        store.upsert("2", ann(1, 10), task(10))
+        before = store.revision("2")
+        assert store.add_cluster_correction("2", "v3-c1", "2-v3", [12, 10, 10, 11]) is True
+        assert store.add_cluster_correction("2", "v3-c1", "2-v3", [99]) is False  # recorded already
+        assert store.revision("2") == before + 1  # training data changed: a training is due
+        assert store.cluster_corrections("3") == []
+    with AnnotationStore(target) as store:  # durable: another process reads it
+        [correction] = store.cluster_corrections("2")
+        assert (correction["cluster"], correction["version"], correction["task_ids"]) == ("v3-c1", "2-v3", [10, 11, 12])
+        assert correction["created_at"] > 0
+        assert store.remove_cluster_correction("2", "v3-c1") is True
+        assert store.remove_cluster_correction("2", "v3-c1") is False
+        assert store.cluster_corrections("2") == [] and store.revision("2") == before + 2

@@ -77,6 +77,16 @@ _UPGRADES: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (project_id, annotation_id)
         )""",
     ),
+    (  # 2: concept-level corrections: an evidence cluster marked irrelevant as a whole
+        """CREATE TABLE IF NOT EXISTS cluster_corrections (
+            project_id TEXT NOT NULL,
+            cluster_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            task_ids TEXT NOT NULL,
+            created_us {bigint} NOT NULL,
+            PRIMARY KEY (project_id, cluster_id)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_UPGRADES)
 
@@ -328,6 +338,44 @@ class AnnotationStore:
 
         count, rows = self._read(query)
         return count, [{"annotation": a, "task": t, "reason": r, "received_at": us / 1e6} for a, t, r, us in rows]
+
+    def add_cluster_correction(self, project_id: str, cluster_id: str, version: str, task_ids: Iterable[int]) -> bool:
+        """Record an evidence cluster marked irrelevant (its tasks' evidence is a shortcut); True if
+        it was not recorded yet. A change to training data: the project's revision moves."""
+        project_id, cluster_id, version = str(project_id), _plain_text(str(cluster_id)), _plain_text(str(version))
+        ids = json.dumps(sorted({_record_id(int(i), "task") for i in task_ids}))
+        created = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+
+        def work(conn: Connection) -> bool:
+            added = conn.execute("INSERT INTO cluster_corrections VALUES (?, ?, ?, ?, ?) "
+                                 "ON CONFLICT (project_id, cluster_id) DO NOTHING RETURNING 1",
+                                 (project_id, cluster_id, version, ids, created)).fetchone() is not None
+            if added:
+                _bump(conn, project_id)
+            return added
+
+        return self._write(work)
+
+    def remove_cluster_correction(self, project_id: str, cluster_id: str) -> bool:
+        """Undo a cluster correction; True if there was one."""
+        project_id = str(project_id)
+
+        def work(conn: Connection) -> bool:
+            removed = conn.execute("DELETE FROM cluster_corrections WHERE project_id=? AND cluster_id=?",
+                                   (project_id, str(cluster_id))).rowcount > 0
+            if removed:
+                _bump(conn, project_id)
+            return removed
+
+        return self._write(work)
+
+    def cluster_corrections(self, project_id: str) -> list[dict[str, Any]]:
+        """The project's cluster corrections, oldest first: cluster id, version, task ids, time."""
+        rows = self._read(lambda conn: conn.execute(
+            "SELECT cluster_id, version, task_ids, created_us FROM cluster_corrections WHERE project_id=? "
+            "ORDER BY created_us, cluster_id", (str(project_id),)).fetchall())
+        return [{"cluster": c, "version": v, "task_ids": json.loads(t), "created_at": us / 1e6}
+                for c, v, t, us in rows]
 
     def delete(self, project_id: str, annotation_ids: Iterable[int]) -> int:
         """Delete annotations by id (remembering the ids); returns how many were stored."""

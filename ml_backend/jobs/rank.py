@@ -7,12 +7,17 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
+import torch
 
 from ml_backend.config import Settings
-from ml_backend.data.fetch import Fetcher
+from ml_backend.data.fetch import DataError, Fetcher
+from ml_backend.data.prepare import prepare_task
+from ml_backend.discovery.clusters import StrategyClustering
+from ml_backend.discovery.describe import cluster_payload, describe_inputs
+from ml_backend.discovery.evidence import EvidenceDescriber
 from ml_backend.inference import resolve_device
 from ml_backend.labelstudio.client import LabelStudioClient
 from ml_backend.project import project_context
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 LABELED_FOR_EXPLANATIONS = 200
+LABELED_FOR_CLUSTERS = 5000  # the newest labelled tasks clustered beside every unlabelled one
 
 
 def _quiet(fraction: float, message: str = "") -> None:
@@ -51,13 +57,16 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     if ACQUISITIONS.get(ctx.settings.acquisition).needs_explanations:
         pairs = open_annotation_store(settings).list(project)[-LABELED_FOR_EXPLANATIONS:]
         labeled = labeled_explanations(ctx, loaded, prepare_readable(ctx, loaded, [t for _, t in pairs], fetcher))
+    describer, labeled_ids = labeled_evidence(settings, ctx, loaded, project, fetcher)
     with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
         spool = Path(tmp) / "predictions.jsonl"
         tasks = client.iter_tasks(int(project), only_unlabeled=True, with_predictions=True)
         unreadable: dict[int, dict[str, Any]] = {}
-        ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, spool, progress, labeled, unreadable)
+        ids, values, scores = rank_tasks(ctx, loaded, tasks, fetcher, spool, progress, labeled, unreadable,
+                                         describer)
         if store.superseded(version):  # a newer version was published meanwhile: its own ranking follows
             return {"version": version, "skipped": f"superseded by {store.current()}"}
+        scores = review_first(ids, scores, store.review(), version)
         pushed, unchanged = push_predictions(client, int(project), version, ids, scores, spool, store.pushed(),
                                              store.save_pushed, progress)
     removed = drop_unreadable(client, project, unreadable, (store.ranking() or {}).get("unreadable") or {})
@@ -76,11 +85,14 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
                "unreadable": {str(task): item["reason"] for task, item in unreadable.items()}}
     if not store.save_ranking(ranking):
         return {"version": version, "skipped": f"superseded by {store.current()}"}
+    progress(0.97, "clustering the evidence")
+    clustered = save_clusters(ctx, store, version, describer, labeled_ids, ids)
     log.info("project %s: ranked %d unlabeled tasks with %s (%d pushed, %d unchanged) in %.1fs", project, len(ids),
              ctx.settings.acquisition, pushed, unchanged, ranking["seconds"])
     progress(1.0, f"ranked {len(ids)} tasks")
     return {"version": version, "ranked": len(ids), "pushed": pushed, "unchanged": unchanged,
             "unreadable": len(unreadable), "removed": removed, "acquisition": ctx.settings.acquisition,
+            "clusters": clustered,
             "top": ranking["tasks"][:5]}
 
 
@@ -98,3 +110,62 @@ def drop_unreadable(client: Any, project: str, unreadable: dict[int, dict[str, A
             client.delete_prediction(prediction_id)
             removed += 1
     return removed
+
+
+def labeled_evidence(settings: Settings, ctx: Any, loaded: Any, project: str, fetcher: Fetcher
+                     ) -> tuple[EvidenceDescriber, list[int]]:
+    """A describer holding the evidence of the newest labelled tasks (one per task), and their ids:
+    the clusters cover them beside the unlabelled tasks the ranking explains."""
+    describer = EvidenceDescriber()
+    tasks: dict[int, dict[str, Any]] = {}
+    for _, task in open_annotation_store(settings).list(project)[-LABELED_FOR_CLUSTERS:]:
+        if isinstance(task.get("id"), int):
+            tasks[task["id"]] = task
+    inputs, ids = [], []
+    for task_id, task in tasks.items():
+        try:
+            inputs.append(prepare_task(ctx.schema, loaded.model, task, fetcher).tensor)
+            ids.append(task_id)
+        except DataError:
+            continue
+    if inputs:
+        describe_inputs(loaded.model, torch.stack(inputs), ctx.settings.attribution, ctx.settings.mc_samples,
+                        describer=describer)
+    return describer, ids
+
+
+def review_first(ids: list[int], scores: np.ndarray, review: Optional[dict[str, Any]], version: str) -> np.ndarray:
+    """Label Studio's scores with the tasks a project manager sent to annotators served first
+    (lower is served first), in the order they were sent."""
+    if not review or not ids:
+        return scores
+    position = {int(t): i for i, t in enumerate(review.get("task_ids") or [])}
+    rows = [i for i, t in enumerate(ids) if t in position]
+    if not rows:
+        return scores
+    out = np.array(scores, dtype=np.float64, copy=True)
+    floor = float(out.min()) - 1.0 - len(position)
+    for i in rows:
+        out[i] = floor + position[ids[i]]
+    return out
+
+
+def save_clusters(ctx: Any, store: ProjectStore, version: str, describer: EvidenceDescriber, labeled_ids: list[int],
+                  unlabeled_ids: list[int]) -> Optional[dict[str, Any]]:
+    """Cluster the described evidence and store it with the version (a view: a failure is logged)."""
+    try:
+        descriptors = describer.result()
+        task_ids = labeled_ids + unlabeled_ids
+        if len(descriptors) != len(task_ids) or not task_ids:
+            return None
+        clusters = StrategyClustering(seed=store.number(version)).fit(descriptors)
+        payload = cluster_payload(clusters, task_ids, set(labeled_ids), ctx.schema.classes, version,
+                                  store.number(version))
+        if store.superseded(version):
+            return None
+        store.save_clusters({**payload, "computed_at": time.time(), "sources": ["labeled", "unlabeled"]})
+        return {"clusters": len(payload["clusters"]), "suspicious": sum(c["suspicious"] for c in payload["clusters"])}
+    except Exception as exc:  # noqa: BLE001 - the ranking stands without its clusters
+        log.warning("project %s: evidence clusters of %s not computed: %s: %s", ctx.key, version,
+                    type(exc).__name__, exc)
+        return None

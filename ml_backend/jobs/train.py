@@ -6,9 +6,13 @@ import logging
 import time
 from typing import Any, Callable, Optional
 
+import torch
+
 from ml_backend.config import Settings
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import marks_on_input, prepare_task
+from ml_backend.discovery.describe import apply_cluster_corrections, cluster_payload, describe_inputs
+from ml_backend.discovery.clusters import StrategyClustering
 from ml_backend.explain.counterfactual import donor_bank
 from ml_backend.feedback.parse import FeedbackError, feedback_counts, parse_annotation
 from ml_backend.feedback.store import AnnotationStore
@@ -139,6 +143,10 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     examples, skipped = load_examples(ctx, model, pairs, Fetcher(settings), progress)
     if not examples:
         return {"version": None, "skipped": "no usable annotations", "annotations": len(pairs), **skipped}
+    corrections = annotations.cluster_corrections(project)
+    cluster_marked = apply_cluster_corrections(
+        examples, corrections, model, ctx.settings.attribution, ctx.settings.evidence_mass,
+        ctx.settings.mc_samples) if corrections else 0
     train, held = split_holdout(examples, ctx.settings.holdout)
     fitted = fit_examples(model, train, ctx.settings, seed=revision, device=resolve_device(settings.device),
                           progress=lambda f, m: progress(0.3 + 0.6 * f, m))
@@ -156,6 +164,7 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
         "final_loss": report.history[-1] if report.history else None, "parent": parent,
         "concept_examples": None, **model.version_notes(fitted.data.x, [e.task_id for e in train]),
         "annotations": len(pairs), "trained": {"job": job_id, "started_at": started_at, "ended_at": time.time()},
+        "cluster_corrections": {"clusters": [c["cluster"] for c in corrections], "tasks_marked": cluster_marked},
     }
     donors = None
     if model.modality == IMAGE and len(fitted.data.x):
@@ -164,5 +173,30 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     version = store.publish(model.to(resolve_device("cpu")), ctx.schema.classes, meta, donors=donors)
     log.info("project %s: published %s (%d examples, metrics %s) in %.1fs", project, version, len(examples),
              metrics, time.perf_counter() - started)
+    progress(0.96, "clustering the evidence of the labelled tasks")
+    publish_clusters(ctx, store, model, version, examples)
     progress(1.0, f"published {version}")
     return {"version": version, "metrics": metrics, "examples": len(examples), "feedback": counts}
+
+
+def publish_clusters(ctx: ProjectContext, store: ProjectStore, model: ModelKind, version: str,
+                     examples: list[Example]) -> Optional[dict[str, Any]]:
+    """The new version's evidence clusters over the labelled tasks (the ranking job adds the
+    unlabelled ones), stored with the version. A failure here is logged and never costs the
+    version: what the model looks at is a view on it."""
+    try:
+        first = {}
+        for e in examples:
+            first.setdefault(e.task_id, e)
+        task_ids = list(first)
+        x = torch.stack([first[t].x for t in task_ids])
+        descriptors = describe_inputs(model, x, ctx.settings.attribution, ctx.settings.mc_samples).result()
+        clusters = StrategyClustering(seed=store.number(version)).fit(descriptors)
+        payload = cluster_payload(clusters, task_ids, set(task_ids), ctx.schema.classes, version,
+                                  store.number(version))
+        store.save_clusters({**payload, "computed_at": time.time(), "sources": ["labeled"]})
+        return payload
+    except Exception as exc:  # noqa: BLE001 - the version stands without its clusters
+        log.warning("project %s: evidence clusters of %s not computed: %s: %s", ctx.key, version,
+                    type(exc).__name__, exc)
+        return None

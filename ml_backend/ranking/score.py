@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import PreparedTask, prepare_task
+from ml_backend.discovery.evidence import EvidenceDescriber
 from ml_backend.project import ProjectContext
 from ml_backend.ranking.acquisition import ACQUISITIONS, ls_scores, rank
 from ml_backend.rendering import render_predictions
@@ -58,8 +59,8 @@ def _batches(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[s
 class Scorer:
     """Scores batches of prepared tasks with one model version and one acquisition function."""
 
-    def __init__(self, ctx: ProjectContext, loaded: LoadedModel) -> None:
-        self.ctx, self.loaded = ctx, loaded
+    def __init__(self, ctx: ProjectContext, loaded: LoadedModel, describer: Optional[EvidenceDescriber] = None) -> None:
+        self.ctx, self.loaded, self.describer = ctx, loaded, describer
         seed = zlib.crc32(f"{ctx.key}:{loaded.version}".encode())
         self.acquisition = ACQUISITIONS.get(ctx.settings.acquisition).from_settings(ctx.settings, seed)
         self.probs: list[np.ndarray] = []
@@ -69,8 +70,15 @@ class Scorer:
     def add(self, prepared: list[PreparedTask]) -> list[dict[str, Any]]:
         """Render predictions for a batch and keep what the acquisition function needs."""
         need_expl = self.acquisition.needs_explanations
-        rendered = render_predictions(self.ctx, self.loaded, prepared, with_relevance=need_expl)
+        rendered = render_predictions(self.ctx, self.loaded, prepared,
+                                      with_relevance=need_expl or self.describer is not None)
         self.probs.append(rendered.probs.numpy())
+        if self.describer is not None and rendered.relevance is not None:
+            model = self.loaded.model
+            with torch.no_grad():
+                features = model.region_features(torch.stack([p.tensor for p in prepared]).to(model.device()))
+            self.describer.add(torch.as_tensor(rendered.relevance), None if features is None else features.cpu(),
+                               rendered.probs.argmax(dim=1).numpy())
         if self.acquisition.needs_mc:
             model = self.loaded.model
             x = torch.stack([p.tensor for p in prepared]).to(model.device())
@@ -137,13 +145,15 @@ def existing_predictions(task: dict[str, Any], version: str) -> list[int]:
 
 def rank_tasks(ctx: ProjectContext, loaded: LoadedModel, tasks: Iterator[dict[str, Any]], fetcher: Fetcher,
                spool: Path, progress: Progress = _quiet, labeled: Optional[np.ndarray] = None,
-               unreadable: Optional[dict[int, dict[str, Any]]] = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+               unreadable: Optional[dict[int, dict[str, Any]]] = None,
+               describer: Optional[EvidenceDescriber] = None) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(task ids, acquisition values, Label Studio scores) for the tasks; predictions spooled to disk.
 
     A task whose data cannot be read is not ranked: it gets no prediction, so it never sorts as
     the most informative. ``unreadable`` (when given) receives each such task's id -> {"reason",
-    "existing": ids of its predictions of this version}, for the caller to log and remove."""
-    scorer = Scorer(ctx, loaded)
+    "existing": ids of its predictions of this version}, for the caller to log and remove.
+    ``describer`` (when given) receives each scored task's evidence, for the evidence clusters."""
+    scorer = Scorer(ctx, loaded, describer)
     ids: list[int] = []
     unreadable = {} if unreadable is None else unreadable
     with spool.open("w") as out:

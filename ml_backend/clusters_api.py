@@ -1,0 +1,127 @@
+"""/clusters: what the model looks at, per project (``discovery``), and the project manager's
+one-click corrections: mark a cluster's evidence irrelevant (durable, listed, undoable; the next
+training generalises it as it would an annotator's marks), or send its tasks to annotators."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from ml_backend.config import Settings
+from ml_backend.errors import ApiError
+from ml_backend.project import ProjectIdError, project_key
+from ml_backend.store import ProjectStore, StoreError, version_number
+from ml_backend.webhook_lane import parse_json_object
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ID = re.compile(r"v(\d{1,9})-c(\d{1,6})")
+
+
+def _project(value: Any) -> str:
+    if value is None:
+        raise ApiError(400, "send the project: ?project=N (GET) or {\"project\": N} (POST, DELETE)")
+    try:
+        return project_key(value)
+    except ProjectIdError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def current_clusters(settings: Settings, project: str) -> tuple[ProjectStore, dict[str, Any]]:
+    """The serving version's clusters; 404 when the project has no version or none yet."""
+    try:
+        store = ProjectStore(settings.model_dir, project)
+        version = store.current()
+    except StoreError as exc:
+        raise ApiError(400, str(exc)) from None
+    if not version:
+        raise ApiError(404, f"project {project} has no model version yet: clusters come with the first training")
+    payload = store.clusters(version)
+    if payload is None:
+        raise ApiError(404, f"no evidence clusters for {version} yet: they are computed after each training")
+    return store, payload
+
+
+def find_cluster(settings: Settings, project: str, cluster_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the version's clusters, the cluster) for an id of the serving version's clusters."""
+    match = CLUSTER_ID.fullmatch(cluster_id)
+    if not match:
+        raise ApiError(404, f"no cluster {cluster_id[:40]!r}: cluster ids look like 'v3-c1' (GET /clusters)")
+    store, payload = current_clusters(settings, project)
+    serving = version_number(project, payload["version"])
+    if int(match.group(1)) != serving:
+        raise ApiError(409, f"cluster {cluster_id} belongs to version {match.group(1)}; project {project} serves "
+                            f"{payload['version']} now: GET /clusters?project={project} for its clusters")
+    cluster = next((c for c in payload["clusters"] if c["id"] == cluster_id), None)
+    if cluster is None:
+        raise ApiError(404, f"{payload['version']} has no cluster {cluster_id}")
+    return payload, cluster
+
+
+def clusters_blueprint(settings: Settings, webhooks: Any) -> Blueprint:
+    """Routes over the project store (clusters), the annotation store (corrections) and the queue."""
+    bp = Blueprint("clusters", __name__)
+
+    def corrections(project: str) -> list[dict[str, Any]]:
+        return [{k: v for k, v in c.items() if k != "task_ids"} | {"tasks": len(c["task_ids"])}
+                for c in webhooks.store.cluster_corrections(project)]
+
+    @bp.get("/clusters")
+    def list_clusters():
+        project = _project(request.args.get("project"))
+        _, payload = current_clusters(settings, project)
+        marked = {c["cluster"] for c in webhooks.store.cluster_corrections(project)}
+        with_tasks = request.args.get("tasks", "1") not in ("0", "false")
+        clusters = [{**c, "marked_irrelevant": c["id"] in marked} if with_tasks else
+                    {k: v for k, v in c.items() if k not in ("task_ids", "labeled_task_ids")}
+                    | {"marked_irrelevant": c["id"] in marked} for c in payload["clusters"]]
+        return jsonify(project=project, version=payload["version"], computed_at=payload.get("computed_at"),
+                       tasks=payload.get("tasks"), labeled=payload.get("labeled"), sources=payload.get("sources"),
+                       corrections=corrections(project), clusters=clusters)
+
+    def body_project() -> str:
+        body = parse_json_object(request.get_data(cache=True)) if request.get_data(cache=True) else {}
+        return _project(body.get("project", request.args.get("project")))
+
+    @bp.post("/clusters/<cluster_id>/irrelevant")
+    def mark_irrelevant(cluster_id: str):
+        project = body_project()
+        payload, cluster = find_cluster(settings, project, cluster_id)
+        added = webhooks.store.add_cluster_correction(project, cluster_id, payload["version"], cluster["task_ids"])
+        answer: dict[str, Any] = {"project": project, "cluster": cluster_id, "version": payload["version"],
+                                  "recorded": added, "corrections": corrections(project)}
+        if added:
+            log.info("project %s: cluster %s of %s marked irrelevant (%d tasks, %d labelled)", project, cluster_id,
+                     payload["version"], cluster["size"], len(cluster["labeled_task_ids"]))
+            answer["train_job"] = webhooks.queue.enqueue_train(project, reason="cluster_correction")["id"]
+        return jsonify(answer), 201 if added else 200
+
+    @bp.delete("/clusters/<cluster_id>/irrelevant")
+    def undo_irrelevant(cluster_id: str):
+        project = body_project()
+        if not webhooks.store.remove_cluster_correction(project, cluster_id):
+            raise ApiError(404, f"project {project} has no correction of cluster {cluster_id[:40]!r}")
+        log.info("project %s: correction of cluster %s undone", project, cluster_id)
+        job = webhooks.queue.enqueue_train(project, reason="cluster_correction")
+        return jsonify(project=project, cluster=cluster_id, removed=True, train_job=job["id"],
+                       corrections=corrections(project))
+
+    @bp.post("/clusters/<cluster_id>/review")
+    def send_to_annotators(cluster_id: str):
+        project = body_project()
+        payload, cluster = find_cluster(settings, project, cluster_id)
+        if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
+            raise ApiError(409, "sending tasks to annotators needs Label Studio: set LABEL_STUDIO_URL and "
+                                "LABEL_STUDIO_API_KEY")
+        unlabeled = [t for t in cluster["task_ids"] if t not in set(cluster["labeled_task_ids"])]
+        store = ProjectStore(settings.model_dir, project)
+        store.save_review({"cluster": cluster_id, "version": payload["version"], "task_ids": unlabeled,
+                           "requested_at": time.time()})
+        job = webhooks.queue.enqueue_rank(project)
+        log.info("project %s: cluster %s sent to annotators (%d unlabelled tasks)", project, cluster_id, len(unlabeled))
+        return jsonify(project=project, cluster=cluster_id, tasks=len(unlabeled), rank_job=job["id"]), 202
+
+    return bp

@@ -1,0 +1,101 @@
+"""Run one model version over inputs to describe its evidence (``evidence.EvidenceDescriber``),
+and turn a task's served evidence into an Irrelevant mark (a cluster correction). Tensors in,
+NumPy out; the jobs read and write."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ml_backend.discovery.evidence import EvidenceDescriber
+from ml_backend.explain.regions import evidence_mask, token_evidence
+from ml_backend.models.base import ModelKind
+
+BATCH = 64
+
+
+def describe_inputs(model: ModelKind, x: torch.Tensor, method: str, mc_samples: int = 10, batch: int = BATCH,
+                    describer: Optional[EvidenceDescriber] = None) -> EvidenceDescriber:
+    """Add model inputs ``x``'s served evidence to ``describer`` (a new one by default); returns it."""
+    describer = describer if describer is not None else EvidenceDescriber()
+    device = model.device()
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch].to(device)
+        probs, relevance = model.predict_and_explain(chunk, method, mc_samples)
+        with torch.no_grad():
+            features = model.region_features(chunk)
+        describer.add(torch.as_tensor(relevance).detach().cpu(), None if features is None else features.cpu(),
+                      probs.detach().cpu().argmax(dim=1).numpy())
+    return describer
+
+
+def relevance_of(model: ModelKind, x: torch.Tensor, method: str, mc_samples: int = 10, batch: int = BATCH
+                 ) -> np.ndarray:
+    """The served relevance of each input, (N, H, W) or (N, L)."""
+    out = []
+    for start in range(0, len(x), batch):
+        _, relevance = model.predict_and_explain(x[start:start + batch].to(model.device()), method, mc_samples)
+        out.append(torch.as_tensor(relevance).detach().cpu().float().numpy())
+    return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
+
+
+def evidence_marks(model: ModelKind, x: torch.Tensor, method: str, keep_mass: float, mc_samples: int = 10,
+                   batch: int = BATCH) -> np.ndarray:
+    """Each input's served evidence as a boolean mark at the model's input size: (N, H, W) for
+    images (the brush mask /predict draws), (N, L) for texts (its tokens holding ``keep_mass``)."""
+    relevance = relevance_of(model, x, method, mc_samples, batch)
+    if relevance.ndim != 3:
+        return np.stack([token_evidence(r, keep_mass) for r in relevance]) if len(relevance) else relevance.astype(bool)
+    marks = np.stack([evidence_mask(r, keep_mass) for r in relevance])
+    return marks
+
+
+def apply_cluster_corrections(examples: list, corrections: list[dict], model: ModelKind, method: str,
+                              keep_mass: float, mc_samples: int = 10) -> int:
+    """Mark the served evidence of every labelled task of a cluster marked irrelevant as
+    Irrelevant on its example, as an annotator's brush would (added to the task's own marks,
+    never over its Relevant ones); generalisation then carries it as it carries theirs. Returns
+    how many examples got marks."""
+    marked: dict[int, np.ndarray] = {}
+    for correction in corrections:
+        members = {int(t) for t in correction.get("task_ids", [])}
+        rows = [i for i, e in enumerate(examples) if e.task_id in members]
+        if rows:
+            marks = evidence_marks(model, torch.stack([examples[i].x for i in rows]), method, keep_mass, mc_samples)
+            for i, mark in zip(rows, marks):
+                marked[i] = marked[i] | mark if i in marked else mark
+    changed = 0
+    for i, mark in marked.items():
+        fb = examples[i].feedback
+        if fb.relevant is not None:
+            mark = mark & ~np.asarray(fb.relevant, dtype=bool)
+        if not mark.any():
+            continue
+        if fb.irrelevant is not None:
+            mark = mark | np.asarray(fb.irrelevant, dtype=bool)
+        kind = "irrelevant+relevant" if fb.relevant is not None and np.any(fb.relevant) else "irrelevant"
+        examples[i] = replace(examples[i], feedback=replace(fb, irrelevant=mark, kind=kind))
+        changed += 1
+    return changed
+
+
+def cluster_payload(clusters: list, task_ids: list[int], labeled: set[int], classes: tuple[str, ...],
+                    version: str, number: int) -> dict:
+    """The stored and served form of a version's clusters: JSON with task ids, not row indices."""
+    total = len(task_ids)
+    out = []
+    for i, c in enumerate(clusters):
+        ids = [int(task_ids[r]) for r in c.rows]
+        out.append({
+            "id": f"v{number}-c{i + 1}", "size": len(ids), "share": round(len(ids) / max(total, 1), 4),
+            "classes": {classes[k] if k < len(classes) else str(k): n for k, n in
+                        sorted(c.classes.items(), key=lambda kv: -kv[1])},
+            "shortcut_score": float(c.repetition), "suspicious": bool(c.suspicious),
+            "isolation": round(float(c.isolation), 4),
+            "task_ids": ids, "labeled_task_ids": [t for t in ids if t in labeled],
+            "representative_task_ids": [int(task_ids[r]) for r in c.representatives],
+            "mean_map": [round(float(v), 5) for v in np.ravel(c.mean_map)],
+        })
+    return {"version": version, "tasks": total, "labeled": len(labeled), "clusters": out}

@@ -1,0 +1,107 @@
+"""/clusters over HTTP, embedded defaults: what the model looks at after each training, and the
+project manager's corrections (durable, listed, undone, generalised by the next training)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import requests
+
+from ml_backend.app import create_app
+from ml_backend.config import ProjectSettings, Settings
+from ml_backend.jobs import make_queue
+from ml_backend.store import ProjectStore
+from tests.support.data import confounded_images
+from tests.support.live import LiveServer, annotation_webhook, choice, ls_task, png_data_uri, setup_body
+
+SECRET = {"X-Webhook-Secret": "hook-secret-123"}
+N = 24
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(model_dir=tmp_path / "models", webhook_secret="hook-secret-123",
+                    project=ProjectSettings(epochs=3, image_size=24, holdout=0.0))
+
+
+@pytest.fixture
+def trained(settings, image_config):
+    """A served project whose version read N labelled images (the class-1 corner decoy in them)."""
+    with LiveServer(create_app(settings)) as server:
+        requests.post(server.url + "/setup", json=setup_body(image_config))
+        x, y, _ = confounded_images(N, seed=3)
+        for i in range(N):
+            pixels = (x[i, 0].numpy() * 255).astype(np.uint8)
+            task = ls_task(i + 1, {"image": png_data_uri(pixels)})
+            body = annotation_webhook("ANNOTATION_CREATED", 100 + i, task, [choice(("Class A", "Class B")[int(y[i])])],
+                                      image_config)
+            assert requests.post(server.url + "/webhook", json=body, headers=SECRET).status_code == 200
+        assert make_queue(settings).wait_idle(180)
+        yield server
+
+
+def clusters(server, project="2", **params):
+    return requests.get(server.url + "/clusters", params={"project": project, **params})
+
+
+def test_a_training_publishes_the_clusters_of_its_labelled_tasks(trained, settings):
+    answer = clusters(trained)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    version = ProjectStore(settings.model_dir, "2").current()
+    assert body["version"] == version and body["sources"] == ["labeled"] and body["labeled"] == N
+    found = body["clusters"]
+    assert found and sorted(t for c in found for t in c["task_ids"]) == list(range(1, N + 1))  # each task once
+    number = version.rsplit("-v", 1)[1]
+    for c in found:
+        assert c["id"].startswith(f"v{number}-c") and c["size"] == len(c["task_ids"]) == len(c["labeled_task_ids"])
+        assert set(c["classes"]) <= {"Class A", "Class B"} and sum(c["classes"].values()) == c["size"]
+        assert 0 < c["share"] <= 1 and set(c["representative_task_ids"]) <= set(c["task_ids"])
+        assert len(c["mean_map"]) == 256 and abs(sum(c["mean_map"]) - 1) < 0.01 and c["marked_irrelevant"] is False
+    scores = [(not c["suspicious"], -c["shortcut_score"]) for c in found]
+    assert scores == sorted(scores)  # most suspicious first
+    lean = clusters(trained, tasks="0").json()["clusters"][0]
+    assert "task_ids" not in lean and "representative_task_ids" in lean
+
+
+def test_bad_requests_get_clear_4xx(trained, settings):
+    assert clusters(trained, project=None).status_code == 400  # no project
+    missing = requests.get(trained.url + "/clusters")
+    assert missing.status_code == 400 and "project" in missing.json()["error"]
+    none_yet = clusters(trained, project="7")
+    assert none_yet.status_code == 404 and "no model version" in none_yet.json()["error"]
+    for cluster_id in ("garbage", "v1-c999", "v1-c1%00"):
+        answer = requests.post(f"{trained.url}/clusters/{cluster_id}/irrelevant", json={"project": 2})
+        assert answer.status_code == 404 and answer.json()["error"]
+    bad_body = requests.post(f"{trained.url}/clusters/v1-c1/irrelevant", data="{not json",
+                             headers={"Content-Type": "application/json"})
+    assert bad_body.status_code == 400
+    assert requests.delete(f"{trained.url}/clusters/v1-c1/irrelevant", json={"project": 2}).status_code == 404
+    review = requests.post(f"{trained.url}/clusters/v1-c1/review", json={"project": 2})
+    assert review.status_code == 409 and "LABEL_STUDIO_URL" in review.json()["error"]  # no Label Studio here
+
+
+def test_mark_irrelevant_is_recorded_once_listed_trained_on_and_undone(trained, settings):
+    before = clusters(trained).json()
+    target = before["clusters"][0]
+    mark = requests.post(f"{trained.url}/clusters/{target['id']}/irrelevant", json={"project": 2})
+    assert mark.status_code == 201, mark.text
+    assert mark.json()["recorded"] is True and mark.json()["train_job"]
+    again = requests.post(f"{trained.url}/clusters/{target['id']}/irrelevant", json={"project": 2})
+    assert again.status_code == 200 and again.json()["recorded"] is False
+    listed = clusters(trained).json()
+    assert [c["cluster"] for c in listed["corrections"]] == [target["id"]]
+    assert listed["corrections"][0]["tasks"] == target["size"]
+    assert [c["id"] for c in listed["clusters"] if c["marked_irrelevant"]] == [target["id"]] or \
+        listed["version"] != before["version"]  # the training it queued may have published already
+    assert make_queue(settings).wait_idle(180)
+    store = ProjectStore(settings.model_dir, "2")
+    after = store.current()
+    assert after != before["version"]
+    applied = store.meta(after)["cluster_corrections"]
+    assert applied["clusters"] == [target["id"]] and applied["tasks_marked"] >= 1
+    stale = requests.post(f"{trained.url}/clusters/{target['id']}/irrelevant", json={"project": 2})
+    assert stale.status_code == 409 and after in stale.json()["error"]
+    undo = requests.delete(f"{trained.url}/clusters/{target['id']}/irrelevant", json={"project": 2})
+    assert undo.status_code == 200 and undo.json()["removed"] is True and undo.json()["corrections"] == []
+    assert make_queue(settings).wait_idle(180)
+    assert store.meta(store.current())["cluster_corrections"] == {"clusters": [], "tasks_marked": 0}

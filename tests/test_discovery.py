@@ -1,0 +1,116 @@
+"""Evidence clusters (``ml_backend.discovery``): descriptors, clustering, the shortcut ranking."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ml_backend.discovery import Descriptors, EvidenceDescriber, StrategyClustering
+from ml_backend.discovery.evidence import CONTENT_DIMS, FIT_ROWS, PLACE_CELLS
+
+
+def synthetic(n_per_class: int, shortcut_classes: tuple[int, ...], seed: int = 0, classes: int = 6) -> Descriptors:
+    """Tasks whose evidence content varies a lot (an object's) except in ``shortcut_classes``,
+    where every task's evidence lies on the same content (a swatch), each class its own shade."""
+    rng = np.random.default_rng(seed)
+    place, content, predicted = [], [], []
+    swatch = rng.standard_normal(CONTENT_DIMS)
+    for cls in range(classes):
+        centre = rng.standard_normal(CONTENT_DIMS)
+        for _ in range(n_per_class):
+            if cls in shortcut_classes:
+                c = swatch + 0.15 * rng.standard_normal(CONTENT_DIMS) + 0.1 * cls
+                p = np.zeros(PLACE_CELLS ** 2)
+                p[0] = 1.0
+                p += 0.05 * rng.random(PLACE_CELLS ** 2)
+            else:
+                c = centre + 1.5 * rng.standard_normal(CONTENT_DIMS)
+                p = rng.random(PLACE_CELLS ** 2)
+            place.append(np.sqrt(p / p.sum()))
+            content.append(c / np.linalg.norm(c))
+            predicted.append(cls)
+    n = len(predicted)
+    return Descriptors(np.array(place, np.float32), np.array(content, np.float32), np.zeros((n, 4), np.float16),
+                       np.array(predicted))
+
+
+def test_repeated_evidence_of_two_classes_is_one_suspicious_cluster_ranked_first():
+    d = synthetic(120, shortcut_classes=(1, 4))
+    clusters = StrategyClustering().fit(d)
+    top = clusters[0]
+    assert top.suspicious and set(top.classes) == {1, 4}
+    assert len(top.rows) == 240 and set(d.predicted[top.rows]) == {1, 4}
+    assert not any(c.suspicious for c in clusters[1:])
+    assert sorted(np.concatenate([c.rows for c in clusters]).tolist()) == list(range(len(d)))  # a partition
+    assert top.repetition > max(c.repetition for c in clusters[1:])
+    assert len(top.representatives) == 12 and set(top.representatives) <= set(top.rows)
+
+
+def test_evidence_that_varies_everywhere_makes_no_suspicious_cluster():
+    clusters = StrategyClustering().fit(synthetic(120, shortcut_classes=()))
+    assert clusters and not any(c.suspicious for c in clusters)
+
+
+def test_the_cost_is_bounded_by_the_landmarks_for_many_tasks():
+    d = synthetic(8000, shortcut_classes=(2,))  # 48,000 tasks
+    clusters = StrategyClustering(landmarks=300).fit(d)
+    assert sum(len(c.rows) for c in clusters) == len(d)
+    assert clusters[0].suspicious and set(clusters[0].classes) == {2}
+
+
+def test_the_describer_streams_batches_and_projects_wide_features():
+    rng = torch.Generator().manual_seed(0)
+    describer = EvidenceDescriber()
+    total = 0
+    for size in (100, 300, 250, 7):  # the statistics are fitted once FIT_ROWS tasks arrived
+        relevance = torch.rand(size, 32, 32, generator=rng)
+        features = torch.randn(size, 2048, 4, 4, generator=rng)
+        describer.add(relevance, features, np.arange(size) % 3)
+        total += size
+    d = describer.result()
+    assert total > FIT_ROWS and len(d) == total == len(describer)
+    assert d.content.shape == (total, CONTENT_DIMS) and np.allclose(np.linalg.norm(d.content, axis=1), 1, atol=1e-4)
+    assert d.place.shape == (total, PLACE_CELLS ** 2) and np.allclose((d.place ** 2).sum(axis=1), 1, atol=1e-4)
+    assert d.maps.shape == (total, 256) and d.predicted.tolist()[:5] == [0, 1, 2, 0, 1]
+
+
+def test_texts_are_described_per_token_and_kinds_without_features_by_place_alone():
+    describer = EvidenceDescriber()
+    relevance = torch.zeros(5, 40)
+    relevance[:, 3] = 1.0  # evidence on token 3 in every document
+    describer.add(relevance, torch.randn(5, 40, 16), np.zeros(5))
+    d = describer.result()
+    assert d.content.shape == (5, 16) and d.place.shape == (5, 16)
+    bare = EvidenceDescriber()
+    bare.add(torch.rand(4, 8, 8), None, np.zeros(4))
+    assert bare.result().content.shape == (4, 0)
+    with pytest.raises(ValueError, match="region features are missing"):
+        describer.add(relevance, None, np.zeros(5))
+
+
+def test_on_digits_the_top_suspicious_cluster_is_the_decoy_and_clean_evidence_is_not_suspicious():
+    """The suite's four-corner decoy: the CNN trained without feedback reads two classes off the
+    corners. With no correction at all, the top suspicious cluster is those tasks; the same
+    model family on the digits with one random corner (no gap) shows no suspicious cluster."""
+    from benchmarks.xil.data import PROBLEMS
+    from benchmarks.xil.discovery import _clusters, _truth
+    from benchmarks.xil.loop import Backend, prepare_problem, train_base
+    from benchmarks.xil.suite import METHODS, settings_for
+
+    torch.set_num_threads(1)
+    found = {}
+    for problem in ("decoy_digits_4", "decoy_digits"):
+        data = PROBLEMS[problem](0)
+        settings = settings_for(data.image_size, METHODS["default"])
+        backend = Backend(prepare_problem(data, settings), settings, torch.device("cpu"))
+        model, _ = train_base(backend, clean=False, epochs=20, seed=0)
+        clusters, _, _ = _clusters(model, backend, 0)
+        found[problem] = (clusters, _truth(model, backend))
+    clusters, truth = found["decoy_digits_4"]
+    assert truth.sum() >= 100  # the shortcut is there to find
+    top = clusters[0]
+    assert top.suspicious
+    hits = truth[top.rows].sum()
+    assert hits / len(top.rows) >= 0.85 and hits / truth.sum() >= 0.6
+    clusters, truth = found["decoy_digits"]
+    assert truth.sum() < 60 and not any(c.suspicious for c in clusters)
