@@ -87,8 +87,8 @@ def run(problem: str, seed: int, epochs: int, finetune_epochs: int, log=print) -
         model = copy.deepcopy(base)
         examples = list(backend.data.label_only)
         ids = [int(examples[i].task_id) for i in top.rows]
-        rec["marked_tasks"] = apply_cluster_corrections(examples, [{"task_ids": ids}], model, settings.attribution,
-                                                        settings.evidence_mass)
+        rec["marked_tasks"] = apply_cluster_corrections(examples, [{"task_ids": ids}], lambda _: model,
+                                                        settings.attribution, settings.evidence_mass)
         torch.manual_seed(10_000 + seed)
         backend.train(model, examples, finetune_epochs, seed=seed * 100)
         rec["corrected"] = backend.evaluate(model)["accuracy"]

@@ -4,7 +4,7 @@ NumPy out; the jobs read and write."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -52,17 +52,20 @@ def evidence_marks(model: ModelKind, x: torch.Tensor, method: str, keep_mass: fl
     return marks
 
 
-def apply_cluster_corrections(examples: list, corrections: list[dict], model: ModelKind, method: str,
-                              keep_mass: float, mc_samples: int = 10) -> int:
-    """Mark the served evidence of every labelled task of a cluster marked irrelevant as
-    Irrelevant on its example, as an annotator's brush would (added to the task's own marks,
-    never over its Relevant ones); generalisation then carries it as it carries theirs. Returns
-    how many examples got marks."""
+def apply_cluster_corrections(examples: list, corrections: list[dict], model_of: Callable[[str], ModelKind],
+                              method: str, keep_mass: float, mc_samples: int = 10) -> int:
+    """Mark the evidence that the version a cluster came from served on every labelled task of a
+    cluster marked irrelevant, Irrelevant on its example, as an annotator's brush would (added to
+    the task's own marks, never over its Relevant ones); generalisation then carries it as it
+    carries theirs. ``model_of(version)`` gives that version's model (a later one's evidence has
+    moved: corrections add up as the model turns from one shortcut to the next). Returns how many
+    examples got marks."""
     marked: dict[int, np.ndarray] = {}
     for correction in corrections:
         members = {int(t) for t in correction.get("task_ids", [])}
         rows = [i for i, e in enumerate(examples) if e.task_id in members]
         if rows:
+            model = model_of(str(correction.get("version")))
             marks = evidence_marks(model, torch.stack([examples[i].x for i in rows]), method, keep_mass, mc_samples)
             for i, mark in zip(rows, marks):
                 marked[i] = marked[i] | mark if i in marked else mark

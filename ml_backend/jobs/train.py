@@ -145,8 +145,8 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
         return {"version": None, "skipped": "no usable annotations", "annotations": len(pairs), **skipped}
     corrections = annotations.cluster_corrections(project)
     cluster_marked = apply_cluster_corrections(
-        examples, corrections, model, ctx.settings.attribution, ctx.settings.evidence_mass,
-        ctx.settings.mc_samples) if corrections else 0
+        examples, corrections, correction_models(store, model, parent), ctx.settings.attribution,
+        ctx.settings.evidence_mass, ctx.settings.mc_samples) if corrections else 0
     train, held = split_holdout(examples, ctx.settings.holdout)
     fitted = fit_examples(model, train, ctx.settings, seed=revision, device=resolve_device(settings.device),
                           progress=lambda f, m: progress(0.3 + 0.6 * f, m))
@@ -177,6 +177,27 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     publish_clusters(ctx, store, model, version, examples)
     progress(1.0, f"published {version}")
     return {"version": version, "metrics": metrics, "examples": len(examples), "feedback": counts}
+
+
+def correction_models(store: ProjectStore, starting: ModelKind, parent: Optional[str]) -> Callable[[str], ModelKind]:
+    """Version name -> its model (loaded once), for the evidence a cluster correction marks; the
+    starting model for a version that is gone."""
+    loaded: dict[str, ModelKind] = {}
+
+    def model_of(version: str) -> ModelKind:
+        if version in loaded:
+            return loaded[version]
+        try:
+            model = store.load(version, donors=False).model
+            model.network.eval()
+            loaded[version] = model
+        except StoreError:
+            log.info("project %s: version %s of a cluster correction is gone; marking what %s shows", store.project,
+                     version, parent)
+            loaded[version] = starting
+        return loaded[version]
+
+    return model_of
 
 
 def publish_clusters(ctx: ProjectContext, store: ProjectStore, model: ModelKind, version: str,

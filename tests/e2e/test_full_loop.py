@@ -11,7 +11,8 @@ header on Label Studio's webhook itself. Then, per config, in one project:
  5. training triggered from Label Studio (Start Training, or min_annotations_to_start_training);
  6. the ranking job's predictions, model_version, uncertainty sampling and /next order;
  7. annotation update and delete, followed by the store;
- 8. new tasks ranked by the same version: its predictions are updated, not duplicated;
+ 8. new tasks ranked by the same version: its predictions are updated, not duplicated; the version's
+    evidence clusters (GET /clusters), one sent to annotators, whose first task /next then serves;
  9. the last tasks accepted in bulk (predictions -> annotations): nothing left to rank, and no failed job.
 
 Every step is timed with the harness's StepTimer (printed as it goes and summed up at the end).
@@ -542,6 +543,38 @@ def run_full_loop(ls: LabelStudio, backend: Backend, kind: str) -> None:
         preds = predictions_by_task(ls, pid, version)  # fails on a second prediction of the version for a task
         assert [preds[t["task"]]["score"] for t in ranking["tasks"]] == pytest.approx(
             [t["score"] for t in ranking["tasks"]])
+
+    # 8b. what the model looks at: the ranking's clusters; one sent to annotators heads Label Studio's queue ----
+    with step(f"{kind}: GET /clusters -> send a cluster to annotators -> /next"):
+        clusters = backend.get("/clusters", project=pid)
+        assert clusters["version"] == version and clusters["sources"] == ["labeled", "unlabeled"], clusters
+        listed = sorted(t for c in clusters["clusters"] for t in c["task_ids"])
+        assert set(open_tasks) <= set(listed) and len(listed) == len(set(listed))  # each task in one cluster
+        head = ranking["tasks"][0]["task"]
+        locked = served  # step 6's second /next, not annotated
+        chosen = next((c for c in clusters["clusters"]
+                       if any(t in open_tasks and t not in (head, locked) for t in c["task_ids"])), None)
+        assert chosen is not None, clusters
+        sent = [t for t in chosen["task_ids"] if t in open_tasks]
+        ranked_before = backend.get("/queue", project=pid)["computed_at"]
+        answer = backend.session.post(f"{backend.url}/clusters/{chosen['id']}/review", json={"project": pid},
+                                      timeout=30)
+        assert answer.status_code == 202 and answer.json()["tasks"] == len(sent), answer.text
+
+        def reviewed_first() -> dict | None:
+            ranking = backend.get("/queue", project=pid)
+            return ranking if ranking["computed_at"] != ranked_before else None
+
+        ranking = wait_for("a ranking with the cluster first", reviewed_first, 60, backend)
+        assert [t["task"] for t in ranking["tasks"][:len(sent)]] == sent
+        # step 6's second /next left a task locked for us, which Label Studio serves us again first:
+        # postpone it, as the labeling stream's Postpone button does
+        ls.api("POST", f"/api/tasks/{locked}/drafts", {"result": [], "was_postponed": True, "lead_time": 1.0})
+        expected = next(t for t in sent if t != locked)
+        now_served = ls.next_task(pid)["id"]
+        assert now_served == expected, f"/next served {now_served}, the cluster sent to annotators starts with {expected}"
+        print(f"[e2e] {kind}: cluster {chosen['id']} ({len(sent)} open tasks) sent to annotators; /next served "
+              f"{now_served}")
 
     # 9. the last open tasks accepted as predicted (right for the right reasons), in bulk; nothing left to rank --
     with step(f"{kind}: accept the remaining predictions (Data Manager) -> ANNOTATIONS_CREATED -> train"):
