@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 CLUSTER_ID = re.compile(r"v(\d{1,9})-c(\d{1,6})")
 
 
-def _project(value: Any) -> str:
-    if value is None:
+def parse_project(value: Any) -> str:
+    """A project id from a request; ApiError (400) when missing or malformed."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise ApiError(400, "send the project: ?project=N (GET) or {\"project\": N} (POST, DELETE)")
     try:
-        return project_key(value)
+        return project_key(value.strip() if isinstance(value, str) else value)
     except ProjectIdError as exc:
         raise ApiError(400, str(exc)) from None
 
@@ -61,67 +62,92 @@ def find_cluster(settings: Settings, project: str, cluster_id: str) -> tuple[dic
     return payload, cluster
 
 
+def corrections_view(annotations: Any, project: str) -> list[dict[str, Any]]:
+    """The project's cluster corrections, oldest first, with a task count for their task ids."""
+    return [{k: v for k, v in c.items() if k != "task_ids"} | {"tasks": len(c["task_ids"])}
+            for c in annotations.cluster_corrections(project)]
+
+
+def mark_irrelevant(settings: Settings, webhooks: Any, project: str, cluster_id: str) -> dict[str, Any]:
+    """Record the serving version's cluster ``cluster_id`` as irrelevant and queue a training
+    (once: ``recorded`` is False when it was recorded already). ApiError (4xx) says why not."""
+    payload, cluster = find_cluster(settings, project, cluster_id)
+    added = webhooks.store.add_cluster_correction(project, cluster_id, payload["version"], cluster["task_ids"])
+    answer: dict[str, Any] = {"project": project, "cluster": cluster_id, "version": payload["version"],
+                              "recorded": added}
+    if added:
+        log.info("project %s: cluster %s of %s marked irrelevant (%d tasks, %d labelled)", project, cluster_id,
+                 payload["version"], cluster["size"], len(cluster["labeled_task_ids"]))
+        answer["train_job"] = webhooks.queue.enqueue_train(project, reason="cluster_correction")["id"]
+    return answer
+
+
+def undo_irrelevant(webhooks: Any, project: str, cluster_id: str) -> dict[str, Any]:
+    """Remove a cluster correction (of any version) and queue a training; 404 when there is none."""
+    if not webhooks.store.remove_cluster_correction(project, cluster_id):
+        raise ApiError(404, f"project {project} has no correction of cluster {cluster_id[:40]!r}")
+    log.info("project %s: correction of cluster %s undone", project, cluster_id)
+    job = webhooks.queue.enqueue_train(project, reason="cluster_correction")
+    return {"project": project, "cluster": cluster_id, "removed": True, "train_job": job["id"]}
+
+
+def send_to_annotators(settings: Settings, webhooks: Any, project: str, cluster_id: str) -> dict[str, Any]:
+    """Put the cluster's unlabelled tasks first in the next ranking and queue one; 409 without
+    Label Studio."""
+    payload, cluster = find_cluster(settings, project, cluster_id)
+    if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
+        raise ApiError(409, "sending tasks to annotators needs Label Studio: set LABEL_STUDIO_URL and "
+                            "LABEL_STUDIO_API_KEY")
+    labeled = set(cluster["labeled_task_ids"])
+    unlabeled = [t for t in cluster["task_ids"] if t not in labeled]
+    ProjectStore(settings.model_dir, project).save_review(
+        {"cluster": cluster_id, "version": payload["version"], "task_ids": unlabeled, "requested_at": time.time()})
+    job = webhooks.queue.enqueue_rank(project)
+    log.info("project %s: cluster %s sent to annotators (%d unlabelled tasks)", project, cluster_id, len(unlabeled))
+    return {"project": project, "cluster": cluster_id, "tasks": len(unlabeled), "rank_job": job["id"]}
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "1") not in ("0", "false")
+
+
 def clusters_blueprint(settings: Settings, webhooks: Any) -> Blueprint:
     """Routes over the project store (clusters), the annotation store (corrections) and the queue."""
     bp = Blueprint("clusters", __name__)
 
-    def corrections(project: str) -> list[dict[str, Any]]:
-        return [{k: v for k, v in c.items() if k != "task_ids"} | {"tasks": len(c["task_ids"])}
-                for c in webhooks.store.cluster_corrections(project)]
-
     @bp.get("/clusters")
     def list_clusters():
-        project = _project(request.args.get("project"))
+        project = parse_project(request.args.get("project"))
         _, payload = current_clusters(settings, project)
         marked = {c["cluster"] for c in webhooks.store.cluster_corrections(project)}
-        with_tasks = request.args.get("tasks", "1") not in ("0", "false")
-        clusters = [{**c, "marked_irrelevant": c["id"] in marked} if with_tasks else
-                    {k: v for k, v in c.items() if k not in ("task_ids", "labeled_task_ids")}
-                    | {"marked_irrelevant": c["id"] in marked} for c in payload["clusters"]]
+        left_out = set() if _flag("tasks") else {"task_ids", "labeled_task_ids"}
+        if not _flag("thumbnails"):
+            left_out.add("thumbnails")
+        clusters = [{k: v for k, v in c.items() if k not in left_out} | {"marked_irrelevant": c["id"] in marked}
+                    for c in payload["clusters"]]
         return jsonify(project=project, version=payload["version"], computed_at=payload.get("computed_at"),
                        tasks=payload.get("tasks"), labeled=payload.get("labeled"), sources=payload.get("sources"),
-                       corrections=corrections(project), clusters=clusters)
+                       corrections=corrections_view(webhooks.store, project), clusters=clusters)
 
     def body_project() -> str:
         body = parse_json_object(request.get_data(cache=True)) if request.get_data(cache=True) else {}
-        return _project(body.get("project", request.args.get("project")))
+        return parse_project(body.get("project", request.args.get("project")))
 
     @bp.post("/clusters/<cluster_id>/irrelevant")
-    def mark_irrelevant(cluster_id: str):
+    def mark(cluster_id: str):
         project = body_project()
-        payload, cluster = find_cluster(settings, project, cluster_id)
-        added = webhooks.store.add_cluster_correction(project, cluster_id, payload["version"], cluster["task_ids"])
-        answer: dict[str, Any] = {"project": project, "cluster": cluster_id, "version": payload["version"],
-                                  "recorded": added, "corrections": corrections(project)}
-        if added:
-            log.info("project %s: cluster %s of %s marked irrelevant (%d tasks, %d labelled)", project, cluster_id,
-                     payload["version"], cluster["size"], len(cluster["labeled_task_ids"]))
-            answer["train_job"] = webhooks.queue.enqueue_train(project, reason="cluster_correction")["id"]
-        return jsonify(answer), 201 if added else 200
+        answer = mark_irrelevant(settings, webhooks, project, cluster_id)
+        answer["corrections"] = corrections_view(webhooks.store, project)
+        return jsonify(answer), 201 if answer["recorded"] else 200
 
     @bp.delete("/clusters/<cluster_id>/irrelevant")
-    def undo_irrelevant(cluster_id: str):
+    def undo(cluster_id: str):
         project = body_project()
-        if not webhooks.store.remove_cluster_correction(project, cluster_id):
-            raise ApiError(404, f"project {project} has no correction of cluster {cluster_id[:40]!r}")
-        log.info("project %s: correction of cluster %s undone", project, cluster_id)
-        job = webhooks.queue.enqueue_train(project, reason="cluster_correction")
-        return jsonify(project=project, cluster=cluster_id, removed=True, train_job=job["id"],
-                       corrections=corrections(project))
+        answer = undo_irrelevant(webhooks, project, cluster_id)
+        return jsonify(answer | {"corrections": corrections_view(webhooks.store, project)})
 
     @bp.post("/clusters/<cluster_id>/review")
-    def send_to_annotators(cluster_id: str):
-        project = body_project()
-        payload, cluster = find_cluster(settings, project, cluster_id)
-        if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
-            raise ApiError(409, "sending tasks to annotators needs Label Studio: set LABEL_STUDIO_URL and "
-                                "LABEL_STUDIO_API_KEY")
-        unlabeled = [t for t in cluster["task_ids"] if t not in set(cluster["labeled_task_ids"])]
-        store = ProjectStore(settings.model_dir, project)
-        store.save_review({"cluster": cluster_id, "version": payload["version"], "task_ids": unlabeled,
-                           "requested_at": time.time()})
-        job = webhooks.queue.enqueue_rank(project)
-        log.info("project %s: cluster %s sent to annotators (%d unlabelled tasks)", project, cluster_id, len(unlabeled))
-        return jsonify(project=project, cluster=cluster_id, tasks=len(unlabeled), rank_job=job["id"]), 202
+    def review(cluster_id: str):
+        return jsonify(send_to_annotators(settings, webhooks, body_project(), cluster_id)), 202
 
     return bp

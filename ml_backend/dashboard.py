@@ -1,8 +1,11 @@
 """Monitoring: /status (JSON), /dashboard (HTML with server-side SVG charts), /queue (the ranking, paged).
 
 Everything is read from what the backend already keeps: model versions and their meta under
-MODEL_DIR, job records from the queue (embedded or RQ), and each project's ranking (queue.json).
-No JavaScript and nothing from the network: the charts are inline SVG drawn here.
+MODEL_DIR, job records from the queue (embedded or RQ), each project's ranking (queue.json) and
+its serving version's evidence clusters with their thumbnails ("What the model looks at"). No
+JavaScript and nothing from the network: the charts are inline SVG drawn here, and the project
+manager's cluster corrections are plain HTML forms (/dashboard/clusters/...) that answer with a
+redirect back to the dashboard.
 """
 from __future__ import annotations
 
@@ -13,12 +16,16 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from flask import Blueprint, jsonify, render_template, request
+from urllib.parse import urlsplit
+
+from flask import Blueprint, jsonify, redirect, render_template, request
 from jinja2 import Undefined
 from markupsafe import Markup, escape
 
 from ml_backend import __version__
+from ml_backend.clusters_api import mark_irrelevant, parse_project, send_to_annotators, undo_irrelevant
 from ml_backend.config import Settings
+from ml_backend.discovery.evidence import MAP_CELLS
 from ml_backend.errors import ApiError
 from ml_backend.feedback.store import AnnotationStore
 from ml_backend.jobs import JobQueue, RedisQueue, make_queue
@@ -32,6 +39,8 @@ JOBS_PER_PROJECT = 15
 MAX_PAGE_SIZE = 500
 JOB_FIELDS = ("id", "kind", "project", "reason", "status", "enqueued_at", "started_at", "ended_at",
               "progress", "message", "error")
+CLUSTER_CARDS = 24  # a project with more clusters shows the most suspicious; GET /clusters has all
+CLUSTER_FIELDS = ("id", "size", "share", "classes", "shortcut_score", "suspicious", "isolation", "thumbnails")
 CURVE_FIELDS = ("holdout_accuracy", "train_accuracy", "irrelevant_attribution_mass",
                 "holdout_irrelevant_attribution_mass")
 
@@ -149,6 +158,34 @@ def collect_status(settings: Settings, queue: JobQueue, annotations: Optional[An
             "label_studio_url": settings.label_studio_url or None, "projects": projects}
 
 
+def cluster_panel(settings: Settings, project: str, version: Optional[str],
+                  annotations: Optional[AnnotationStore]) -> Optional[dict[str, Any]]:
+    """What the serving version looks at: its clusters (the first ``CLUSTER_CARDS``, suspicious
+    first, without their task ids) and the project's cluster corrections; None when there is
+    neither."""
+    try:
+        payload = ProjectStore(settings.model_dir, project).clusters(version) if version else None
+    except (OSError, ValueError, StoreError) as exc:
+        log.warning("project %s: unreadable clusters: %s", project, exc)
+        payload = None
+    corrections = []
+    if annotations is not None:
+        corrections = [{"cluster": c["cluster"], "version": c["version"], "created_at": c["created_at"],
+                        "tasks": len(c["task_ids"])} for c in annotations.cluster_corrections(project)]
+    if payload is None and not corrections:
+        return None
+    marked = {c["cluster"] for c in corrections}
+    found = (payload or {}).get("clusters") or []
+    cards = [{**{k: c.get(k) for k in CLUSTER_FIELDS}, "marked": c["id"] in marked,
+              "thumbnails": [{**t, "url": task_url(settings, project, t.get("task"))} for t in c.get("thumbnails") or []],
+              "map": relevance_map(c.get("mean_map") or [], f"mean relevance of {c['id']}")}
+             for c in found[:CLUSTER_CARDS]]
+    return {"version": version, "computed": payload is not None,
+            "tasks": (payload or {}).get("tasks"), "labeled": (payload or {}).get("labeled"),
+            "sources": (payload or {}).get("sources") or [], "computed_at": (payload or {}).get("computed_at"),
+            "cards": cards, "more": max(0, len(found) - CLUSTER_CARDS), "corrections": corrections}
+
+
 # --- SVG charts -------------------------------------------------------------------------
 def _nice_max(value: float) -> float:
     """A round upper bound for a y axis starting at 0."""
@@ -230,6 +267,37 @@ def line_chart(title: str, labels: Sequence[str], series: Sequence[tuple[str, Se
     return Markup("".join(parts))
 
 
+def _heat(value: float) -> str:
+    """0..1 -> a colour from near white to deep red."""
+    t = min(max(value, 0.0), 1.0)
+    low, high = (254, 242, 242), (153, 27, 27)
+    return "#" + "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high))
+
+
+def relevance_map(values: Sequence[float], title: str, size: int = 96) -> Markup:
+    """A cluster's mean relevance as inline SVG: an image's as a grid of ``MAP_CELLS`` cells a
+    side, a text's (any other length: 16 bins) as bars along the text. Scaled to its own maximum."""
+    n = len(values)
+    top = max((float(v) for v in values), default=0.0) or 1.0
+    side = MAP_CELLS
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" role="img" width="{size}" height="{size}" '
+             f'viewBox="0 0 {size} {size}" aria-label="{escape(title)}"><title>{escape(title)}</title>']
+    if n == side * side:
+        cell = size / side
+        for i, v in enumerate(values):
+            parts.append(f'<rect x="{(i % side) * cell:.2f}" y="{(i // side) * cell:.2f}" width="{cell + 0.05:.2f}" '
+                         f'height="{cell + 0.05:.2f}" fill="{_heat(float(v) / top)}"/>')
+    elif n:
+        width = size / n
+        parts.append(f'<rect width="{size}" height="{size}" fill="#fafafa"/>')
+        for i, v in enumerate(values):
+            h = max(0.0, float(v) / top) * (size - 4)
+            parts.append(f'<rect class="bar" x="{i * width + 1:.2f}" y="{size - h:.2f}" width="{max(width - 2, 1):.2f}" '
+                         f'height="{h:.2f}" fill="{_heat(0.35 + 0.65 * float(v) / top)}"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def project_charts(project: dict[str, Any]) -> dict[str, Markup]:
     """The accuracy and irrelevant-attribution charts of one project's learning curve."""
     curve = project["versions"]
@@ -282,7 +350,8 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 
 def dashboard_blueprint(settings: Settings, webhooks: Any = None) -> Blueprint:
-    """/status, /dashboard and /queue; auth and JSON errors come from the app."""
+    """/status, /dashboard, /queue and the dashboard's cluster forms; auth and JSON errors come
+    from the app, the forms' 4xx are HTML pages."""
     bp = Blueprint("dashboard", __name__, template_folder="templates")
 
     def queue() -> JobQueue:
@@ -298,8 +367,37 @@ def dashboard_blueprint(settings: Settings, webhooks: Any = None) -> Blueprint:
     def dashboard():
         data = collect_status(settings, queue(), annotations)
         charts = {p["project"]: project_charts(p) for p in data["projects"]}
-        return render_template("dashboard.html", status=data, charts=charts, fmt_time=_time,
+        clusters = {p["project"]: cluster_panel(settings, p["project"], (p["serving"] or {}).get("version"),
+                                                annotations) for p in data["projects"]}
+        return render_template("dashboard.html", status=data, charts=charts, clusters=clusters, fmt_time=_time,
                                duration=_duration, number=_number)
+
+    @bp.post("/dashboard/clusters/<cluster_id>/<action>")
+    def cluster_form(cluster_id: str, action: str):
+        try:
+            same_origin()
+            if webhooks is None:
+                raise ApiError(503, "cluster corrections need the annotation store and the job queue")
+            project = parse_project(request.form.get("project"))
+            if action == "irrelevant":
+                mark_irrelevant(settings, webhooks, project, cluster_id)
+            elif action == "undo":
+                undo_irrelevant(webhooks, project, cluster_id)
+            elif action == "review":
+                send_to_annotators(settings, webhooks, project, cluster_id)
+            else:
+                raise ApiError(404, f"no cluster action {action[:40]!r}: irrelevant, undo or review")
+        except ApiError as exc:
+            return render_template("dashboard_error.html", status=exc.status, message=exc.message), exc.status
+        # relative, so the dashboard works behind a proxy's path prefix: /dashboard/clusters/<id>/<action>
+        return redirect(f"../../../dashboard#clusters-{project}", 303)
+
+    def same_origin() -> None:
+        """Refuse a form posted from another site's page (the browser still sends basic auth)."""
+        origin = request.headers.get("Origin") or request.headers.get("Referer")
+        hosts = {request.host, *request.headers.get("X-Forwarded-Host", "").replace(" ", "").split(",")}
+        if origin and urlsplit(origin).netloc not in hosts - {""}:
+            raise ApiError(403, "this form must be sent from the dashboard's own page")
 
     @bp.get("/queue")
     def ranking():

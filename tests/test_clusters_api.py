@@ -2,9 +2,13 @@
 project manager's corrections (durable, listed, undone, generalised by the next training)."""
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from ml_backend.app import create_app
 from ml_backend.config import ProjectSettings, Settings
@@ -60,7 +64,20 @@ def test_a_training_publishes_the_clusters_of_its_labelled_tasks(trained, settin
     scores = [(not c["suspicious"], -c["shortcut_score"]) for c in found]
     assert scores == sorted(scores)  # most suspicious first
     lean = clusters(trained, tasks="0").json()["clusters"][0]
-    assert "task_ids" not in lean and "representative_task_ids" in lean
+    assert "task_ids" not in lean and "representative_task_ids" in lean and lean["thumbnails"]
+    assert "thumbnails" not in clusters(trained, thumbnails="0").json()["clusters"][0]
+
+
+def test_each_cluster_stores_thumbnails_of_its_representatives(trained):
+    for c in clusters(trained).json()["clusters"]:
+        assert [t["task"] for t in c["thumbnails"]] == c["representative_task_ids"]
+        for t in c["thumbnails"]:
+            assert t["image"].startswith("data:image/png;base64,")
+            picture = Image.open(io.BytesIO(base64.b64decode(t["image"].split(",", 1)[1])))
+            assert picture.size == (24, 24) and picture.mode == "RGB"  # the model's input, 24 px here
+            pixels = np.asarray(picture)
+            red = (pixels[..., 0] == 220) & (pixels[..., 1] == 38) & (pixels[..., 2] == 38)
+            assert 0 < red.sum() < pixels.shape[0] * pixels.shape[1] / 2  # the evidence's outline
 
 
 def test_bad_requests_get_clear_4xx(trained, settings):
@@ -105,3 +122,31 @@ def test_mark_irrelevant_is_recorded_once_listed_trained_on_and_undone(trained, 
     assert undo.status_code == 200 and undo.json()["removed"] is True and undo.json()["corrections"] == []
     assert make_queue(settings).wait_idle(180)
     assert store.meta(store.current())["cluster_corrections"] == {"clusters": [], "tasks_marked": 0}
+
+
+def test_the_ranking_job_reads_only_the_representatives_again_for_their_thumbnails(settings, image_config):
+    from types import SimpleNamespace
+
+    from ml_backend.data.fetch import Fetcher
+    from ml_backend.jobs.rank import representative_thumbnails
+    from ml_backend.labelstudio.client import LabelStudioError
+    from ml_backend.labelstudio.schema import parse_label_config
+    from ml_backend.models import adapt
+    from ml_backend.models.cnn import ImageCNN
+
+    x, _, _ = confounded_images(3, seed=1)
+    read = []
+
+    def task_of(task_id):
+        read.append(task_id)
+        if task_id == 9:
+            raise LabelStudioError("task 9 is gone", status=404)
+        return ls_task(task_id, {"image": png_data_uri((x[task_id - 1, 0].numpy() * 255).astype(np.uint8))})
+
+    ctx = SimpleNamespace(key="2", schema=parse_label_config(image_config), settings=settings.project)
+    loaded = SimpleNamespace(model=adapt(ImageCNN(2, image_size=24, width=4)))
+    payload = {"clusters": [{"representative_task_ids": [2, 9]}, {"representative_task_ids": [1, 2]}]}
+    representative_thumbnails(ctx, loaded, Fetcher(settings), task_of)(payload)
+    assert read == [2, 9, 1]  # each representative once; no other task
+    assert [[t["task"] for t in c["thumbnails"]] for c in payload["clusters"]] == [[2], [1, 2]]
+    assert payload["clusters"][0]["thumbnails"][0]["image"].startswith("data:image/png;base64,")

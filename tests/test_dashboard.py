@@ -5,8 +5,10 @@ import re
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import requests
+import torch
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
@@ -279,3 +281,108 @@ def test_status_still_answers_when_redis_is_down(settings, image_config):
     assert body["queue_depth"] is None and "ConnectionError" in body["queue_error"]
     assert body["projects"][0]["serving"]["version"] == "p3-v2"
     assert page.status_code == 200 and "job queue unavailable" in page.text
+
+
+# --- "What the model looks at" --------------------------------------------------------------
+def write_clusters(settings: Settings, project: str = "3", version: str = "p3-v3", n: int = 30,
+                   tasks_each: int = 2000) -> dict:
+    """A version's clusters as the jobs store them: many, with long task lists and thumbnails."""
+    from ml_backend.discovery.thumbnails import image_thumbnail
+
+    picture = image_thumbnail(torch.rand(3, 24, 24), np.pad(np.ones((6, 6)), ((0, 18), (0, 18))), 0.9)
+    number = int(version.rsplit("-v", 1)[1])
+    clusters = []
+    for i in range(n):
+        ids = list(range(100_000 + i * tasks_each, 100_000 + (i + 1) * tasks_each))
+        grid = np.zeros(256)
+        grid[i % 256] = 1.0
+        clusters.append({"id": f"v{number}-c{i + 1}", "size": tasks_each, "share": round(1 / n, 4),
+                         "classes": {"Class A": tasks_each - 3, "Class B": 3}, "shortcut_score": 0.97 - 0.01 * i,
+                         "suspicious": i < 2, "isolation": 0.5, "task_ids": ids, "labeled_task_ids": ids[:5],
+                         "representative_task_ids": ids[:8], "mean_map": list(grid),
+                         "thumbnails": [{"task": t, "image": picture} for t in ids[:8]]})
+    payload = {"version": version, "tasks": n * tasks_each, "labeled": 5 * n, "clusters": clusters,
+               "computed_at": time.time(), "sources": ["labeled", "unlabeled"]}
+    ProjectStore(settings.model_dir, project).save_clusters(payload)
+    return payload
+
+
+@pytest.fixture
+def clustered(ls_settings, image_config):
+    publish_versions(ls_settings, image_config)
+    write_clusters(ls_settings)
+    with LiveServer(create_app(ls_settings.replace(train_debounce=60.0))) as server:  # no training runs here
+        yield server
+
+
+def cluster_form(server, cluster_id: str, action: str, data: dict | None = None, **kwargs) -> requests.Response:
+    return requests.post(f"{server.url}/dashboard/clusters/{cluster_id}/{action}",
+                         data={"project": "3"} if data is None else data, allow_redirects=False, **kwargs)
+
+
+def test_the_dashboard_shows_what_the_model_looks_at_fast_and_without_task_lists(clustered):
+    started = time.perf_counter()
+    page = requests.get(clustered.url + "/dashboard")
+    assert page.status_code == 200 and time.perf_counter() - started < 2.0
+    html = page.text
+    panel = html[html.index('id="clusters-3"'):]
+    assert "What the model looks at" in panel and "60000 tasks" in panel
+    cards = re.findall(r'<article class="cluster[^"]*" id="cluster-3-(v3-c\d+)">', panel)
+    assert cards == [f"v3-c{i}" for i in range(1, 25)]  # the stored order, suspicious first; capped
+    assert "and 6 more clusters" in panel
+    first = panel[panel.index('id="cluster-3-v3-c1"'):panel.index('id="cluster-3-v3-c2"')]
+    assert "suspicious" in first and "0.970" in first and "Class A" in first and "3.3%" in first
+    heatmap = re.search(r'<svg[^>]*class="heatmap".*?</svg>', first, flags=re.S).group(0)
+    assert heatmap.count("<rect") == 256
+    assert first.count('<img class="thumb" src="data:image/png;base64,') == 8
+    assert f'href="{LS_URL}/projects/3/data?task=100000"' in first
+    assert 'action="dashboard/clusters/v3-c1/irrelevant"' in first and "Mark irrelevant" in first
+    assert 'action="dashboard/clusters/v3-c1/review"' in first and "Send to annotators" in first
+    assert "100500" not in html  # a task that is no representative: task lists are not rendered
+    assert len(html) < 1_000_000
+
+
+def test_the_text_map_is_drawn_as_bars():
+    from ml_backend.dashboard import relevance_map
+
+    bars = relevance_map([0.0] * 15 + [1.0], "t")
+    assert bars.count('class="bar"') == 16
+
+
+def test_marking_a_cluster_from_the_dashboard_lists_the_correction_and_undo_removes_it(clustered):
+    marked = cluster_form(clustered, "v3-c2", "irrelevant", headers={"Origin": clustered.url})
+    assert marked.status_code == 303 and marked.headers["Location"] == "../../../dashboard#clusters-3"
+    html = requests.get(clustered.url + "/dashboard").text
+    row = re.search(r'<tr class="correction" data-cluster="v3-c2">.*?</tr>', html, flags=re.S).group(0)
+    assert "p3-v3" in row and ">2000<" in row and 'action="dashboard/clusters/v3-c2/undo"' in row
+    card = html[html.index('id="cluster-3-v3-c2"'):html.index('id="cluster-3-v3-c3"')]
+    assert "marked irrelevant" in card and "Mark irrelevant" not in card and "Undo" in card
+    listed = requests.get(clustered.url + "/clusters", params={"project": 3, "tasks": 0, "thumbnails": 0}).json()
+    assert [c["cluster"] for c in listed["corrections"]] == ["v3-c2"]
+    assert cluster_form(clustered, "v3-c2", "undo").status_code == 303
+    assert 'class="correction"' not in requests.get(clustered.url + "/dashboard").text
+
+
+@pytest.mark.parametrize("cluster_id, action, data, status, words", [
+    ("v3-c99", "irrelevant", None, 404, "has no cluster v3-c99"),
+    ("garbage", "irrelevant", None, 404, "cluster ids look like"),
+    ("v2-c1", "irrelevant", None, 409, "serves p3-v3 now"),  # a stale page's button
+    ("v3-c1", "irrelevant", {}, 400, "send the project"),
+    ("v3-c1", "irrelevant", {"project": ""}, 400, "send the project"),
+    ("v3-c1", "irrelevant", {"project": "../etc"}, 400, "invalid project"),
+    ("v3-c1", "irrelevant", {"project": "8"}, 404, "no model version"),
+    ("v3-c1", "undo", None, 404, "has no correction of cluster"),
+    ("v3-c1", "review", None, 409, "needs Label Studio"),
+    ("v3-c1", "explode", None, 404, "no cluster action"),
+])
+def test_cluster_forms_answer_4xx_as_a_clear_page(clustered, cluster_id, action, data, status, words):
+    answer = cluster_form(clustered, cluster_id, action, data)
+    assert answer.status_code == status and answer.headers["Content-Type"].startswith("text/html")
+    message = re.search(r'<p class="error" id="error-message">(.*?)</p>', answer.text, flags=re.S).group(1)
+    assert words in message.replace("&#39;", "'") and "Back to the dashboard" in answer.text
+
+
+def test_cluster_forms_refuse_another_sites_page(clustered):
+    answer = cluster_form(clustered, "v3-c1", "irrelevant", headers={"Origin": "https://evil.example"})
+    assert answer.status_code == 403 and "dashboard&#39;s own page" in answer.text
+    assert 'class="correction"' not in requests.get(clustered.url + "/dashboard").text

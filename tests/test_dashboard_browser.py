@@ -1,6 +1,8 @@
 """The dashboard as a real browser renders it (Debian's chromium, headless), after real training jobs.
 
-Writes a screenshot; with UPDATE_DOCS=1 into docs/dashboard.png (README shows it). Needs /usr/bin/chromium (scripts/install_system_deps.sh installs it).
+Writes screenshots; with UPDATE_DOCS=1 into docs/dashboard.png (README shows it) and
+docs/dashboard-clusters.png ("What the model looks at", after a click on "Mark irrelevant").
+Needs /usr/bin/chromium (scripts/install_system_deps.sh installs it).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import requests
 from ml_backend.app import create_app
 from ml_backend.labelstudio import rle
 from ml_backend.store import ProjectStore
+from tests.support.cdp import Browser
 from tests.support.live import LiveServer, ls_task, png_data_uri, setup_body
 
 pytestmark = pytest.mark.integration
@@ -108,7 +111,7 @@ def test_dashboard_renders_in_chromium(trained_backend, tmp_path):
     dom = dumped.stdout
     assert dumped.returncode == 0 and "</html>" in dom, dumped.stderr[-2000:]
     card = dom[dom.index('id="project-5"'):]
-    svgs = re.findall(r"<svg.*?</svg>", card, flags=re.S)
+    svgs = re.findall(r'<svg[^>]*class="chart".*?</svg>', card, flags=re.S)
     assert len(svgs) == 2
     for svg in svgs:
         assert re.search(r"<polyline points=\"[\d.]+,[\d.]+ [\d.]+,[\d.]+", svg)  # a line through >= 2 versions
@@ -127,3 +130,49 @@ def test_dashboard_renders_in_chromium(trained_backend, tmp_path):
     taken = chromium(f"--screenshot={shot}", "--window-size=1280,1600", trained_backend.url + "/dashboard")
     assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def wait_for_jobs(server, timeout: float = 120) -> None:
+    """Until no job of the embedded queue is queued or running (the click queued a training)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [j for p in requests.get(server.url + "/status").json()["projects"] for j in p["jobs"]]
+        if not any(j["status"] in ("queued", "scheduled", "started") for j in jobs):
+            return
+        time.sleep(0.5)
+    raise AssertionError("jobs still running")
+
+
+def test_what_the_model_looks_at_in_chromium_and_a_click_marks_a_cluster(trained_backend, tmp_path):
+    assert Path(CHROMIUM).exists(), "chromium is missing: run `make system-deps` (scripts/install_system_deps.sh)"
+    stored = requests.get(trained_backend.url + "/clusters", params={"project": 5, "tasks": 0}).json()
+    assert stored["clusters"] and all(c["thumbnails"] for c in stored["clusters"])
+    with Browser(CHROMIUM) as browser:
+        browser.open(trained_backend.url + "/dashboard")
+        cards = browser.evaluate("""[...document.querySelectorAll('#clusters-5 article.cluster')].map(c => ({
+            id: c.id, suspicious: !!c.querySelector('.badge.suspicious'), cells: c.querySelectorAll('svg.heatmap rect').length,
+            thumbs: [...c.querySelectorAll('img.thumb')].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().height]),
+            facts: c.querySelector('.facts').innerText}))""")
+        assert [c["id"] for c in cards] == [f"cluster-5-{c['id']}" for c in stored["clusters"]]
+        for card, cluster in zip(cards, stored["clusters"]):
+            assert card["cells"] == 256 and card["suspicious"] == cluster["suspicious"]
+            assert len(card["thumbs"]) == len(cluster["thumbnails"]) >= min(6, cluster["size"])
+            assert all(done and width == SIZE and height == 56 for done, width, height in card["thumbs"])  # decoded
+            assert "share" in card["facts"] and "shortcut score" in card["facts"]
+        target = stored["clusters"][0]["id"]
+        assert browser.evaluate("document.querySelectorAll('#clusters-5 tr.correction').length") == 0
+
+        browser.click(f'#cluster-5-{target} form[action$="/irrelevant"] button')
+        browser.wait_for("Page.loadEventFired")  # the form's POST, its 303 and the dashboard again
+        assert browser.evaluate("location.pathname + location.hash") == "/dashboard#clusters-5"
+        rows = browser.evaluate("[...document.querySelectorAll('#clusters-5 tr.correction')].map(r => r.innerText)")
+        assert len(rows) == 1 and rows[0].startswith(target), rows
+        listed = requests.get(trained_backend.url + "/clusters", params={"project": 5, "tasks": 0, "thumbnails": 0})
+        assert [c["cluster"] for c in listed.json()["corrections"]] == [target]
+
+        # docs/dashboard-clusters.png is refreshed on request only, so a test run leaves the work tree clean
+        shot = ROOT / "docs" / "dashboard-clusters.png" if os.environ.get("UPDATE_DOCS") else tmp_path / "clusters.png"
+        shot.unlink(missing_ok=True)
+        browser.screenshot("#clusters-5", str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    wait_for_jobs(trained_backend)

@@ -114,3 +114,42 @@ def test_on_digits_the_top_suspicious_cluster_is_the_decoy_and_clean_evidence_is
     assert hits / len(top.rows) >= 0.85 and hits / truth.sum() >= 0.6
     clusters, truth = found["decoy_digits"]
     assert truth.sum() < 60 and not any(c.suspicious for c in clusters)
+
+
+def _png(uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_an_image_thumbnail_is_the_rescaled_input_at_most_64_px_with_the_evidence_in_red():
+    from ml_backend.discovery.thumbnails import image_thumbnail
+
+    x = torch.randn(3, 224, 160) * 0.2 - 1.5  # a backbone's normalised input: values far from [0, 1]
+    relevance = np.zeros((224, 160), dtype=np.float32)
+    relevance[:56, :40] = 1.0  # all the evidence in the top-left corner
+    pixels = _png(image_thumbnail(x, relevance, keep_mass=0.95))
+    assert pixels.shape == (64, 46, 3) and pixels.max() > 200 and pixels.min() < 60  # stretched to [0, 255]
+    reddish = (pixels[..., 0].astype(int) - pixels[..., 1]) > 60
+    assert reddish[2:14, 2:9].mean() > 0.8 and reddish[24:, 20:].mean() < 0.05
+    grey = _png(image_thumbnail(torch.rand(1, 32, 32), np.zeros((32, 32)), 0.2))  # one channel, no evidence
+    assert grey.shape == (32, 32, 3) and (grey[..., 0] == grey[..., 1]).all()
+
+
+def test_a_text_thumbnail_is_a_window_of_tokens_around_the_evidence():
+    from ml_backend.data.text import tokenize
+    from ml_backend.discovery.thumbnails import TEXT_WINDOW, thumbnail
+
+    tokens = tokenize(" ".join(f"w{i}" for i in range(200)))
+    relevance = np.zeros(256, dtype=np.float32)
+    relevance[[120, 121]] = 1.0
+    shown = thumbnail(7, torch.zeros(256, dtype=torch.long), relevance, 0.9, tokens)
+    assert shown["task"] == 7 and len(shown["tokens"]) == TEXT_WINDOW
+    assert [t for t, hit in shown["tokens"] if hit] == ["w120", "w121"]
+    assert shown["before"] + len(shown["tokens"]) + shown["after"] == 200 and 0 < shown["before"] < 120
+    short = thumbnail(8, torch.zeros(256, dtype=torch.long), relevance[:5], 0.9, tokens[:3])
+    assert short["tokens"] == [["w0", False], ["w1", False], ["w2", False]] and short["after"] == 0

@@ -4,12 +4,13 @@ NumPy out; the jobs read and write."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ml_backend.discovery.evidence import EvidenceDescriber
+from ml_backend.discovery.thumbnails import thumbnail
 from ml_backend.explain.regions import evidence_mask, token_evidence
 from ml_backend.models.base import ModelKind
 
@@ -102,3 +103,21 @@ def cluster_payload(clusters: list, task_ids: list[int], labeled: set[int], clas
             "mean_map": [round(float(v), 5) for v in np.ravel(c.mean_map)],
         })
     return {"version": version, "tasks": total, "labeled": len(labeled), "clusters": out}
+
+
+def representative_ids(payload: dict) -> list[int]:
+    """Every cluster's representative task ids, once each, in cluster order."""
+    return list(dict.fromkeys(t for c in payload["clusters"] for t in c["representative_task_ids"]))
+
+
+def add_thumbnails(payload: dict, model: ModelKind, x: torch.Tensor, task_ids: Sequence[int], method: str,
+                   keep_mass: float, mc_samples: int = 10, tokens: Optional[Sequence[Any]] = None) -> dict:
+    """Give each cluster of ``payload`` its ``thumbnails``: its representatives' inputs (rows of
+    ``x``, ids ``task_ids``; ``tokens`` per row for texts) with the served evidence drawn on them,
+    recomputed for these inputs only. Representatives missing from ``task_ids`` get none."""
+    relevance = relevance_of(model, x, method, mc_samples) if len(task_ids) else np.zeros((0,))
+    drawn = {int(t): thumbnail(int(t), x[i], relevance[i], keep_mass, None if tokens is None else tokens[i])
+             for i, t in enumerate(task_ids)}
+    for c in payload["clusters"]:
+        c["thumbnails"] = [drawn[t] for t in c["representative_task_ids"] if t in drawn]
+    return payload

@@ -16,10 +16,10 @@ from ml_backend.config import Settings
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import prepare_task
 from ml_backend.discovery.clusters import StrategyClustering
-from ml_backend.discovery.describe import cluster_payload, describe_inputs
+from ml_backend.discovery.describe import add_thumbnails, cluster_payload, describe_inputs, representative_ids
 from ml_backend.discovery.evidence import EvidenceDescriber
 from ml_backend.inference import resolve_device
-from ml_backend.labelstudio.client import LabelStudioClient
+from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.project import project_context
 from ml_backend.ranking.acquisition import ACQUISITIONS
 from ml_backend.ranking.push import push_predictions
@@ -57,7 +57,7 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     if ACQUISITIONS.get(ctx.settings.acquisition).needs_explanations:
         pairs = open_annotation_store(settings).list(project)[-LABELED_FOR_EXPLANATIONS:]
         labeled = labeled_explanations(ctx, loaded, prepare_readable(ctx, loaded, [t for _, t in pairs], fetcher))
-    describer, labeled_ids = labeled_evidence(settings, ctx, loaded, project, fetcher)
+    describer, labeled_ids, labeled_tasks = labeled_evidence(settings, ctx, loaded, project, fetcher)
     with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
         spool = Path(tmp) / "predictions.jsonl"
         tasks = client.iter_tasks(int(project), only_unlabeled=True, with_predictions=True)
@@ -86,7 +86,12 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     if not store.save_ranking(ranking):
         return {"version": version, "skipped": f"superseded by {store.current()}"}
     progress(0.97, "clustering the evidence")
-    clustered = save_clusters(ctx, store, version, describer, labeled_ids, ids)
+
+    def task_of(task_id: int) -> dict[str, Any]:  # only the representatives are read again
+        return labeled_tasks.get(task_id) or client.get_task(task_id)
+
+    clustered = save_clusters(ctx, store, version, describer, labeled_ids, ids,
+                              draw=representative_thumbnails(ctx, loaded, fetcher, task_of))
     log.info("project %s: ranked %d unlabeled tasks with %s (%d pushed, %d unchanged) in %.1fs", project, len(ids),
              ctx.settings.acquisition, pushed, unchanged, ranking["seconds"])
     progress(1.0, f"ranked {len(ids)} tasks")
@@ -113,9 +118,9 @@ def drop_unreadable(client: Any, project: str, unreadable: dict[int, dict[str, A
 
 
 def labeled_evidence(settings: Settings, ctx: Any, loaded: Any, project: str, fetcher: Fetcher
-                     ) -> tuple[EvidenceDescriber, list[int]]:
-    """A describer holding the evidence of the newest labelled tasks (one per task), and their ids:
-    the clusters cover them beside the unlabelled tasks the ranking explains."""
+                     ) -> tuple[EvidenceDescriber, list[int], dict[int, dict[str, Any]]]:
+    """A describer holding the evidence of the newest labelled tasks (one per task), their ids,
+    and the tasks by id: the clusters cover them beside the unlabelled tasks the ranking explains."""
     describer = EvidenceDescriber()
     tasks: dict[int, dict[str, Any]] = {}
     for _, task in open_annotation_store(settings).list(project)[-LABELED_FOR_CLUSTERS:]:
@@ -131,7 +136,7 @@ def labeled_evidence(settings: Settings, ctx: Any, loaded: Any, project: str, fe
     if inputs:
         describe_inputs(loaded.model, torch.stack(inputs), ctx.settings.attribution, ctx.settings.mc_samples,
                         describer=describer)
-    return describer, ids
+    return describer, ids, tasks
 
 
 def review_first(ids: list[int], scores: np.ndarray, review: Optional[dict[str, Any]], version: str) -> np.ndarray:
@@ -150,9 +155,34 @@ def review_first(ids: list[int], scores: np.ndarray, review: Optional[dict[str, 
     return out
 
 
+def representative_thumbnails(ctx: Any, loaded: Any, fetcher: Fetcher, task_of: Callable[[int], Any]
+                              ) -> Callable[[dict[str, Any]], None]:
+    """Draws the thumbnails of a cluster payload's representatives into it: only those tasks are
+    read again (``task_of``: id -> task) and explained; one that cannot be read gets none."""
+
+    def draw(payload: dict[str, Any]) -> None:
+        shown, inputs, tokens = [], [], []
+        for task_id in representative_ids(payload):
+            try:
+                prepared = prepare_task(ctx.schema, loaded.model, task_of(task_id), fetcher)
+            except (DataError, LabelStudioError) as exc:
+                log.info("project %s task %s: no thumbnail: %s", ctx.key, task_id, exc)
+                continue
+            shown.append(task_id)
+            inputs.append(prepared.tensor)
+            tokens.append(prepared.tokens)
+        if shown:
+            add_thumbnails(payload, loaded.model, torch.stack(inputs), shown, ctx.settings.attribution,
+                           ctx.settings.evidence_mass, ctx.settings.mc_samples, tokens)
+
+    return draw
+
+
 def save_clusters(ctx: Any, store: ProjectStore, version: str, describer: EvidenceDescriber, labeled_ids: list[int],
-                  unlabeled_ids: list[int]) -> Optional[dict[str, Any]]:
-    """Cluster the described evidence and store it with the version (a view: a failure is logged)."""
+                  unlabeled_ids: list[int], draw: Optional[Callable[[dict[str, Any]], None]] = None
+                  ) -> Optional[dict[str, Any]]:
+    """Cluster the described evidence and store it with the version (a view: a failure is logged),
+    with the representatives' thumbnails when ``draw`` is given (a failure there costs only them)."""
     try:
         descriptors = describer.result()
         task_ids = labeled_ids + unlabeled_ids
@@ -161,6 +191,12 @@ def save_clusters(ctx: Any, store: ProjectStore, version: str, describer: Eviden
         clusters = StrategyClustering(seed=store.number(version)).fit(descriptors)
         payload = cluster_payload(clusters, task_ids, set(labeled_ids), ctx.schema.classes, version,
                                   store.number(version))
+        if draw is not None:
+            try:
+                draw(payload)
+            except Exception as exc:  # noqa: BLE001 - the clusters stand without their pictures
+                log.warning("project %s: thumbnails of %s's clusters not drawn: %s: %s", ctx.key, version,
+                            type(exc).__name__, exc)
         if store.superseded(version):
             return None
         store.save_clusters({**payload, "computed_at": time.time(), "sources": ["labeled", "unlabeled"]})

@@ -11,7 +11,8 @@ import torch
 from ml_backend.config import Settings
 from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import marks_on_input, prepare_task
-from ml_backend.discovery.describe import apply_cluster_corrections, cluster_payload, describe_inputs
+from ml_backend.discovery.describe import (add_thumbnails, apply_cluster_corrections, cluster_payload, describe_inputs,
+                                          representative_ids)
 from ml_backend.discovery.clusters import StrategyClustering
 from ml_backend.explain.counterfactual import donor_bank
 from ml_backend.feedback.parse import FeedbackError, feedback_counts, parse_annotation
@@ -215,6 +216,13 @@ def publish_clusters(ctx: ProjectContext, store: ProjectStore, model: ModelKind,
         clusters = StrategyClustering(seed=store.number(version)).fit(descriptors)
         payload = cluster_payload(clusters, task_ids, set(task_ids), ctx.schema.classes, version,
                                   store.number(version))
+        try:
+            shown = representative_ids(payload)  # never empty: every cluster has a representative
+            add_thumbnails(payload, model, torch.stack([first[t].x for t in shown]), shown, ctx.settings.attribution,
+                           ctx.settings.evidence_mass, ctx.settings.mc_samples, [first[t].tokens for t in shown])
+        except Exception as exc:  # noqa: BLE001 - the clusters stand without their pictures
+            log.warning("project %s: thumbnails of %s's clusters not drawn: %s: %s", ctx.key, version,
+                        type(exc).__name__, exc)
         store.save_clusters({**payload, "computed_at": time.time(), "sources": ["labeled"]})
         return payload
     except Exception as exc:  # noqa: BLE001 - the version stands without its clusters
