@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 from scipy.sparse.csgraph import connected_components, laplacian
@@ -143,7 +142,3 @@ class StrategyClustering:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
-
-
-def top_suspicious(clusters: list[Cluster]) -> Optional[Cluster]:
-    return clusters[0] if clusters and clusters[0].suspicious else None

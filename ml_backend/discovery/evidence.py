@@ -32,9 +32,6 @@ class Descriptors:
     def __len__(self) -> int:
         return len(self.place)
 
-    def subset(self, rows: np.ndarray) -> "Descriptors":
-        return Descriptors(self.place[rows], self.content[rows], self.maps[rows], self.predicted[rows])
-
 
 def pool_relevance(relevance: torch.Tensor, cells: int) -> torch.Tensor:
     """(N, H, W) -> (N, cells * cells), (N, L) -> (N, cells): the positive relevance per cell,
