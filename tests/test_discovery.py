@@ -51,6 +51,51 @@ def test_evidence_that_varies_everywhere_makes_no_suspicious_cluster():
     assert clusters and not any(c.suspicious for c in clusters)
 
 
+def test_each_class_version_of_a_shortcut_joins_the_top_cluster_even_when_their_contents_differ():
+    """A pattern per class (each class its own grating): the contents of the classes' shortcuts
+    have nothing in common, yet each repeats across its class, and they are one cluster."""
+    rng = np.random.default_rng(1)
+    parts = [synthetic(100, shortcut_classes=(0,), seed=s, classes=1) for s in range(3)]
+    for cls, d in enumerate(parts):
+        d.content[:] = rng.standard_normal(CONTENT_DIMS) + 0.1 * rng.standard_normal((100, CONTENT_DIMS))
+        d.content /= np.linalg.norm(d.content, axis=1, keepdims=True)
+        d.predicted[:] = cls
+    objects = synthetic(100, shortcut_classes=(), seed=5, classes=4)
+    objects.predicted += 3
+    d = Descriptors(*(np.concatenate([getattr(p, f) for p in parts + [objects]])
+                      for f in ("place", "content", "maps", "predicted")))
+    top = StrategyClustering().fit(d)[0]
+    assert top.suspicious and top.repeating and sorted(top.rows.tolist()) == list(range(300))
+
+
+def test_a_few_alike_objects_in_a_class_are_not_a_shortcut():
+    d = synthetic(120, shortcut_classes=())
+    twins = np.flatnonzero(d.predicted == 2)[:30]  # a quarter of one class: the same plain digit
+    d.content[twins] = d.content[twins[0]] + 0.01 * np.random.default_rng(0).standard_normal((30, CONTENT_DIMS))
+    d.content[twins] /= np.linalg.norm(d.content[twins], axis=1, keepdims=True)
+    assert not any(c.repeating for c in StrategyClustering().fit(d))
+
+
+def test_a_cluster_mark_grows_over_the_rest_of_what_it_lies_on_in_its_own_image():
+    from ml_backend.discovery.describe import grown_marks
+
+    class NoFeatures:
+        def device(self) -> torch.device:
+            return torch.device("cpu")
+
+        def region_features(self, x: torch.Tensor) -> None:
+            return None
+
+    x = torch.zeros(2, 3, 16, 16)
+    x[:, :, 4:12, 4:12] = 1.0  # the object
+    x[:, 0, :3, :3] = x[:, 0, -3:, -3:] = 0.5  # the same swatch in two corners
+    marks = np.zeros((2, 16, 16), bool)
+    marks[:, 0, 0] = True  # the served evidence: one pixel of one swatch
+    grown = grown_marks(NoFeatures(), x, marks)
+    assert grown[:, :3, :3].all() and grown[:, -3:, -3:].all() and not grown[:, 4:12, 4:12].any()
+    assert np.array_equal(grown_marks(NoFeatures(), x, np.zeros_like(marks)), np.zeros_like(marks))
+
+
 def test_the_cost_is_bounded_by_the_landmarks_for_many_tasks():
     d = synthetic(8000, shortcut_classes=(2,))  # 48,000 tasks
     clusters = StrategyClustering(landmarks=300).fit(d)
@@ -111,7 +156,7 @@ def test_on_digits_the_top_suspicious_cluster_is_the_decoy_and_clean_evidence_is
     top = clusters[0]
     assert top.suspicious
     hits = truth[top.rows].sum()
-    assert hits / len(top.rows) >= 0.85 and hits / truth.sum() >= 0.6
+    assert hits / len(top.rows) >= 0.85 and hits / truth.sum() >= 0.75
     clusters, truth = found["decoy_digits"]
     assert truth.sum() < 60 and not any(c.suspicious for c in clusters)
 

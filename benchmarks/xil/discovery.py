@@ -126,6 +126,39 @@ def scale(n: int, seed: int = 0, log=print) -> dict[str, Any]:
     return {"tasks": n, "seconds": seconds, "clusters": len(clusters)}
 
 
+def markdown(path: Path = RESULTS) -> list[str]:
+    """The discovery section of docs/xil-benchmarks.md (empty when the results do not exist)."""
+    if not path.exists():
+        return []
+    out = json.loads(path.read_text())
+    records = sorted(out.get("records", []), key=lambda r: (r["problem"], r["seed"]))
+    lines = ["# Shortcut discovery with no correction (issue 25)", "",
+             "Written by `python -m benchmarks.xil.discovery` to `benchmarks/results/xil_discovery.json`. The "
+             "suite's base CNN (trained on the labelled set, no feedback) explains every training task; "
+             "`discovery.StrategyClustering` clusters the evidence, as the training and ranking jobs do. Truth: "
+             "tasks whose served evidence lies mostly on the planted confounder. *Mark irrelevant* on the top "
+             "suspicious cluster only (`apply_cluster_corrections`: the served evidence of its tasks, grown over "
+             "what it lies on in the same image), then the suite's fine-tuning round; recovered = share of the "
+             "gap between no feedback and the clean bound (gaps under 2 points: none).", "",
+             "| problem | seed | truth | top: tasks (classes) | precision | recall | score (clean model's max) "
+             "| suspicious (clean) | acc none / clean / corrected | recovered |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        t = r.get("top")
+        top = "-" if t is None else f"{t['size']} ({len(t['classes'])})"
+        pr = ("-", "-") if t is None else (f"{t['precision']:.2f}", f"{t['recall']:.2f}")
+        acc = f"{r['none']:.3f} / {r['clean']:.3f} / " + (f"{r['corrected']:.3f}" if "corrected" in r else "-")
+        rec = f"{100 * r['gap_recovered']:.0f}%" if r.get("gap_recovered") is not None else "-"
+        lines.append(f"| {r['problem']} | {r['seed']} | {r['truth']}/{r['tasks']} | {top} | {pr[0]} | {pr[1]} | "
+                     f"{r['max_score']:.3f} ({r['clean_max_score']:.3f}) | {r['suspicious']} ({r['clean_suspicious']}) "
+                     f"| {acc} | {rec} |")
+    scale_rows = out.get("scale", [])
+    if scale_rows:
+        lines += ["", "Clustering cost on synthetic descriptors (one thread): " + "; ".join(
+            f"{s['tasks']:,} tasks in {s['seconds']:.1f} s" for s in scale_rows) + "."]
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", nargs="+", default=[p for p in IMAGE_PROBLEMS if p != "colors"])

@@ -349,7 +349,7 @@ def write_docs(payload: dict[str, Any], plot_paths: list[Path], path: Path = DOC
         f"propagate_min_support={DEFAULTS.propagate_min_support} corrected tasks (`feedback/concepts.py`, "
         f"`feedback/text_concepts.py`), cali_lambda={DEFAULTS.cali_lambda:g}, "
         f"evidence_sigma={DEFAULTS.evidence_sigma:g}, kl_weight={DEFAULTS.kl_weight:g}, {DEFAULTS.acquisition} "
-        f"ranking with max_class_share={DEFAULTS.max_class_share:g}, Grad-CAM evidence; no per-data-set tuning. "
+        f"ranking with max_class_share={DEFAULTS.max_class_share:g}, the served evidence (the CNN's: gradient x activation at its deepest block of at least 16 cells a side, smoothed); no per-data-set tuning. "
         "A method row changes only its strategy (and c, the fill, propagation or lambda where its name says so).",
         "- scikit-learn's digits has 1797 images (80/20 split: 1438 training images), so 0.5%, 1% and 5% of the "
         "training set are 7, 14 and 72 corrected explanations; MNIST's 1% would be 600. Colors and the text "
@@ -368,6 +368,9 @@ def write_docs(payload: dict[str, Any], plot_paths: list[Path], path: Path = DOC
     from benchmarks.xil.generalisation import markdown as generalisation_markdown
 
     lines += generalisation_markdown()
+    from benchmarks.xil.discovery import markdown as discovery_markdown
+
+    lines += discovery_markdown()
     notes = payload.get("notes") or []
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

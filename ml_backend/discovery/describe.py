@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ml_backend.discovery.evidence import EvidenceDescriber
 from ml_backend.discovery.thumbnails import thumbnail
@@ -53,10 +54,55 @@ def evidence_marks(model: ModelKind, x: torch.Tensor, method: str, keep_mass: fl
     return marks
 
 
+COLOUR_TOLERANCE = 0.1  # of the image's spread: the swatch's own shade, not its neighbours'
+FEATURE_SIMILARITY = 0.7  # cosine of standardised region features
+
+
+def grown_marks(model: ModelKind, x: torch.Tensor, marks: np.ndarray, colour_tolerance: float = COLOUR_TOLERANCE,
+                feature_similarity: float = FEATURE_SIMILARITY, batch: int = BATCH) -> np.ndarray:
+    """Image marks (N, H, W) grown over what they lie on, anywhere in their own image: the pixels
+    of the marked colour, and the places whose region features are alike those under the mark.
+    Served evidence covers a part of a shortcut (a tenth of a corner swatch, one corner of four);
+    the model, told off that part, moves to the rest. Kinds without region features grow by
+    colour alone; texts keep their marks."""
+    marks = np.asarray(marks, dtype=bool)
+    if marks.ndim != 3 or x.dim() != 4:
+        return marks
+    out = marks.copy()
+    for start in range(0, len(x), batch):
+        chunk, mark = x[start:start + batch].float(), torch.as_tensor(marks[start:start + batch])
+        out[start:start + batch] |= _same_colour(chunk.cpu(), mark, colour_tolerance).numpy()
+        with torch.no_grad():
+            features = model.region_features(chunk.to(model.device()))
+        if features is not None and features.dim() == 4:
+            out[start:start + batch] |= _alike_features(features.float().cpu(), mark, feature_similarity).numpy()
+    return out
+
+
+def _same_colour(x: torch.Tensor, mark: torch.Tensor, tolerance: float) -> torch.Tensor:
+    out = torch.zeros_like(mark)
+    for i in range(len(x)):
+        if mark[i].any():
+            colour = x[i][:, mark[i]].quantile(0.5, dim=1)
+            spread = x[i].flatten(1).std(dim=1, unbiased=False).mean().clamp_min(1e-6)
+            out[i] = (x[i] - colour[:, None, None]).abs().amax(dim=0) <= tolerance * spread
+    return out
+
+
+def _alike_features(features: torch.Tensor, mark: torch.Tensor, similarity: float) -> torch.Tensor:
+    units = F.normalize((features - features.mean(dim=(0, 2, 3), keepdim=True))
+                        / features.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6), dim=1)
+    share = F.adaptive_avg_pool2d(mark[:, None].float(), units.shape[2:])  # how much of each place is marked
+    centres = F.normalize((units * share).sum(dim=(2, 3)), dim=1)
+    alike = (torch.einsum("ndhw,nd->nhw", units, centres) >= similarity) & (share.flatten(1).sum(dim=1) > 0)[:, None, None]
+    return F.interpolate(alike[:, None].float(), size=mark.shape[1:], mode="nearest")[:, 0] > 0.5
+
+
 def apply_cluster_corrections(examples: list, corrections: list[dict], model_of: Callable[[str], ModelKind],
                               method: str, keep_mass: float, mc_samples: int = 10) -> int:
     """Mark the evidence that the version a cluster came from served on every labelled task of a
-    cluster marked irrelevant, Irrelevant on its example, as an annotator's brush would (added to
+    cluster marked irrelevant, grown over what it lies on (``grown_marks``), Irrelevant on its
+    example, as an annotator's brush would (added to
     the task's own marks, never over its Relevant ones); generalisation then carries it as it
     carries theirs. ``model_of(version)`` gives that version's model (a later one's evidence has
     moved: corrections add up as the model turns from one shortcut to the next). Returns how many
@@ -67,7 +113,8 @@ def apply_cluster_corrections(examples: list, corrections: list[dict], model_of:
         rows = [i for i, e in enumerate(examples) if e.task_id in members]
         if rows:
             model = model_of(str(correction.get("version")))
-            marks = evidence_marks(model, torch.stack([examples[i].x for i in rows]), method, keep_mass, mc_samples)
+            x = torch.stack([examples[i].x for i in rows])
+            marks = grown_marks(model, x, evidence_marks(model, x, method, keep_mass, mc_samples))
             for i, mark in zip(rows, marks):
                 marked[i] = marked[i] | mark if i in marked else mark
     changed = 0
@@ -97,6 +144,7 @@ def cluster_payload(clusters: list, task_ids: list[int], labeled: set[int], clas
             "classes": {classes[k] if k < len(classes) else str(k): n for k, n in
                         sorted(c.classes.items(), key=lambda kv: -kv[1])},
             "shortcut_score": float(c.repetition), "suspicious": bool(c.suspicious),
+            "repeating": bool(c.repeating),
             "isolation": round(float(c.isolation), 4),
             "task_ids": ids, "labeled_task_ids": [t for t in ids if t in labeled],
             "representative_task_ids": [int(task_ids[r]) for r in c.representatives],
