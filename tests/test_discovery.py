@@ -96,6 +96,34 @@ def test_a_cluster_mark_grows_over_the_rest_of_what_it_lies_on_in_its_own_image(
     assert np.array_equal(grown_marks(NoFeatures(), x, np.zeros_like(marks)), np.zeros_like(marks))
 
 
+def test_alike_features_grow_a_mark_over_a_shortcut_but_not_over_the_whole_picture():
+    from ml_backend.discovery.describe import grown_marks
+
+    class Features:
+        """Region features on a 4x4 grid: ``alike`` cells share the marked cell's vector."""
+
+        def __init__(self, alike: torch.Tensor) -> None:
+            self.alike = alike
+
+        def device(self) -> torch.device:
+            return torch.device("cpu")
+
+        def region_features(self, x: torch.Tensor) -> torch.Tensor:
+            f = torch.randn(len(x), 8, 4, 4, generator=torch.Generator().manual_seed(0))
+            f[:, :, self.alike] = torch.arange(8.0)[None, :, None] * 3
+            return f
+
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # no two pixels alike in colour
+    marks = np.zeros((3, 16, 16), bool)
+    marks[:, 0, 0] = True
+    corners = torch.zeros(4, 4, dtype=torch.bool)
+    corners[0, 0] = corners[3, 3] = True  # 2 cells of 16: a shortcut's share of the picture
+    grown = grown_marks(Features(corners), x, marks)
+    assert grown[:, :4, :4].all() and grown[:, 12:, 12:].all() and grown.mean() == pytest.approx(2 / 16)
+    everywhere = torch.ones(4, 4, dtype=torch.bool)
+    assert grown_marks(Features(everywhere), x, marks).sum() == marks.sum()  # the picture itself: left alone
+
+
 def test_the_cost_is_bounded_by_the_landmarks_for_many_tasks():
     d = synthetic(8000, shortcut_classes=(2,))  # 48,000 tasks
     clusters = StrategyClustering(landmarks=300).fit(d)

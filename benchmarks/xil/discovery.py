@@ -148,7 +148,7 @@ def markdown(path: Path = RESULTS) -> list[str]:
         top = "-" if t is None else f"{t['size']} ({len(t['classes'])})"
         pr = ("-", "-") if t is None else (f"{t['precision']:.2f}", f"{t['recall']:.2f}")
         acc = f"{r['none']:.3f} / {r['clean']:.3f} / " + (f"{r['corrected']:.3f}" if "corrected" in r else "-")
-        rec = f"{100 * r['gap_recovered']:.0f}%" if r.get("gap_recovered") is not None else "-"
+        rec = f"{int(round(100 * r['gap_recovered']))}%" if r.get("gap_recovered") is not None else "-"
         lines.append(f"| {r['problem']} | {r['seed']} | {r['truth']}/{r['tasks']} | {top} | {pr[0]} | {pr[1]} | "
                      f"{r['max_score']:.3f} ({r['clean_max_score']:.3f}) | {r['suspicious']} ({r['clean_suspicious']}) "
                      f"| {acc} | {rec} |")
@@ -156,7 +156,44 @@ def markdown(path: Path = RESULTS) -> list[str]:
     if scale_rows:
         lines += ["", "Clustering cost on synthetic descriptors (one thread): " + "; ".join(
             f"{s['tasks']:,} tasks in {s['seconds']:.1f} s" for s in scale_rows) + "."]
+    for s in out.get("real_scale", []):
+        lines += ["", f"{s['tasks']:,} real tasks ({s['problem']}'s images, tiled), one thread: the ranking's "
+                  f"explanations take {s['explain_seconds']:.1f} s; describing them (explaining again, with the "
+                  f"region features) {s['describe_seconds']:.1f} s and clustering {s['cluster_seconds']:.1f} s. "
+                  "The ranking job describes the batches it explains, so discovery adds the region features "
+                  "and the clustering to it."]
+    notes = out.get("notes", [])
+    if notes:
+        lines += [""] + [n if n.startswith("  - ") else f"- {n}" for n in notes]
     return lines + [""]
+
+
+def real_scale(n: int, problem: str = "decoy_digits_4", seed: int = 0, epochs: int = 20, log=print) -> dict[str, Any]:
+    """Describing and clustering ``n`` real tasks' evidence: the problem's training images, tiled
+    with a little noise to ``n``, explained by its base CNN (what the ranking job adds to each
+    batch it explains: the region features and the descriptors; then one clustering)."""
+    data = PROBLEMS[problem](seed)
+    settings = settings_for(data.image_size, METHODS["default"])
+    backend = Backend(prepare_problem(data, settings), settings, torch.device("cpu"))
+    model, _ = train_base(backend, clean=False, epochs=epochs, seed=seed)
+    model.network.eval()
+    x = backend.data.train.x
+    generator = torch.Generator().manual_seed(seed)
+    tiled = x[torch.arange(n) % len(x)] + 0.02 * torch.randn((n, *x.shape[1:]), generator=generator)
+    started = time.perf_counter()
+    for start in range(0, n, 64):
+        model.predict_and_explain(tiled[start:start + 64], settings.attribution, 10)
+    explain_s = time.perf_counter() - started
+    started = time.perf_counter()
+    descriptors = describe_inputs(model, tiled, settings.attribution).result()
+    describe_s = time.perf_counter() - started
+    started = time.perf_counter()
+    clusters = StrategyClustering(seed=seed).fit(descriptors)
+    cluster_s = time.perf_counter() - started
+    log(f"[real scale] {n} {problem} tasks: explaining {explain_s:.1f}s; describing (explaining again + region "
+        f"features) {describe_s:.1f}s; clustering {cluster_s:.1f}s, {len(clusters)} clusters")
+    return {"tasks": n, "problem": problem, "explain_seconds": explain_s, "describe_seconds": describe_s,
+            "cluster_seconds": cluster_s, "clusters": len(clusters)}
 
 
 def main() -> None:
@@ -166,6 +203,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=8)
     parser.add_argument("--scale", nargs="*", type=int, default=[10_000, 100_000])
+    parser.add_argument("--real-scale", nargs="*", type=int, default=[10_000])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -175,6 +213,9 @@ def main() -> None:
         out = json.loads(args.out.read_text())
     for n in args.scale:
         out["scale"] = [s for s in out.get("scale", []) if s["tasks"] != n] + [scale(n)]
+        args.out.write_text(json.dumps(out, indent=1, default=float))
+    for n in args.real_scale:
+        out["real_scale"] = [s for s in out.get("real_scale", []) if s["tasks"] != n] + [real_scale(n)]
         args.out.write_text(json.dumps(out, indent=1, default=float))
     for problem in args.problems:
         for seed in args.seeds:

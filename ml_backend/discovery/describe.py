@@ -56,6 +56,10 @@ def evidence_marks(model: ModelKind, x: torch.Tensor, method: str, keep_mass: fl
 
 COLOUR_TOLERANCE = 0.1  # of the image's spread: the swatch's own shade, not its neighbours'
 FEATURE_SIMILARITY = 0.7  # cosine of standardised region features
+# Where the alike places cover more of an image than this, they are the picture itself, not a
+# shortcut on it: on the suite's photographs (the class is one photograph) they covered 50-99%
+# and marking them cost 24 points; a swatch, stripe or tag covers a few per cent.
+FEATURE_GROWTH_CAP = 0.25
 
 
 def grown_marks(model: ModelKind, x: torch.Tensor, marks: np.ndarray, colour_tolerance: float = COLOUR_TOLERANCE,
@@ -63,8 +67,9 @@ def grown_marks(model: ModelKind, x: torch.Tensor, marks: np.ndarray, colour_tol
     """Image marks (N, H, W) grown over what they lie on, anywhere in their own image: the pixels
     of the marked colour, and the places whose region features are alike those under the mark.
     Served evidence covers a part of a shortcut (a tenth of a corner swatch, one corner of four);
-    the model, told off that part, moves to the rest. Kinds without region features grow by
-    colour alone; texts keep their marks."""
+    the model, told off that part, moves to the rest. Alike places covering more than
+    ``FEATURE_GROWTH_CAP`` of an image are left out. Kinds without region features grow by colour
+    alone; texts keep their marks."""
     marks = np.asarray(marks, dtype=bool)
     if marks.ndim != 3 or x.dim() != 4:
         return marks
@@ -95,6 +100,7 @@ def _alike_features(features: torch.Tensor, mark: torch.Tensor, similarity: floa
     share = F.adaptive_avg_pool2d(mark[:, None].float(), units.shape[2:])  # how much of each place is marked
     centres = F.normalize((units * share).sum(dim=(2, 3)), dim=1)
     alike = (torch.einsum("ndhw,nd->nhw", units, centres) >= similarity) & (share.flatten(1).sum(dim=1) > 0)[:, None, None]
+    alike &= (alike.flatten(1).float().mean(dim=1) <= FEATURE_GROWTH_CAP)[:, None, None]
     return F.interpolate(alike[:, None].float(), size=mark.shape[1:], mode="nearest")[:, 0] > 0.5
 
 
