@@ -43,8 +43,9 @@ from ml_backend.discovery.evidence import Descriptors
 FLAG = 0.93
 MERGE = 0.3
 # Per task, on the same problems and 3 seeds: tasks whose evidence lies on the planted
-# confounder reach 0.95-0.99 (0.96: recall 0.6-0.98 where the model uses it); the clean models'
-# tasks stay below but for at most 3.5% of them, and on problems with no gap at most 2% pass.
+# confounder average 0.95-0.99; at 0.96 (with CLASS_SHARE) the top cluster's recall is 0.51-0.98
+# where one is flagged (benchmarks/results/xil_discovery.json); the clean models' tasks stay
+# below but for at most 3.5% of them, and on problems with no gap at most 2% pass.
 TASK_FLAG = 0.96
 NEIGHBOUR_SHARE = 0.07
 MIN_SHARE = 0.03
