@@ -93,11 +93,11 @@ class StrategyClustering:
         self.task_flag, self.neighbour_share, self.min_share = task_flag, neighbour_share, min_share
         self.class_share, self.references = class_share, references
 
-    def task_repetition(self, content: np.ndarray, predicted: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def task_repetition(self, content: np.ndarray, predicted: np.ndarray, total: float, rng: np.random.Generator
+                        ) -> np.ndarray:
         """Per task: 1 - mean squared content distance to its nearest ``neighbour_share`` of its
         class (among at most ``references`` of them, so the cost stays linear), over twice the
-        project's content variance."""
-        total = float(((content - content.mean(axis=0)) ** 2).sum(axis=1).mean()) or 1.0
+        project's content variance ``total``."""
         out = np.zeros(len(content))
         for cls in np.unique(predicted):
             rows = np.flatnonzero(predicted == cls)
@@ -132,7 +132,7 @@ class StrategyClustering:
         rng = np.random.default_rng(self.seed)
         content = descriptors.content if descriptors.content.shape[1] else descriptors.place
         total = float(((content - content.mean(axis=0)) ** 2).sum(axis=1).mean()) or 1.0
-        task_scores = self.task_repetition(content, predicted, rng)
+        task_scores = self.task_repetition(content, predicted, total, rng)
         repeating = task_scores >= self.task_flag
         for cls in np.unique(predicted):
             of_class = predicted == cls
