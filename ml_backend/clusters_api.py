@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from ml_backend.config import Settings
+from ml_backend.config import ConfigError, Settings
 from ml_backend.errors import ApiError
 from ml_backend.project import ProjectIdError, project_key
 from ml_backend.store import ProjectStore, StoreError, version_number
@@ -31,8 +31,33 @@ def parse_project(value: Any) -> str:
         raise ApiError(400, str(exc)) from None
 
 
+def clusters_enabled(settings: Settings, project: str) -> bool:
+    """Whether the project computes evidence clusters: XIL_EVIDENCE_CLUSTERS, or its /setup extra
+    param ``evidence_clusters``. Stored params that no longer parse fall back to the environment's."""
+    try:
+        params = ProjectStore(settings.model_dir, project).config().get("extra_params") or {}
+        return settings.project.with_overrides(params).evidence_clusters
+    except (ConfigError, StoreError):  # /setup refuses such params: a project.json from an older version
+        return settings.project.evidence_clusters
+
+
+def require_clusters(settings: Settings, project: str) -> None:
+    """ApiError (409) when the project's evidence clusters are turned off."""
+    if not clusters_enabled(settings, project):
+        raise ApiError(409, f"evidence clusters are turned off for project {project} (XIL_EVIDENCE_CLUSTERS=false "
+                            "or the extra param evidence_clusters: false): set it to true, and the next training "
+                            "computes them")
+
+
 def current_clusters(settings: Settings, project: str) -> tuple[ProjectStore, dict[str, Any]]:
-    """The serving version's clusters; 404 when the project has no version or none yet."""
+    """The serving version's clusters; 409 when the project turned them off, 404 when it has no
+    version or none yet."""
+    require_clusters(settings, project)
+    return _stored_clusters(settings, project)
+
+
+def _stored_clusters(settings: Settings, project: str) -> tuple[ProjectStore, dict[str, Any]]:
+    """``current_clusters`` without the setting's check."""
     try:
         store = ProjectStore(settings.model_dir, project)
         version = store.current()
@@ -48,10 +73,11 @@ def current_clusters(settings: Settings, project: str) -> tuple[ProjectStore, di
 
 def find_cluster(settings: Settings, project: str, cluster_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the version's clusters, the cluster) for an id of the serving version's clusters."""
+    require_clusters(settings, project)  # before the id: clusters off answers the same for any id
     match = CLUSTER_ID.fullmatch(cluster_id)
     if not match:
         raise ApiError(404, f"no cluster {cluster_id[:40]!r}: cluster ids look like 'v3-c1' (GET /clusters)")
-    store, payload = current_clusters(settings, project)
+    store, payload = _stored_clusters(settings, project)
     serving = version_number(project, payload["version"])
     if int(match.group(1)) != serving:
         raise ApiError(409, f"cluster {cluster_id} belongs to version {match.group(1)}; project {project} serves "
@@ -83,7 +109,8 @@ def mark_irrelevant(settings: Settings, webhooks: Any, project: str, cluster_id:
 
 
 def undo_irrelevant(webhooks: Any, project: str, cluster_id: str) -> dict[str, Any]:
-    """Remove a cluster correction (of any version) and queue a training; 404 when there is none."""
+    """Remove a cluster correction (of any version) and queue a training; 404 when there is none.
+    Allowed with the clusters turned off: a recorded correction still applies at every training."""
     if not webhooks.store.remove_cluster_correction(project, cluster_id):
         raise ApiError(404, f"project {project} has no correction of cluster {cluster_id[:40]!r}")
     log.info("project %s: correction of cluster %s undone", project, cluster_id)

@@ -236,6 +236,10 @@ class ProjectSettings:
     # share of attribution mass kept as evidence (the thesis' lambda_1)
     evidence_mass: float = _setting(0.2, 0, 1, low_open=True)
     evidence_regions: str = "merged"  # "merged" (one mask) or "components" (one region per component)
+    # evidence clusters ("What the model looks at", discovery/): every training and ranking explains the
+    # labelled tasks once more to cluster their evidence; false skips that work and /clusters answers 409.
+    # Cluster corrections recorded before still apply at every training
+    evidence_clusters: bool = True
     # <Choices choice="multiple">: every class whose probability (a sigmoid per class) is above this is served
     multi_label_threshold: float = _setting(0.5, 0, 1, low_open=True, high_open=True)
     slic_segments: int = _setting(0, 0, 10_000)  # >0 snaps evidence to SLIC superpixels

@@ -23,7 +23,8 @@ from jinja2 import Undefined
 from markupsafe import Markup, escape
 
 from ml_backend import __version__
-from ml_backend.clusters_api import mark_irrelevant, parse_project, send_to_annotators, undo_irrelevant
+from ml_backend.clusters_api import (clusters_enabled, mark_irrelevant, parse_project, send_to_annotators,
+                                     undo_irrelevant)
 from ml_backend.config import Settings
 from ml_backend.discovery.evidence import MAP_CELLS
 from ml_backend.errors import ApiError
@@ -162,9 +163,11 @@ def cluster_panel(settings: Settings, project: str, version: Optional[str],
                   annotations: Optional[AnnotationStore]) -> Optional[dict[str, Any]]:
     """What the serving version looks at: its clusters (the first ``CLUSTER_CARDS``, suspicious
     first, without their task ids) and the project's cluster corrections; None when there is
-    neither."""
+    neither. A project that turned its clusters off gets ``off`` and no cards: a file left by an
+    earlier version is not shown."""
+    enabled = clusters_enabled(settings, project)
     try:
-        payload = ProjectStore(settings.model_dir, project).clusters(version) if version else None
+        payload = ProjectStore(settings.model_dir, project).clusters(version) if version and enabled else None
     except (OSError, ValueError, StoreError) as exc:
         log.warning("project %s: unreadable clusters: %s", project, exc)
         payload = None
@@ -172,7 +175,7 @@ def cluster_panel(settings: Settings, project: str, version: Optional[str],
     if annotations is not None:
         corrections = [{"cluster": c["cluster"], "version": c["version"], "created_at": c["created_at"],
                         "tasks": len(c["task_ids"])} for c in annotations.cluster_corrections(project)]
-    if payload is None and not corrections:
+    if payload is None and not corrections and enabled:
         return None
     marked = {c["cluster"] for c in corrections}
     found = (payload or {}).get("clusters") or []
@@ -180,7 +183,7 @@ def cluster_panel(settings: Settings, project: str, version: Optional[str],
               "thumbnails": [{**t, "url": task_url(settings, project, t.get("task"))} for t in c.get("thumbnails") or []],
               "map": relevance_map(c.get("mean_map") or [], f"mean relevance of {c['id']}")}
              for c in found[:CLUSTER_CARDS]]
-    return {"version": version, "computed": payload is not None,
+    return {"version": version, "computed": payload is not None, "off": not enabled,
             "tasks": (payload or {}).get("tasks"), "labeled": (payload or {}).get("labeled"),
             "sources": (payload or {}).get("sources") or [], "computed_at": (payload or {}).get("computed_at"),
             "cards": cards, "more": max(0, len(found) - CLUSTER_CARDS), "corrections": corrections}

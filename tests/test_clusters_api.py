@@ -8,12 +8,13 @@ import io
 import numpy as np
 import pytest
 import requests
+import torch
 from PIL import Image
 
 from ml_backend.app import create_app
 from ml_backend.config import ProjectSettings, Settings
 from ml_backend.jobs import make_queue
-from ml_backend.store import ProjectStore
+from ml_backend.store import ProjectStore, open_annotation_store
 from tests.support.data import confounded_images
 from tests.support.live import LiveServer, annotation_webhook, choice, ls_task, png_data_uri, setup_body
 
@@ -150,3 +151,123 @@ def test_the_ranking_job_reads_only_the_representatives_again_for_their_thumbnai
     assert read == [2, 9, 1]  # each representative once; no other task
     assert [[t["task"] for t in c["thumbnails"]] for c in payload["clusters"]] == [[2], [1, 2]]
     assert payload["clusters"][0]["thumbnails"][0]["image"].startswith("data:image/png;base64,")
+
+
+OFF = {"evidence_clusters": False}
+
+
+def post_annotations(server, image_config, n, seed=3):
+    x, y, _ = confounded_images(n, seed=seed)
+    for i in range(n):
+        task = ls_task(i + 1, {"image": png_data_uri((x[i, 0].numpy() * 255).astype(np.uint8))})
+        body = annotation_webhook("ANNOTATION_CREATED", 100 + i, task, [choice(("Class A", "Class B")[int(y[i])])],
+                                  image_config)
+        assert requests.post(server.url + "/webhook", json=body, headers=SECRET).status_code == 200
+
+
+def test_with_clusters_off_a_training_publishes_none_yet_applies_recorded_corrections_and_the_routes_refuse(
+        settings, image_config):
+    with LiveServer(create_app(settings)) as server:
+        assert requests.post(server.url + "/setup", json=setup_body(image_config, extra_params=OFF)).status_code == 200
+        # recorded while the project's clusters were on (of a version since gone): it must still train
+        annotations = open_annotation_store(settings)
+        assert annotations.add_cluster_correction("2", "v9-c1", "p2-v9", range(1, 9))
+        post_annotations(server, image_config, 12)
+        assert make_queue(settings).wait_idle(180)
+        store = ProjectStore(settings.model_dir, "2")
+        version = store.current()
+        assert version is not None
+        assert store.clusters(version) is None and not (store.root / "clusters").exists()
+        applied = store.meta(version)["cluster_corrections"]
+        assert applied["clusters"] == ["v9-c1"] and applied["tasks_marked"] >= 1
+        answers = {"GET": clusters(server),
+                   "POST irrelevant": requests.post(f"{server.url}/clusters/v9-c1/irrelevant", json={"project": 2}),
+                   "POST review": requests.post(f"{server.url}/clusters/v9-c1/review", json={"project": 2}),
+                   "any id": requests.post(f"{server.url}/clusters/garbage/irrelevant", json={"project": 2})}
+        for route, answer in answers.items():
+            assert answer.status_code == 409, (route, answer.text)
+            error = answer.json()["error"]
+            assert "turned off for project 2" in error and "XIL_EVIDENCE_CLUSTERS" in error, (route, error)
+        assert [c["cluster"] for c in annotations.cluster_corrections("2")] == ["v9-c1"]
+        page = requests.get(server.url + "/dashboard")
+        assert page.status_code == 200 and "evidence clusters are turned off for this project" in page.text
+        assert 'action="dashboard/clusters/v9-c1/undo"' in page.text  # a correction that still applies can be undone
+        undo = requests.delete(f"{server.url}/clusters/v9-c1/irrelevant", json={"project": 2})
+        assert undo.status_code == 200, undo.text
+        assert annotations.cluster_corrections("2") == []
+        # on again: the routes answer as before (no clusters for this version yet), not 409
+        assert requests.post(server.url + "/setup", json=setup_body(image_config)).status_code == 200
+        again = clusters(server)
+        assert again.status_code == 404 and "no evidence clusters" in again.json()["error"]
+
+
+class _LabelStudio:
+    """What the ranking job asks of Label Studio, answered from a list of unlabelled tasks."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    def iter_tasks(self, project, **_):
+        return iter([dict(t) for t in self.tasks])
+
+    def get_task(self, task_id):
+        return next(dict(t) for t in self.tasks if t["id"] == task_id)
+
+    def import_predictions(self, project, predictions):
+        return len(predictions)
+
+    def update_prediction(self, *args, **kwargs):
+        return None
+
+    def delete_prediction(self, prediction_id):
+        return None
+
+    def update_project(self, project, **fields):
+        return fields
+
+
+def test_with_clusters_off_the_ranking_explains_nothing_for_them_and_ranks_the_same(settings, image_config,
+                                                                                       monkeypatch):
+    from ml_backend.jobs import rank as rank_job
+    from ml_backend.models import adapt
+    from ml_backend.models.cnn import ImageCNN
+    from ml_backend.ranking import score
+
+    settings = settings.replace(label_studio_url="http://ls.invalid", label_studio_api_key="key")
+    store = ProjectStore(settings.model_dir, "2")
+    store.update_config(label_config=image_config, extra_params=OFF)
+    torch.manual_seed(0)
+    version = store.publish(adapt(ImageCNN(2, image_size=24, width=4)), ("Class A", "Class B"), {})
+    x, y, _ = confounded_images(30, seed=5)
+    tasks = [ls_task(i + 1, {"image": png_data_uri((x[i, 0].numpy() * 255).astype(np.uint8))}) for i in range(30)]
+    annotations = open_annotation_store(settings)
+    for i in range(20, 30):  # labelled: what the clusters explain again beside the unlabelled tasks
+        body = annotation_webhook("ANNOTATION_CREATED", 100 + i, tasks[i], [choice(("Class A", "Class B")[int(y[i])])],
+                                  image_config)
+        annotations.upsert("2", body["annotation"], body["task"])
+    monkeypatch.setattr(rank_job, "LabelStudioClient", lambda *a, **k: _LabelStudio(tasks[:20]))
+    relevance, explained_again = [], []
+    render, labeled_evidence = score.render_predictions, rank_job.labeled_evidence
+
+    def recording_render(*args, with_relevance=False, **kwargs):
+        relevance.append(with_relevance)
+        return render(*args, with_relevance=with_relevance, **kwargs)
+
+    def recording_labeled_evidence(*args, **kwargs):
+        explained_again.append(True)
+        return labeled_evidence(*args, **kwargs)
+
+    monkeypatch.setattr(score, "render_predictions", recording_render)
+    monkeypatch.setattr(rank_job, "labeled_evidence", recording_labeled_evidence)
+
+    off = rank_job.rank_project(settings, "2")
+    assert off["ranked"] == 20 and off["clusters"] is None and store.clusters(version) is None
+    assert relevance and not any(relevance) and not explained_again  # entropy reads no explanation
+    off_queue = store.ranking()["tasks"]
+
+    relevance.clear()
+    store.update_config(extra_params={})
+    on = rank_job.rank_project(settings, "2")
+    assert on["clusters"] and store.clusters(version)["sources"] == ["labeled", "unlabeled"]
+    assert relevance and all(relevance) and explained_again == [True]  # the switch is what changed
+    assert store.ranking()["tasks"] == off_queue  # the ranking itself is the same either way

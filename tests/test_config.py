@@ -202,3 +202,21 @@ def test_the_backend_refuses_to_start_with_an_unsupported_database_url(monkeypat
     assert main(["versions"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("configuration error: DATABASE_URL must be a postgresql:// URL") and "hunter2" not in err
+
+
+@pytest.mark.parametrize("value, expected", [("false", False), ("0", False), ("off", False), ("true", True),
+                                             ("YES", True)])
+def test_evidence_clusters_is_a_per_project_switch_from_the_environment(value, expected):
+    assert ProjectSettings().evidence_clusters is True  # on unless a project says otherwise
+    settings = Settings.from_env({"XIL_EVIDENCE_CLUSTERS": value})
+    assert settings.project.evidence_clusters is expected
+    # a project's extra params override the environment's, either way
+    assert settings.project.with_overrides({"evidence_clusters": not expected}).evidence_clusters is (not expected)
+    assert settings.project.with_overrides({"evidence_clusters": "off"}).evidence_clusters is False
+
+
+def test_a_bad_evidence_clusters_value_names_the_variable():
+    with pytest.raises(ConfigError, match="^XIL_EVIDENCE_CLUSTERS must be true or false, not 'maybe'"):
+        Settings.from_env({"XIL_EVIDENCE_CLUSTERS": "maybe"})
+    with pytest.raises(ConfigError, match="^evidence_clusters must be true or false"):
+        ProjectSettings().with_overrides({"evidence_clusters": 2})

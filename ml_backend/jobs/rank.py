@@ -57,7 +57,12 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     if ACQUISITIONS.get(ctx.settings.acquisition).needs_explanations:
         pairs = open_annotation_store(settings).list(project)[-LABELED_FOR_EXPLANATIONS:]
         labeled = labeled_explanations(ctx, loaded, prepare_readable(ctx, loaded, [t for _, t in pairs], fetcher))
-    describer, labeled_ids, labeled_tasks = labeled_evidence(settings, ctx, loaded, project, fetcher)
+    describer: Optional[EvidenceDescriber] = None
+    labeled_ids: list[int] = []
+    labeled_tasks: dict[int, dict[str, Any]] = {}
+    # off, no describer: the scorer then computes relevance only when its acquisition function reads it
+    if ctx.settings.evidence_clusters:
+        describer, labeled_ids, labeled_tasks = labeled_evidence(settings, ctx, loaded, project, fetcher)
     with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
         spool = Path(tmp) / "predictions.jsonl"
         tasks = client.iter_tasks(int(project), only_unlabeled=True, with_predictions=True)
@@ -85,13 +90,15 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
                "unreadable": {str(task): item["reason"] for task, item in unreadable.items()}}
     if not store.save_ranking(ranking):
         return {"version": version, "skipped": f"superseded by {store.current()}"}
-    progress(0.97, "clustering the evidence")
+    clustered = None
+    if describer is not None:
+        progress(0.97, "clustering the evidence")
 
-    def task_of(task_id: int) -> dict[str, Any]:  # only the representatives are read again
-        return labeled_tasks.get(task_id) or client.get_task(task_id)
+        def task_of(task_id: int) -> dict[str, Any]:  # only the representatives are read again
+            return labeled_tasks.get(task_id) or client.get_task(task_id)
 
-    clustered = save_clusters(ctx, store, version, describer, labeled_ids, ids,
-                              draw=representative_thumbnails(ctx, loaded, fetcher, task_of))
+        clustered = save_clusters(ctx, store, version, describer, labeled_ids, ids,
+                                  draw=representative_thumbnails(ctx, loaded, fetcher, task_of))
     log.info("project %s: ranked %d unlabeled tasks with %s (%d pushed, %d unchanged) in %.1fs", project, len(ids),
              ctx.settings.acquisition, pushed, unchanged, ranking["seconds"])
     progress(1.0, f"ranked {len(ids)} tasks")

@@ -174,8 +174,9 @@ def train_project(settings: Settings, project: str, reason: str = "annotations",
     version = store.publish(model.to(resolve_device("cpu")), ctx.schema.classes, meta, donors=donors)
     log.info("project %s: published %s (%d examples, metrics %s) in %.1fs", project, version, len(examples),
              metrics, time.perf_counter() - started)
-    progress(0.96, "clustering the evidence of the labelled tasks")
-    publish_clusters(ctx, store, model, version, examples)
+    if ctx.settings.evidence_clusters:
+        progress(0.96, "clustering the evidence of the labelled tasks")
+        publish_clusters(ctx, store, model, version, examples)
     progress(1.0, f"published {version}")
     return {"version": version, "metrics": metrics, "examples": len(examples), "feedback": counts}
 
