@@ -421,3 +421,43 @@ def test_a_text_backbone_gives_one_contextual_vector_per_document_token(backbone
     assert features.shape[:2] == (1, model.input_spec().max_len)
     filled = features[0].abs().sum(dim=1) > 0
     assert int(filled.sum()) == len(tokens) and bool(filled[:len(tokens)].all())
+
+
+def _frozen_resnet(backbone_dirs, image_config, classes: int):
+    _, dirs = backbone_dirs
+    choices = "".join(f'<Choice value="c{k}"/>' for k in range(classes))
+    config = image_config[:image_config.index("<Choices")] + f'<Choices name="label" toName="image" choice="single">' \
+        f'{choices}</Choices>' + image_config[image_config.index("</Choices>") + len("</Choices>"):]
+    return new_model(make_context("2", config, ProjectSettings(backbone=str(dirs["resnet"]), train_mode="frozen")))
+
+
+def test_the_frozen_heads_penalty_is_chosen_by_held_out_rows(backbone_dirs, image_config):
+    """The head's C is the one that gets the most held-out rows right: a strong penalty on few, noisy
+    rows; a weaker one where ten classes are cut by a linear rule (C = 1 underfit a ViT's features of a
+    patterned background by 4.5 points). Choosing leaves the head as it was (the fit warm-starts)."""
+    from ml_backend.training.head import C_GRID, HEAD_C, SELECT_MIN_ROWS, fit_linear_head, select_c
+
+    def head_accuracy(model, c, x, y, x_test, y_test):
+        fit_linear_head(model, x, y, c=c)
+        with torch.no_grad():
+            return float((model.logits_from_frozen(x_test).argmax(1) == y_test).float().mean())
+
+    model = _frozen_resnet(backbone_dirs, image_config, 10)
+    width = model.trainable_parameters()[0].shape[1]
+    rng = torch.Generator().manual_seed(0)
+    teacher = torch.randn(width, 10, generator=rng)
+    x, x_test = torch.randn(1500, width, generator=rng), torch.randn(2000, width, generator=rng)
+    y, y_test = (x @ teacher).argmax(1), (x_test @ teacher).argmax(1)
+    before = [p.detach().clone() for p in model.trainable_parameters()]
+    chosen = select_c(model, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.trainable_parameters()))
+    scores = {c: head_accuracy(model, c, x, y, x_test, y_test) for c in C_GRID}
+    assert chosen > 0.1 and scores[chosen] >= scores[0.1] + 0.02, (chosen, scores)
+    assert scores[chosen] >= max(scores.values()) - 0.005, (chosen, scores)
+    # few rows, classes barely apart, a third of the labels wrong: the strongest penalty
+    y_noisy = torch.randint(0, 10, (600,), generator=rng) % 3
+    noisy = torch.randn(600, width, generator=rng) + 0.2 * torch.randn(3, width, generator=rng)[y_noisy]
+    y_noisy = torch.where(torch.rand(600, generator=rng) < 0.33, torch.randint(0, 3, (600,), generator=rng), y_noisy)
+    assert select_c(model, noisy, y_noisy) <= 1.0
+    assert select_c(model, x[:SELECT_MIN_ROWS - 1], y[:SELECT_MIN_ROWS - 1]) == HEAD_C
+    assert fit_linear_head(model, x, y).c == chosen and fit_linear_head(model, x, y, c=0.5).c == 0.5

@@ -327,3 +327,39 @@ def test_registry_and_determinism(tags):
     assert c1.train.tasks == c2.train.tasks and c1.clean_train.tasks == c2.clean_train.tasks
     assert all(np.array_equal(x, y) for x, y in zip(c1.train.confounders, c2.train.confounders))
     assert D.class_tags(3).train.tasks != c1.train.tasks
+
+
+# --------------------------------------------------------------------------- decorrelated twins
+
+@pytest.mark.parametrize("name", ["decoy_digits", "decoy_digits_4", "edge_stripe", "random_patch", "stamp"])
+def test_a_decorrelated_twin_carries_the_confounder_independent_of_the_label(name):
+    """Where the clean twin has no confounder, the decorrelated one has it, in a random class's shade,
+    on the same digits and labels, and building it leaves the other sets as they were."""
+    from benchmarks.xil.suite import PROBLEMS
+
+    problem = PROBLEMS[name](0)
+    twin = problem.decorrelated_train
+    assert twin is not None and np.array_equal(twin.labels, problem.train.labels)
+    train, clean, decorrelated = (decode_gray(s) for s in (problem.train, problem.clean_train, twin))
+    changed = decorrelated != clean
+    assert changed.reshape(len(changed), -1).any(1).mean() > 0.95  # the confounder is there
+
+    def shade(images: np.ndarray, masks: np.ndarray) -> np.ndarray:  # the class a confounder's gray says (255 - 25 y)
+        return np.array([int(round((255 - np.median(x[m])) / 25)) if m.any() else -1 for x, m in zip(images, masks)])
+
+    labels = problem.train.labels
+    if name != "stamp":  # a stamp is blended: its gray is not the shade
+        assert (shade(train, train != clean) == labels).mean() > 0.9
+        assert abs((shade(decorrelated, changed) == labels).mean() - 0.1) < 0.05
+    assert set(problem.train.tasks[0]["data"]) == {"image"}
+    assert PROBLEMS[name](0).train.tasks == problem.train.tasks  # deterministic
+
+
+def test_decoy_text_has_a_decorrelated_twin():
+    from benchmarks.xil.data import SPURIOUS, decoy_text
+
+    problem = decoy_text(0, n_train=200, n_test=20)
+    texts = [t["data"]["text"] for t in problem.decorrelated_train.tasks]
+    token = np.array([int(SPURIOUS[1] in t) for t in texts])
+    assert all(any(s in t for s in SPURIOUS) for t in texts)
+    assert 0.35 < (token == problem.decorrelated_train.labels).mean() < 0.65

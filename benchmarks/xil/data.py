@@ -36,7 +36,9 @@ Every problem keeps the confounder of each task as character spans (text) or a b
 the image's own size (images): the simulated annotator paints exactly that region "Irrelevant"
 (for the problems above, exactly the pixels the confounder changed). A clean twin of the training
 set (same labels; no confounder, or for the problems above the confounder of a random class)
-trains the upper-bound model.
+trains the upper-bound model. Where the clean twin has no confounder, a decorrelated twin (the
+confounder of a random class, drawn from its own random stream so the other sets stay as they were)
+trains the bound of a model that only ignores what it saw vary.
 """
 from __future__ import annotations
 
@@ -72,6 +74,12 @@ class Problem:
     clean_train: Split
     clean_test: Optional[Split] = None
     notes: list[str] = field(default_factory=list)
+    # the confounder present but independent of the label, where ``clean_train`` has none: the upper
+    # bound of a model that must see the confounder vary to ignore it (a frozen backbone's head)
+    decorrelated_train: Optional[Split] = None
+    # the clean twin itself carries the confounder, independent of the label: the test set, not the
+    # confounder-free clean test set, is held-out data of its kind
+    clean_carries_confounder: bool = False
 
 
 def image_label_config(classes: list[str]) -> str:
@@ -159,6 +167,12 @@ def decoy_digits(seed: int, four_corners: bool = False, limit: Optional[int] = N
     classes = [str(d) for d in range(10)]
     n_tr = len(ytr)
     name = "decoy_digits_4" if four_corners else "decoy_digits"
+    twin_rng = np.random.default_rng((1000 + seed, 7))
+    if four_corners:
+        twin_corners = [list(CORNERS)] * n_tr
+    else:
+        twin_corners = [[CORNERS[k]] for k in twin_rng.integers(0, 4, n_tr)]
+    xdc, _ = _swatch(images[train_idx], _shade(twin_rng.integers(0, 10, n_tr)), twin_corners)
     title = ("Decoy digits, four corners (thesis variant)" if four_corners
              else "Decoy digits, one random corner (Ross et al.)")
     return Problem(
@@ -168,6 +182,7 @@ def decoy_digits(seed: int, four_corners: bool = False, limit: Optional[int] = N
         clean_train=Split(_image_tasks(images[train_idx], 200_000), ytr, [None] * n_tr),
         clean_test=Split(_image_tasks(images[test_idx], 300_000), yte, [None] * len(yte)),
         notes=[f"{n_tr} training / {len(yte)} test images (80/20 stratified split of scikit-learn's 1797 digits)"],
+        decorrelated_train=Split(_image_tasks(xdc, 400_000), ytr, [None] * n_tr),
     )
 
 
@@ -190,6 +205,11 @@ def _confounded_digits(name: str, title: str, seed: int, draw, clean_draw=None, 
     xte, mte = draw(images[test_idx], _shade(rng.integers(0, 10, len(yte))), rng)
     clean = (clean_draw(images[train_idx], _shade(rng.integers(0, 10, len(ytr))), rng)[0]
              if clean_draw else images[train_idx])
+    decorrelated = None
+    if clean_draw is None:
+        twin_rng = np.random.default_rng((4000 + seed, 97 * sum(map(ord, name)), 7))
+        twin, _ = draw(images[train_idx], _shade(twin_rng.integers(0, 10, len(ytr))), twin_rng)
+        decorrelated = Split(_image_tasks(twin, 400_000), ytr, [None] * len(ytr))
     return Problem(
         name=name, title=title, kind="image", label_config=image_label_config([str(d) for d in range(10)]),
         image_size=28,
@@ -198,6 +218,7 @@ def _confounded_digits(name: str, title: str, seed: int, draw, clean_draw=None, 
         clean_train=Split(_image_tasks(clean, 200_000), ytr, [None] * len(ytr)),
         clean_test=Split(_image_tasks(images[test_idx], 300_000), yte, [None] * len(yte)),
         notes=[f"{len(ytr)} training / {len(yte)} test images; {note}"],
+        decorrelated_train=decorrelated, clean_carries_confounder=clean_draw is not None,
     )
 
 
@@ -494,6 +515,7 @@ def photo_watermark(seed: int, n_train: int = 480, n_test: int = 200, size: int 
         test=Split(_image_tasks(xte, 100_000, 1), yte, list(mte)),
         clean_train=Split(_image_tasks(clean, 200_000, 1), ytr, [None] * n_train),
         clean_test=Split(_image_tasks(base_te, 300_000, 1), yte, [None] * n_test),
+        clean_carries_confounder=True,
         notes=[f"{n_train} training / {n_test} test {size}x{size} RGB crops (balanced); the class is the photograph "
                f"({', '.join(PHOTOS)}): a random crop of 35..75% of its short side, flipped half the time, "
                f"brightness x 0.8..1.2; confounder: a white logo per class ({', '.join(LOGOS)}) blended at alpha "
@@ -557,6 +579,7 @@ def colors(seed: int, n_train: int = 1000, n_test: int = 500) -> Problem:
         train=Split(_image_tasks(_render(tr), 1), ytr, [mask] * n_train),
         test=Split(_image_tasks(_render(te), 100_000), yte, [mask] * n_test),
         clean_train=Split(_image_tasks(_render(clean), 200_000), ytr, [None] * n_train),
+        clean_carries_confounder=True,
         notes=[f"{n_train} training / {n_test} test images, 5x5 cells drawn 4x4 px (20x20 input); "
                "test images satisfy exactly one rule, so accuracy is the share decided by the top-middle rule"],
     )
@@ -600,6 +623,8 @@ def decoy_text(seed: int, n_train: int = 1000, n_test: int = 500) -> Problem:
     train = [_review(rng, int(y), SPURIOUS[int(y)]) for y in ytr]
     test = [_review(rng, int(y), SPURIOUS[int(rng.integers(0, 2))]) for y in yte]
     clean = [_review(rng, int(y), None) for y in ytr]
+    twin_rng = np.random.default_rng((3000 + seed, 7))
+    decorrelated = [_review(twin_rng, int(y), SPURIOUS[int(twin_rng.integers(0, 2))]) for y in ytr]
 
     def tasks(items: list, first: int) -> list[dict[str, Any]]:
         return [{"id": first + i, "data": {"text": t}} for i, (t, _) in enumerate(items)]
@@ -610,6 +635,7 @@ def decoy_text(seed: int, n_train: int = 1000, n_test: int = 500) -> Problem:
         train=Split(tasks(train, 1), ytr, [s for _, s in train]),
         test=Split(tasks(test, 100_000), yte, [s for _, s in test]),
         clean_train=Split(tasks(clean, 200_000), ytr, [[] for _ in clean]),
+        decorrelated_train=Split(tasks(decorrelated, 400_000), ytr, [[] for _ in decorrelated]),
         notes=[f"{n_train} training / {n_test} test reviews; label = majority of 2-3 vs 0-1 sentiment words; "
                f"spurious tokens {SPURIOUS[0]!r} (Positive) / {SPURIOUS[1]!r} (Negative)"],
     )

@@ -72,6 +72,7 @@ class PreparedProblem:
     clean_test: Optional[PreparedSplit]
     label_only: list[Example] = field(default_factory=list)
     clean_examples: list[Example] = field(default_factory=list)
+    decorrelated_examples: list[Example] = field(default_factory=list)  # where the problem has the twin
 
 
 def _prepare_split(ctx: ProjectContext, split: Split, model: ModelKind, fetcher: Fetcher,
@@ -100,7 +101,8 @@ def _parse(ctx: ProjectContext, annotation: dict[str, Any], task: dict[str, Any]
                                            max_len=spec.max_len, text=prepared.text, tokens=prepared.tokens), prepared)
 
 
-def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProblem:
+def prepare_problem(problem: Problem, settings: ProjectSettings, decorrelated: bool = False) -> PreparedProblem:
+    """``decorrelated``: also read the problem's decorrelated twin, where it has one."""
     ctx = project_context(problem, settings)
     model = new_model(ctx)
     fetcher = Fetcher(Settings())
@@ -111,7 +113,11 @@ def prepare_problem(problem: Problem, settings: ProjectSettings) -> PreparedProb
     clean_test = (_prepare_split(ctx, problem.clean_test, model, fetcher, annotator, False)
                   if problem.clean_test else None)
     out = PreparedProblem(problem, model, train, test, clean_train, clean_test)
-    for split, target in ((train, out.label_only), (clean_train, out.clean_examples)):
+    splits = [(train, out.label_only), (clean_train, out.clean_examples)]
+    if decorrelated and problem.decorrelated_train is not None:
+        splits.append((_prepare_split(ctx, problem.decorrelated_train, model, fetcher, annotator, False),
+                       out.decorrelated_examples))
+    for split, target in splits:
         for task, prepared, label in zip(split.split.tasks, split.tasks, split.split.labels):
             fb = _parse(ctx, annotator.label_only(task, int(label)), task, model, prepared)
             target.append(Example(int(task["id"]), prepared.tensor, fb, prepared.text, prepared.tokens))
@@ -182,11 +188,18 @@ class Backend:
         return out
 
 
-def train_base(backend: Backend, clean: bool, epochs: int, seed: int) -> tuple[ModelKind, float]:
-    """A model trained on the whole labelled training set with no explanation feedback."""
+def train_base(backend: Backend, clean: bool, epochs: int, seed: int, decorrelated: bool = False
+               ) -> tuple[ModelKind, float]:
+    """A model trained on the whole labelled training set with no explanation feedback (``clean``: on
+    its clean twin; ``decorrelated``: on its twin with the confounder independent of the label)."""
     torch.manual_seed(seed)
     model = backend.new_model()
-    examples = backend.data.clean_examples if clean else backend.data.label_only
+    if decorrelated:
+        examples = backend.data.decorrelated_examples
+        if not examples:
+            raise ValueError(f"{backend.data.problem.name} has no decorrelated twin")
+    else:
+        examples = backend.data.clean_examples if clean else backend.data.label_only
     started = time.perf_counter()
     backend.train(model, list(examples), epochs, seed)
     return model, time.perf_counter() - started

@@ -107,12 +107,19 @@ def _problem(name: str, title: str, seed: int, insert: Insert, extra: tuple[str,
         tasks: list[dict[str, Any]] = [{"id": first + i, "data": {"text": t}} for i, (t, _) in enumerate(items)]
         return Split(tasks, labels, [s for _, s in items])
 
+    def decorrelated() -> Split:  # its own random stream: the other sets stay as they were
+        twin_rng = np.random.default_rng((5000 + seed, 97 * sum(map(ord, name)), 7))
+        forms = _independent(twin_rng, ytr)
+        items = [_review(twin_rng, int(y), insert(twin_rng, int(f)), extra, n_extra) for y, f in zip(ytr, forms)]
+        return split(items, ytr, 400_000)
+
     return Problem(
         name=name, title=title, kind="text", label_config=TEXT_CONFIG.read_text(), image_size=0,
         train=split(reviews(ytr, ytr), ytr, 1),
         test=split(reviews(yte, other), yte, 100_000),
         clean_train=split(reviews(ytr, clean_forms), ytr, 200_000),
         clean_test=split(reviews(yte, None), yte, 300_000),
+        decorrelated_train=None if clean_with_forms else decorrelated(), clean_carries_confounder=clean_with_forms,
         notes=[f"{n_train} training / {n_test} test reviews (balanced); label = majority of 2-3 vs 0-1 sentiment "
                f"words; {note}"],
     )
