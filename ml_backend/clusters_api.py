@@ -122,7 +122,7 @@ def send_to_annotators(settings: Settings, webhooks: Any, project: str, cluster_
     """Put the cluster's unlabelled tasks first in the next ranking and queue one; 409 without
     Label Studio."""
     payload, cluster = find_cluster(settings, project, cluster_id)
-    if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
+    if not settings.reaches_label_studio(project):
         raise ApiError(409, "sending tasks to annotators needs Label Studio: set LABEL_STUDIO_URL and "
                             "LABEL_STUDIO_API_KEY")
     labeled = set(cluster["labeled_task_ids"])

@@ -421,6 +421,10 @@ class Settings:
         """A checked copy with ``changes``."""
         return dataclasses.replace(self, **changes).validate()
 
+    def reaches_label_studio(self, project: str) -> bool:
+        """Whether jobs can call Label Studio's API for ``project`` (a URL, a key and a numeric id)."""
+        return bool(self.label_studio_url and self.label_studio_api_key) and project.isdigit()
+
     @property
     def gunicorn_bind(self) -> str:
         """The address gunicorn listens on."""

@@ -47,7 +47,7 @@ def rank_project(settings: Settings, project: str, progress: Progress = _quiet) 
     version = store.current()
     if version is None:
         return {"skipped": "no model version yet"}
-    if not (settings.label_studio_url and settings.label_studio_api_key) or not project.isdigit():
+    if not settings.reaches_label_studio(project):
         return {"skipped": "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to rank tasks"}
     loaded = store.load(version, ctx.settings.feature_cache_mb, donors=False)
     loaded.model.to(resolve_device(settings.device)).network.eval()
