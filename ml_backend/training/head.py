@@ -52,7 +52,8 @@ def fit_linear_head(model: ModelKind, features: torch.Tensor, y: torch.Tensor, c
 def select_c(model: ModelKind, features: torch.Tensor, y: torch.Tensor, grid: Sequence[float] = C_GRID,
              seed: int = 0) -> float:
     """The C of ``grid`` whose heads get the most held-out rows right over ``FOLDS`` folds (ties: the
-    lower held-out loss), each fold's path warm-started from its previous C. Leaves the head as it was."""
+    lower held-out loss), each fold's path warm-started from its previous C. Leaves the head's weights as
+    they were; its feature statistics are those of the last fold, which the fit that follows resets."""
     n = len(y)
     if n < SELECT_MIN_ROWS or len(grid) < 2:
         return HEAD_C
