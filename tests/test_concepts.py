@@ -145,3 +145,43 @@ def test_a_texture_the_pixel_rules_cannot_tell_from_the_object_is_found_in_the_m
     disc_marked = int((out.irrelevant[3:] & ~truth[3:]).sum()) / int((~truth[3:]).sum())
     # the disc's rim is where its cells see the grating too: at most a thin ring of it is marked
     assert precision >= 0.95 and recall >= 0.85 and disc_marked <= 0.35, (precision, recall, disc_marked)
+
+
+def test_the_feature_rule_is_not_asked_where_a_position_already_explains_the_marks():
+    """Matching every labelled task in the model's features is a backbone pass over each: a
+    project whose marks a pixel rule explains must not pay for it in every training."""
+    x, truth = scene(np.random.default_rng(3), 60)
+    truth[:] = False
+    truth[:, :4, :4] = True  # the same corner on every task
+    asked = []
+    out = generalise_marks(x, marked(truth, [0, 1, 2, 3]), torch.zeros_like(truth),
+                           features=lambda rows: asked.append(len(rows)) or torch.randn(len(rows), 8, 7, 7))
+    assert list(out.rules) == ["position"] and asked == []
+    assert torch.equal(out.irrelevant, truth)
+
+
+def test_a_new_task_leaves_the_other_tasks_feature_marks_as_they_were_unless_it_joins_the_statistics():
+    """The next version's marks stay those of the last one where nothing about them changed: the
+    counterexample copies made from them are then the same, and a frozen backbone's feature cache
+    holds them. The channels' statistics come from a sample of the tasks that a new task enters
+    only if its content hashes among the lowest (with probability STATISTICS_TASKS / N)."""
+    from ml_backend.feedback.concepts import STATISTICS_TASKS, _stable_sample
+    from ml_backend.models.cnn import CNNKind, ImageCNN
+
+    unchanged = 0
+    for seed in range(3):
+        x, truth = textured_scene(np.random.default_rng(seed), 201)
+        torch.manual_seed(seed)
+        kind = CNNKind(ImageCNN(n_classes=3, image_size=SIZE, in_channels=3))
+        irrelevant = marked(truth, [0, 1, 2])
+        sources = torch.tensor([0, 1, 2])
+        before, after = (set(_stable_sample(x[:n], sources, STATISTICS_TASKS).tolist()) for n in (200, 201))
+        assert len(before) == len(after) == STATISTICS_TASKS and after - before <= {200}
+        if after != before:
+            continue
+        outs = [generalise_marks(x[:n], irrelevant[:n], torch.zeros_like(irrelevant[:n]),
+                                 features=lambda rows: kind.region_features(x[rows])) for n in (200, 201)]
+        assert list(outs[0].rules) == ["feature"]
+        assert torch.equal(outs[1].irrelevant[:200], outs[0].irrelevant)
+        unchanged += 1
+    assert unchanged >= 1

@@ -224,3 +224,29 @@ def test_a_copy_of_a_cached_model_shares_the_cache_and_predicts_the_same(dirs, i
     assert clone.network.classifier[1].weight is not model.network.classifier[1].weight
     x = torch.stack([model.encode_image(Image.fromarray(photo(i)))[0] for i in range(3)])
     assert torch.allclose(clone.probs(x), model.probs(x))
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_labelled_tasks_region_features_are_kept_and_others_only_read(dirs, image_config, family, tmp_path):
+    """The feature concept reads every labelled task's region features in every training: kept
+    (keep=True), they cost no backbone pass the next time. Other tasks' (a ranking's) are read
+    where kept but not stored: at four times the pooled features' size they would push those out."""
+    model = new_model(make_context("2", image_config, ProjectSettings(backbone=str(dirs[family]))))
+    model.network.eval()
+    x = image_inputs(model, 5)
+    plain = model.region_features(x)
+    cache = FeatureCache(tmp_path / "features", 64)
+    model.use_feature_cache(cache)
+    calls = BackboneCalls(model)
+    model.region_features(x[3:], keep=False)
+    assert calls.count == 1 and cache.stats()["written"] == 0
+    kept = model.region_features(x[:3], keep=True)
+    assert calls.count == 2 and cache.stats()["written"] == 3
+    cache.forget_memory()  # the next training's process
+    for keep in (True, False):
+        again = model.region_features(x[:3], keep=keep)
+        torch.testing.assert_close(again, plain[:3], rtol=1e-2, atol=1e-2)  # kept as float16
+        torch.testing.assert_close(again, kept)
+    assert calls.count == 2, "no backbone pass for kept region features"
+    model.probs(x[:3])
+    assert calls.count == 2, "the pooled features came with them"

@@ -21,11 +21,14 @@ the others' marks (leave one out), and a rule whose predicted pixels are not mos
 dropped. A rule that would spread marks onto the object, and so teach the model to ignore it,
 never runs. Rules are tried simplest first, and one joins only if it finds marks the ones before it
 miss: a few corrected tasks cannot show every look-alike of a template, so a template is not
-trusted where a position already explains the marks. With fewer than two corrected tasks nothing
+trusted where a position already explains the marks (and once the rules taken find all but
+``MIN_GAIN`` of the marks, the rest are not tried: the feature rule is the costly one). A rule
+matches every labelled task only once it has joined. With fewer than two corrected tasks nothing
 generalises. A task's Relevant pixels are never marked Irrelevant.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -90,6 +93,8 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
     held = torch.zeros_like(truth)  # what the rules taken so far predict on the corrected tasks
     matched = torch.zeros((x.shape[0], *work.shape[2:]), dtype=torch.bool)
     for rule in rules:
+        if 1 - _recall(held, truth) < MIN_GAIN:
+            break  # the rules so far explain the marks: no later rule could join
         if rule == "feature":
             if features is None:
                 continue
@@ -107,7 +112,7 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
             continue  # the simpler rules before it already explain these marks
         held = merged
         out.rules[rule] = precision
-        matched |= everywhere
+        matched |= everywhere()  # only now: matching every labelled task is a rule's costly part
     if not out.rules:
         return out
     spread = _grow(matched, factor, irrelevant.shape[1:]) & ~relevant
@@ -119,15 +124,16 @@ def generalise_marks(x: torch.Tensor, irrelevant: torch.Tensor, relevant: torch.
 
 
 # ----------------------------------------------------------------------------- rules
-# Each rule: (work images, work marks, corrected task indices, min precision) -> (predicted marks on
-# every task, predicted marks on each corrected task from the other corrected tasks alone).
+# Each rule: (work images, work marks, corrected task indices, min precision) -> (a call giving its
+# marks on every task, predicted marks on each corrected task from the other corrected tasks alone).
+
+Everywhere = Callable[[], torch.Tensor]
 
 def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, min_precision: float
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   ) -> tuple[Everywhere, torch.Tensor]:
     """Regions matching a marked region's template. Each template takes the threshold at which it
     finds the other corrected tasks' marks with ``min_precision`` (``_calibrate``); templates join
     the rule, most precise first, only while their union keeps that precision."""
-    out = torch.zeros((work.shape[0], *work.shape[2:]), dtype=torch.bool)
     padded_sources = _pad(work[sources])
     truth = marks[sources]
     candidates = []
@@ -146,11 +152,16 @@ def _template_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tenso
         if total and hit >= min_precision * total:
             union = merged
             chosen.append((t, threshold))
-    if chosen:
-        padded = _pad(work)
-        for t, threshold in chosen:
-            out |= _paint(padded, t, threshold)
-    return out, union
+
+    def everywhere() -> torch.Tensor:
+        out = torch.zeros((work.shape[0], *work.shape[2:]), dtype=torch.bool)
+        if chosen:
+            padded = _pad(work)
+            for t, threshold in chosen:
+                out |= _paint(padded, t, threshold)
+        return out
+
+    return everywhere, union
 
 
 def _paint(padded: torch.Tensor, t: "_Template", threshold: float, reach: Optional[torch.Tensor] = None
@@ -195,7 +206,7 @@ def _calibrate(t: "_Template", padded: torch.Tensor, marks: torch.Tensor, others
 
 
 def _feature_rule(features: RegionFeatures, work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
-                  min_precision: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  min_precision: float) -> tuple[Everywhere, torch.Tensor]:
     """Places whose representation in the model's own features is nearer a marked region's than
     anything the annotators left unmarked, at any place and scale: a texture, a stamp or a
     background by what it is to the model, not by its pixels.
@@ -208,8 +219,7 @@ def _feature_rule(features: RegionFeatures, work: torch.Tensor, marks: torch.Ten
     source_maps = _batched(features, sources)
     # channel statistics over tasks of every kind, not only the corrected ones: corrections from one
     # class would make that class's own channels look informative everywhere else
-    others = torch.from_numpy(np.setdiff1d(np.arange(work.shape[0]), sources.numpy()))
-    sample = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(0))[:STATISTICS_TASKS]]
+    sample = _stable_sample(work, sources, STATISTICS_TASKS)
     pooled = torch.cat([source_maps, _batched(features, sample)]) if len(sample) else source_maps
     mean = pooled.mean(dim=(0, 2, 3), keepdim=True)
     scale = pooled.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
@@ -234,14 +244,29 @@ def _feature_rule(features: RegionFeatures, work: torch.Tensor, marks: torch.Ten
         if total and hit >= min_precision * total and _spill(predicted, truth) <= MAX_SPILL:
             valid.append((margin, hit))
     if not valid:
-        return torch.zeros((work.shape[0], *size), dtype=torch.bool), empty
+        return lambda: torch.zeros((work.shape[0], *size), dtype=torch.bool), empty
     best = max(hit for _, hit in valid)
     margin = min(m for m, hit in valid if hit >= 0.8 * best)  # as in _calibrate: the margin goes to precision
     marked = torch.cat([c[0] for c in centres])
     unmarked = torch.cat([c[1] for c in centres])
-    everywhere = torch.cat([_score(_unit(_batched(features, chunk), mean, scale), marked, unmarked, size) > margin
-                            for chunk in torch.arange(work.shape[0]).split(FEATURE_BATCH)])
+
+    def everywhere() -> torch.Tensor:
+        return torch.cat([_score(_unit(_batched(features, chunk), mean, scale), marked, unmarked, size) > margin
+                          for chunk in torch.arange(work.shape[0]).split(FEATURE_BATCH)])
+
     return everywhere, held_scores > margin
+
+
+def _stable_sample(work: torch.Tensor, exclude: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to ``n`` task indices outside ``exclude``, those whose content hashes lowest: random-like,
+    and the same as the project grows (a new task enters with probability n / N), so the next
+    version's marks, and the counterexample copies the feature cache holds, stay the same."""
+    others = np.setdiff1d(np.arange(work.shape[0]), exclude.numpy())
+    if len(others) <= n:
+        return torch.from_numpy(others)
+    thumbs = F.adaptive_avg_pool2d(work[others].float(), 8).mul(1000).round().to(torch.int32).numpy()
+    hashes = [hashlib.blake2b(t.tobytes(), digest_size=8).digest() for t in thumbs]
+    return torch.from_numpy(others[sorted(range(len(others)), key=hashes.__getitem__)[:n]])
 
 
 def _batched(features: RegionFeatures, indices: torch.Tensor) -> torch.Tensor:
@@ -306,10 +331,10 @@ def _position_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tens
 def _left_out(marks_for):
     """A rule from a marker: validated by predicting each corrected task from the others."""
     def rule(work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor, min_precision: float
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             ) -> tuple[Everywhere, torch.Tensor]:
         held = torch.stack([marks_for(work, marks, torch.cat([corrected[:k], corrected[k + 1:]]),
                                       corrected[k:k + 1])[0] for k in range(len(corrected))])
-        return marks_for(work, marks, corrected, torch.arange(work.shape[0])), held
+        return lambda: marks_for(work, marks, corrected, torch.arange(work.shape[0])), held
     return rule
 
 

@@ -204,8 +204,9 @@ class CachedFeatures(ABC):
     pretrained_part: str  # the attribute holding the pretrained model (its frozen weights are not stored)
 
     @abstractmethod
-    def feature_entries(self, x: torch.Tensor) -> Entry:
-        """What the cache keeps of each input (batched; ``pooled``: what the head reads)."""
+    def feature_entries(self, x: torch.Tensor, need: Sequence[str] = ("pooled",)) -> Entry:
+        """What the cache keeps of each input (batched; ``pooled``: what the head reads), with at
+        least the ``need``ed names where the network has them."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "CachedFeatures":
         """A copy of the network that shares the project's feature cache (one per directory and
@@ -235,10 +236,12 @@ class CachedFeatures(ABC):
         """Whether ``x``'s features are read from the cache."""
         return self.feature_cache is not None and self.config["train_mode"] == "frozen" and not x.requires_grad
 
-    def cached(self, x: torch.Tensor, need: Sequence[str] = ("pooled",)) -> Optional[Entry]:
-        """The ``need``ed entries of a batch (None when the network does not keep one of them)."""
+    def cached(self, x: torch.Tensor, need: Sequence[str] = ("pooled",), store: bool = True) -> Optional[Entry]:
+        """The ``need``ed entries of a batch (None when the network does not keep one of them);
+        what was computed is kept unless ``store`` is false."""
         assert self.feature_cache is not None
-        return self.feature_cache.lookup(self.cache_namespace(), x, self.feature_entries, need)
+        return self.feature_cache.lookup(self.cache_namespace(), x, lambda rows: self.feature_entries(rows, need),
+                                         need, store)
 
 
 class BackboneKind:

@@ -151,10 +151,11 @@ class ModelKind(ABC):
         probs = self.probs(x, mc_samples)
         return probs, self.relevance(x, probs.argmax(dim=1), method)
 
-    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+    def region_features(self, x: torch.Tensor, keep: bool = False) -> Optional[torch.Tensor]:
         """The model's own representation at every place of its input, the space a marked
         region's concept lives in (``feedback.concepts``): (N, D, h, w) on a grid over an image
-        input, or (N, L, D) per token. None: the kind has none to give."""
+        input, or (N, L, D) per token. None: the kind has none to give. ``keep``: they will be
+        asked again (labelled tasks, every training): a kind with a feature cache keeps them."""
         return None
 
     # training -----------------------------------------------------------------------------

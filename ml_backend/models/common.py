@@ -37,7 +37,7 @@ class ImageKind(ModelKind):
         self.network.to(device, memory_format=torch.channels_last)  # NHWC convolutions: ~2x on CPU
         return self
 
-    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+    def region_features(self, x: torch.Tensor, keep: bool = False) -> Optional[torch.Tensor]:
         """Hypercolumns: every spatial ReLU output of ``network.features`` (edges and shades from
         the first blocks, parts and textures from the last), on the grid of the first pooled map
         (half the input side, at most ``REGION_GRID_MAX``)."""
@@ -106,7 +106,7 @@ class TextKind(ModelKind):
                 return substitute_marked_ids(x, marked & (x != PAD_ID), copies, ids, generator)
         return replace_marked_ids(x, marked, copies, 1, self.input_spec().n_buckets, generator)
 
-    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+    def region_features(self, x: torch.Tensor, keep: bool = False) -> Optional[torch.Tensor]:
         """(N, L, D): each token's embedding with the network's view of it in context."""
         network = self.network
         was_training = network.training

@@ -156,10 +156,10 @@ class FeatureCache:
             self.evict()
 
     def lookup(self, namespace: str, x: torch.Tensor, compute: Callable[[torch.Tensor], Entry],
-               need: Sequence[str]) -> Optional[Entry]:
+               need: Sequence[str], store: bool = True) -> Optional[Entry]:
         """The ``need``ed tensors of each row of ``x``, stacked, on ``x``'s device: from the cache,
-        and the rows that miss computed together (``compute`` on those rows) and stored. None when
-        ``compute`` gives some row no tensor of a needed name."""
+        and the rows that miss computed together (``compute`` on those rows) and, if ``store``,
+        stored. None when ``compute`` gives some row no tensor of a needed name."""
         keys = [content_key(row) for row in x.detach().to("cpu").contiguous()]
         entries = [self.get(namespace, key) for key in keys]
         missing = [i for i, e in enumerate(entries) if e is None or any(n not in e for n in need)]
@@ -167,7 +167,8 @@ class FeatureCache:
             computed = compute(x[missing])
             for j, i in enumerate(missing):
                 entries[i] = {name: t[j].clone() for name, t in computed.items()}
-                self.put(namespace, keys[i], entries[i])
+                if store:
+                    self.put(namespace, keys[i], entries[i])
         if any(n not in e for e in entries for n in need):
             return None
         return {n: torch.stack([e[n] for e in entries]).to(x.device) for n in need}

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -71,14 +71,40 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
         """(pooled features (N, D), the map evidence is read from: the last stage's (N, C, h, w), or
         the tokens entering the last block (N, T, D): after it only the class token reaches the head,
         so the last block's own output carries no gradient on the patches)."""
+        return self._pooled_and_map(self.backbone(pixel_values=x, output_hidden_states=self.family == "tokens"))
+
+    def _pooled_and_map(self, out: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if self.family == "tokens":
-            out = self.backbone(pixel_values=x, output_hidden_states=True)
             return out.last_hidden_state[:, 0], out.hidden_states[-2]
-        out = self.backbone(pixel_values=x)
         hidden = out.last_hidden_state
         pooled = getattr(out, "pooler_output", None)
         pooled = hidden.mean(dim=(2, 3)) if pooled is None else pooled
         return pooled.flatten(1), hidden
+
+    def _regions(self, x: torch.Tensor, hidden: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Hypercolumns of the backbone's stages on the grid of its second-deepest one (CNN
+        families), or the patch tokens of its last ``TOKEN_LAYERS`` layers on the patch grid."""
+        if self.family == "tokens":
+            patch = self.backbone.config.patch_size
+            grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+            n_patches = grid[0] * grid[1]
+            maps = [h[:, -n_patches:].transpose(1, 2).reshape(h.shape[0], -1, *grid) for h in hidden[-TOKEN_LAYERS:]]
+            return hypercolumns(maps, *grid)
+        maps = [h for h in hidden if h.dim() == 4]
+        rows, cols = maps[-2].shape[-2:] if len(maps) > 1 else maps[-1].shape[-2:]
+        return hypercolumns(maps, min(rows, REGION_GRID_MAX), min(cols, REGION_GRID_MAX))
+
+    @torch.no_grad()
+    def region_map(self, x: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """(N, D, h, w): every place's representation (``ModelKind.region_features``). With a
+        frozen backbone and a cache, read from it where there, and if ``keep``, kept there with the
+        pooled features (float16: a 224-px ResNet-18 input's is 0.4 MB, four times the rest)."""
+        if self.caches(x):
+            cached = self.cached(x, ("regions",), store=keep)
+            if cached is not None:
+                return cached["regions"].float()
+        out = self.backbone(pixel_values=x, output_hidden_states=True)
+        return self._regions(x, out.hidden_states)
 
     def tail(self, activation: torch.Tensor) -> torch.Tensor:
         """The pooled features from the evidence map: what the backbone computes after it (the
@@ -97,16 +123,23 @@ class BackboneImageClassifier(backbones.CachedFeatures, nn.Module):
         return pooled if norm is None else norm(pooled)
 
     @torch.no_grad()
-    def feature_entries(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled features and, where ``tail`` rebuilds them from it, the evidence map."""
-        pooled, activation = self.features_and_map(x)
+    def feature_entries(self, x: torch.Tensor, need: Sequence[str] = ("pooled",)) -> dict[str, torch.Tensor]:
+        """Pooled features, the evidence map where ``tail`` rebuilds the pooled features from it,
+        and, when ``need``ed, the region map (one backbone pass for all)."""
+        out = self.backbone(pixel_values=x, output_hidden_states=self.family == "tokens" or "regions" in need)
+        pooled, activation = self._pooled_and_map(out)
+        entries = {"pooled": pooled}
+        if "regions" in need:
+            entries["regions"] = self._regions(x, out.hidden_states).half()
         if self.tail_ok is None:  # checked on the first inputs the backbone sees
             try:
                 self.tail_ok = bool(torch.allclose(self.tail(activation), pooled, rtol=1e-3, atol=1e-5))
             except Exception as exc:  # a family whose last block wants more than its input (BEiT)
                 log.info("%s: evidence maps are not cached (%s)", type(self.backbone).__name__, exc)
                 self.tail_ok = False
-        return {"pooled": pooled, "map": activation} if self.tail_ok else {"pooled": pooled}
+        if self.tail_ok:
+            entries["map"] = activation
+        return entries
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.caches(x):
@@ -196,27 +229,16 @@ class BackboneImageKind(backbones.BackboneKind, ImageKind):
     def encode_image(self, image: Any) -> tuple[torch.Tensor, Optional[Frame]]:
         return self.network.pixel_values(image), self.network.frame((image.height, image.width))
 
-    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Hypercolumns of the backbone's stages on the grid of its second-deepest one (CNN
-        families), or the patch tokens of its last ``TOKEN_LAYERS`` layers on the patch grid (ViT
-        families): where a pretrained model's features tell textures, marks and parts apart."""
+    def region_features(self, x: torch.Tensor, keep: bool = False) -> Optional[torch.Tensor]:
+        """Hypercolumns of the backbone's stages (CNN families) or its last layers' patch tokens
+        (ViT families): where a pretrained model's features tell textures, marks and parts apart."""
         network = self.network
         was_training = network.training
         network.eval()
         try:
-            with torch.no_grad():
-                hidden = network.backbone(pixel_values=x, output_hidden_states=True).hidden_states
+            return network.region_map(x, keep)
         finally:
             network.train(was_training)
-        if network.family == "tokens":
-            patch = network.backbone.config.patch_size
-            grid = (x.shape[-2] // patch, x.shape[-1] // patch)
-            n_patches = grid[0] * grid[1]
-            maps = [h[:, -n_patches:].transpose(1, 2).reshape(h.shape[0], -1, *grid) for h in hidden[-TOKEN_LAYERS:]]
-            return hypercolumns(maps, *grid)
-        maps = [h for h in hidden if h.dim() == 4]
-        rows, cols = maps[-2].shape[-2:] if len(maps) > 1 else maps[-1].shape[-2:]
-        return hypercolumns(maps, min(rows, REGION_GRID_MAX), min(cols, REGION_GRID_MAX))
 
     def _evidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, evidence map (N, H', W') of the predicted class) from one forward pass."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ class BackboneTextClassifier(backbones.CachedFeatures, nn.Module):
         return summed.view(n, w, -1).sum(dim=1) / counts
 
     @torch.no_grad()
-    def feature_entries(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def feature_entries(self, x: torch.Tensor, need: Sequence[str] = ("pooled",)) -> dict[str, torch.Tensor]:
         return {"pooled": self.features_embedded(self.embed(x), x)}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ class BackboneTextKind(backbones.BackboneKind, TextKind):
     def mask_ids(self, x: torch.Tensor) -> torch.Tensor:
         return per_token(x[:, :, IDS], x, self.input_spec().max_len, "amax")
 
-    def region_features(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+    def region_features(self, x: torch.Tensor, keep: bool = False) -> Optional[torch.Tensor]:
         """(N, tokens, D): each document token's contextual embedding (the encoder's last hidden
         state, averaged over its word pieces and the windows that hold it)."""
         network = self.network

@@ -134,7 +134,7 @@ def region_feature_source(model: ModelKind, x: torch.Tensor) -> Optional[RegionF
     device = model.device()
     if model.region_features(x[:1].to(device)) is None:
         return None
-    return lambda indices: model.region_features(x[indices].to(device))
+    return lambda indices: model.region_features(x[indices].to(device), keep=True)
 
 
 def fit_examples(model: ModelKind, examples: list[Example], settings: ProjectSettings, *, seed: int,
