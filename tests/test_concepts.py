@@ -185,3 +185,44 @@ def test_a_new_task_leaves_the_other_tasks_feature_marks_as_they_were_unless_it_
         assert torch.equal(outs[1].irrelevant[:200], outs[0].irrelevant)
         unchanged += 1
     assert unchanged >= 1
+
+
+def tagged_scene(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A blob (the object) and a class's own glyph, all one gray, flush in a random corner;
+    returns images, truth masks (the glyph's pixels) and classes."""
+    glyphs = [np.array(g, dtype=bool) for g in (
+        [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]],
+        [[1, 0, 0, 0, 1], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0], [0, 1, 0, 1, 0], [1, 0, 0, 0, 1]],
+        [[0, 0, 1, 0, 0, 0], [0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 1, 0, 0, 0], [0, 0, 1, 0, 0, 0]],
+    )]
+    x, truth = scene(rng, n)
+    x[:, 0][truth] = 0.0  # no swatch: a glyph instead
+    truth[:] = False
+    classes = rng.integers(0, len(glyphs), n)
+    for i, cls in enumerate(classes):
+        glyph = glyphs[cls]
+        h, w = glyph.shape
+        r, c = [(0, 0), (0, SIZE - w), (SIZE - h, 0), (SIZE - h, SIZE - w)][rng.integers(4)]
+        x[i, 0, r:r + h, c:c + w][torch.from_numpy(glyph)] = 0.8
+        truth[i, r:r + h, c:c + w] = torch.from_numpy(glyph)
+    return x, truth, classes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_classs_tags_carry_to_every_classs_tag_by_the_place_they_share(seed):
+    """Corrections from one class show one glyph; the others share its slots (the corners), not
+    its shape: a template of that glyph cannot find them, the places they recur in do."""
+    x, truth, classes = tagged_scene(np.random.default_rng(seed), 90)
+    corrected = np.flatnonzero(classes == 0)[:6].tolist()
+    irrelevant = marked(truth, corrected)
+    out = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant))
+    assert "place" in out.rules
+    rest = np.setdiff1d(np.arange(90), corrected)
+    for cls in (1, 2):  # classes no correction showed
+        tasks = rest[classes[rest] == cls]
+        precision, recall = precision_recall(out.irrelevant[tasks], truth[tasks])
+        assert precision >= 0.9 and recall >= 0.9, (cls, precision, recall)
+    pixel_rules_only = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant),
+                                        rules=("position", "background", "template"))
+    tasks = rest[classes[rest] != 0]
+    assert precision_recall(pixel_rules_only.irrelevant[tasks], truth[tasks])[1] < 0.5

@@ -1,10 +1,14 @@
 """Image corrections generalise by what was marked, not only where (ProtoPDebug's idea, for any kind).
 
-An Irrelevant mark defines a concept. Four rules carry a concept from the corrected tasks to every
+An Irrelevant mark defines a concept. Five rules carry a concept from the corrected tasks to every
 labelled task:
 
 - ``position``: pixels marked on at least half of the corrected tasks (a tag printed at the same
   place on every scan).
+- ``place``: content (pixels away from the image's border colour) in the places, each marked
+  region's bounding box or its mirror image, where marks recur on at least two corrected tasks: a
+  tag printed in one of a few slots (a corner, an edge), whatever its shape, so one class's tag
+  carries to every class's.
 - ``background``: a marked region larger than a quarter of the image is matched as "pixels close
   to the image's own border colour", the husky's snow in every image whatever its shade.
 - ``template``: each marked region, cut out with a one-pixel margin, is matched anywhere in every
@@ -37,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-RULES = ("position", "background", "template", "feature")  # simplest first; a rule joins only if it finds more
+RULES = ("position", "place", "background", "template", "feature")  # simplest first; a rule joins only if it finds more
 MAX_SPILL = 0.15  # share of the unmarked pixels of the corrected tasks a rule may mark (leave one out)
 MIN_GAIN = 0.05  # share of the marked pixels a rule must add to those the rules before it find
 WORK_SIDE = 64  # matching runs on images at most this big: marks are coarse, NCC is quadratic in size
@@ -328,6 +332,40 @@ def _position_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tens
     return recurring.unsqueeze(0).expand(len(targets), -1, -1).clone()
 
 
+def _place_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """Pixels of content inside the places (marked regions' bounding boxes, one pixel wider, and
+    their mirror images) that at least two corrected tasks share. Content: further from the image's border colour than half
+    the marked pixels' median distance, so a slot's empty background stays unmarked."""
+    area = marks[0].numel()
+    small = [int(i) for i in sources if 0 < marks[i].sum() <= LARGE_REGION * area]
+    out = torch.zeros((len(targets), *work.shape[2:]), dtype=torch.bool)
+    if len(small) < 2:
+        return out
+    count = torch.zeros(marks.shape[1:], dtype=torch.long)
+    for i in small:
+        count += _boxes(marks[i])
+    slots = count >= 2
+    if not slots.any():
+        return out
+    marked = torch.cat([_border_distance(work[i:i + 1])[0][marks[i]] for i in small])
+    floor = 0.5 * float(marked.median())
+    if floor <= 0:
+        return out
+    return slots & (_border_distance(work[targets]) > floor)
+
+
+def _boxes(mask: torch.Tensor) -> torch.Tensor:
+    """(H, W) long: 1 inside each connected region's bounding box grown by a pixel, and inside its
+    mirror images: a tag in one corner, or a mark down one edge, has the same role in the others."""
+    out = torch.zeros(mask.shape, dtype=torch.long)
+    labels, _ = ndimage.label(mask.numpy())
+    height, width = mask.shape
+    for rows, cols in ndimage.find_objects(labels):
+        out[max(rows.start - 1, 0):min(rows.stop + 1, height), max(cols.start - 1, 0):min(cols.stop + 1, width)] = 1
+    return out | out.flip(0) | out.flip(1) | out.flip(0, 1)
+
+
 def _left_out(marks_for):
     """A rule from a marker: validated by predicting each corrected task from the others."""
     def rule(work: torch.Tensor, marks: torch.Tensor, corrected: torch.Tensor, min_precision: float
@@ -339,7 +377,7 @@ def _left_out(marks_for):
 
 
 _RULES = {"template": _template_rule, "background": _left_out(_background_marks),
-          "position": _left_out(_position_marks)}
+          "position": _left_out(_position_marks), "place": _left_out(_place_marks)}
 
 
 # ----------------------------------------------------------------------------- helpers
