@@ -83,7 +83,7 @@ def test_a_cluster_mark_grows_over_the_rest_of_what_it_lies_on_in_its_own_image(
         def device(self) -> torch.device:
             return torch.device("cpu")
 
-        def region_features(self, x: torch.Tensor) -> None:
+        def region_features(self, x: torch.Tensor, keep: bool = False) -> None:
             return None
 
     x = torch.zeros(2, 3, 16, 16)
@@ -108,7 +108,7 @@ def test_alike_features_grow_a_mark_over_a_shortcut_but_not_over_the_whole_pictu
         def device(self) -> torch.device:
             return torch.device("cpu")
 
-        def region_features(self, x: torch.Tensor) -> torch.Tensor:
+        def region_features(self, x: torch.Tensor, keep: bool = False) -> torch.Tensor:
             f = torch.randn(len(x), 8, 4, 4, generator=torch.Generator().manual_seed(0))
             f[:, :, self.alike] = torch.arange(8.0)[None, :, None] * 3
             return f

@@ -19,15 +19,17 @@ BATCH = 64
 
 
 def describe_inputs(model: ModelKind, x: torch.Tensor, method: str, mc_samples: int = 10, batch: int = BATCH,
-                    describer: Optional[EvidenceDescriber] = None) -> EvidenceDescriber:
-    """Add model inputs ``x``'s served evidence to ``describer`` (a new one by default); returns it."""
+                    describer: Optional[EvidenceDescriber] = None, keep: bool = False) -> EvidenceDescriber:
+    """Add model inputs ``x``'s served evidence to ``describer`` (a new one by default); returns it.
+    ``keep``: the inputs are labelled tasks, described again after every training (their region
+    features are kept where the kind has a feature cache)."""
     describer = describer if describer is not None else EvidenceDescriber()
     device = model.device()
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch].to(device)
         probs, relevance = model.predict_and_explain(chunk, method, mc_samples)
         with torch.no_grad():
-            features = model.region_features(chunk)
+            features = model.region_features(chunk, keep=keep)
         describer.add(torch.as_tensor(relevance).detach().cpu(), None if features is None else features.cpu(),
                       probs.detach().cpu().argmax(dim=1).numpy())
     return describer
@@ -63,7 +65,7 @@ FEATURE_GROWTH_CAP = 0.25
 
 
 def grown_marks(model: ModelKind, x: torch.Tensor, marks: np.ndarray, colour_tolerance: float = COLOUR_TOLERANCE,
-                feature_similarity: float = FEATURE_SIMILARITY, batch: int = BATCH) -> np.ndarray:
+                feature_similarity: float = FEATURE_SIMILARITY, batch: int = BATCH, keep: bool = False) -> np.ndarray:
     """Image marks (N, H, W) grown over what they lie on, anywhere in their own image: the pixels
     of the marked colour, and the places whose region features are alike those under the mark.
     Served evidence covers a part of a shortcut (a tenth of a corner swatch, one corner of four);
@@ -78,7 +80,7 @@ def grown_marks(model: ModelKind, x: torch.Tensor, marks: np.ndarray, colour_tol
         chunk, mark = x[start:start + batch].float(), torch.as_tensor(marks[start:start + batch])
         out[start:start + batch] |= _same_colour(chunk.cpu(), mark, colour_tolerance).numpy()
         with torch.no_grad():
-            features = model.region_features(chunk.to(model.device()))
+            features = model.region_features(chunk.to(model.device()), keep=keep)
         if features is not None and features.dim() == 4:
             out[start:start + batch] |= _alike_features(features.float().cpu(), mark, feature_similarity).numpy()
     return out
@@ -120,7 +122,7 @@ def apply_cluster_corrections(examples: list, corrections: list[dict], model_of:
         if rows:
             model = model_of(str(correction.get("version")))
             x = torch.stack([examples[i].x for i in rows])
-            marks = grown_marks(model, x, evidence_marks(model, x, method, keep_mass, mc_samples))
+            marks = grown_marks(model, x, evidence_marks(model, x, method, keep_mass, mc_samples), keep=True)
             for i, mark in zip(rows, marks):
                 marked[i] = marked[i] | mark if i in marked else mark
     changed = 0

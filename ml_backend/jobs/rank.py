@@ -142,7 +142,7 @@ def labeled_evidence(settings: Settings, ctx: Any, loaded: Any, project: str, fe
             continue
     if inputs:
         describe_inputs(loaded.model, torch.stack(inputs), ctx.settings.attribution, ctx.settings.mc_samples,
-                        describer=describer)
+                        describer=describer, keep=True)
     return describer, ids, tasks
 
 

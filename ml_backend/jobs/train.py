@@ -216,7 +216,7 @@ def publish_clusters(ctx: ProjectContext, store: ProjectStore, model: ModelKind,
             first.setdefault(e.task_id, e)
         task_ids = list(first)
         x = torch.stack([first[t].x for t in task_ids])
-        descriptors = describe_inputs(model, x, ctx.settings.attribution, ctx.settings.mc_samples).result()
+        descriptors = describe_inputs(model, x, ctx.settings.attribution, ctx.settings.mc_samples, keep=True).result()
         clusters = StrategyClustering(seed=store.number(version)).fit(descriptors)
         payload = cluster_payload(clusters, task_ids, set(task_ids), ctx.schema.classes, version,
                                   store.number(version))
