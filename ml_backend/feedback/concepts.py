@@ -332,27 +332,32 @@ def _position_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tens
     return recurring.unsqueeze(0).expand(len(targets), -1, -1).clone()
 
 
-def _place_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
-                 targets: torch.Tensor) -> torch.Tensor:
+def _place_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, min_precision: float
+                ) -> tuple[Everywhere, torch.Tensor]:
     """Pixels of content inside the places (marked regions' bounding boxes, one pixel wider, and
-    their mirror images) that at least two corrected tasks share. Content: further from the image's border colour than half
-    the marked pixels' median distance, so a slot's empty background stays unmarked."""
+    their mirror images) that at least two corrected tasks share. Content: further from the image's
+    border colour than half the marked pixels' median distance, so a slot's empty background stays
+    unmarked. Each task's boxes are counted once and left out by subtraction: one-click
+    corrections mark hundreds of tasks, and recounting per left-out task was quadratic."""
     area = marks[0].numel()
     small = [int(i) for i in sources if 0 < marks[i].sum() <= LARGE_REGION * area]
-    out = torch.zeros((len(targets), *work.shape[2:]), dtype=torch.bool)
-    if len(small) < 2:
-        return out
-    count = torch.zeros(marks.shape[1:], dtype=torch.long)
-    for i in small:
-        count += _boxes(marks[i])
-    slots = count >= 2
-    if not slots.any():
-        return out
-    marked = torch.cat([_border_distance(work[i:i + 1])[0][marks[i]] for i in small])
-    floor = 0.5 * float(marked.median())
-    if floor <= 0:
-        return out
-    return slots & (_border_distance(work[targets]) > floor)
+    boxes = {i: _boxes(marks[i]) for i in small}
+    distances = {i: _border_distance(work[i:i + 1])[0][marks[i]] for i in small}
+    total = sum(boxes.values(), torch.zeros(marks.shape[1:], dtype=torch.long))
+
+    def predict(left_out: Optional[int], targets: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((len(targets), *work.shape[2:]), dtype=torch.bool)
+        kept = [i for i in small if i != left_out]
+        slots = (total - boxes[left_out] if left_out in boxes else total) >= 2
+        if len(kept) < 2 or not slots.any():
+            return out
+        floor = 0.5 * float(torch.cat([distances[i] for i in kept]).median())
+        if floor <= 0:
+            return out
+        return slots & (_border_distance(work[targets]) > floor)
+
+    held = torch.stack([predict(int(k), sources[j:j + 1])[0] for j, k in enumerate(sources)])
+    return lambda: predict(None, torch.arange(work.shape[0])), held
 
 
 def _boxes(mask: torch.Tensor) -> torch.Tensor:
@@ -377,7 +382,7 @@ def _left_out(marks_for):
 
 
 _RULES = {"template": _template_rule, "background": _left_out(_background_marks),
-          "position": _left_out(_position_marks), "place": _left_out(_place_marks)}
+          "position": _left_out(_position_marks), "place": _place_rule}
 
 
 # ----------------------------------------------------------------------------- helpers
