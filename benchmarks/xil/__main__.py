@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                            "record wins; issue 24's shards benchmarks/results/_xil_widened_*.json (the new "
                            "problems, and the text problems' rows without feedback and with the default, re-run "
                            "after the shape rule) merged last, replacing those rows; the class tags rows after the place "
-                           "rule (benchmarks/results/_xil_place_class_tags.json) merged first, replacing those)")
+                           "rule (benchmarks/results/_xil_place_class_tags.json), and the one-corner decoy's and the edge stripe's "
+                           "rows without feedback, with the default and clean after it (_xil_place_dd_es.json), merged "
+                           "first, replacing those)")
     if not args.report_only:
         device = torch.device(args.device)
         records = run_plan(plan, device, save, records)
@@ -221,7 +223,11 @@ NOTES = [
     "corrections carry', seeds 0-1). It does not fire on the other problems' marks but the one-corner decoy "
     "and the edge stripe, where it finds what the template rule did. Machines: the class tags rows ran on "
     "2026-12-07 at 78c17c4 on a 2-core AMD EPYC (one process, beside one other benchmark); every other row "
-    "on 2026-12-06 at fb13535 on a 2-core Intel Xeon (the machine table describes the merge).",
+    "on 2026-12-06 at fb13535 on a 2-core Intel Xeon (the machine table describes the merge). The place rule "
+    "also fires on the one-corner decoy and the edge stripe: their rows without feedback, with the default "
+    "(entropy and random) and clean were re-run after it (2026-12-07, 4d5be1a, AMD EPYC, two at once); their "
+    "RRR + counterexamples rows are from before it. Pattern's rows predate the feature rule's stable "
+    "statistics sample (a different 64 tasks for the channels' statistics).",
     "Not yet met (issue 24): class tags stop 1 point short of 95% at 1% with entropy ranking; text tags under "
     "entropy ranking stay near 0.81 at 1% and 5% (the least confident reviews carry the @ tags, so the #a and "
     "[a-a] shapes are never marked), 0.98 with random ranking; a phrase corrected on one class only still does "
