@@ -216,9 +216,12 @@ def test_a_frozen_image_backbone_learns_through_the_training_core(backbone_dirs,
 
 def test_a_fine_tuned_text_backbone_learns_and_only_its_last_blocks_move(backbone_dirs, text_config):
     root, dirs = backbone_dirs
-    # a random tiny encoder has nothing pretrained to keep: its block learns at the head's rate
-    settings = ProjectSettings(backbone=str(dirs["distilbert"]), train_mode="finetune", finetune_blocks=1, epochs=30,
-                               learning_rate=3e-3, finetune_lr_scale=1.0, strategies=())
+    # a random tiny encoder has nothing pretrained to keep: its block learns at the head's rate. Its
+    # loss sits on a plateau for 10-20 epochs before it falls (8 initialisations), so early stopping
+    # is off; the seed keeps the head's initialisation apart from the tests that ran before
+    torch.manual_seed(0)
+    settings = ProjectSettings(backbone=str(dirs["distilbert"]), train_mode="finetune", finetune_blocks=1, epochs=40,
+                               patience=40, learning_rate=3e-3, finetune_lr_scale=1.0, strategies=())
     ctx = make_context("2", text_config, settings)
     model = new_model(ctx)
     rng = np.random.default_rng(0)
