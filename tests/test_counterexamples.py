@@ -208,6 +208,11 @@ def test_a_propagated_background_mark_replaces_its_original_and_a_small_one_keep
     assert originals == [0, 2, 3]
     assert len(out) == 3 + 2 + 1 + 1  # three originals; copies: 2 (corrected), 1 and 1 (propagated)
     assert out.y.tolist() == [0, 0, 1, 0, 0, 1, 0]
+    # each copy names its original's row (the frozen head ties their logits); a replaced one has none
+    assert out.source.tolist() == [-1, -1, -1, 0, 0, -1, 1]
+    assert torch.equal(out.x[6][:, ~irrelevant[2]], x[2][:, ~irrelevant[2]])
+    # rows dropped later take their copies' link with them; the rest follow their rows
+    assert out.grown(torch.arange(1, 7), 0).source.tolist() == [-1, -1, -1, -1, -1, 0]
 
 
 def test_a_corrections_copies_are_the_same_in_every_version_as_the_project_grows():

@@ -19,18 +19,22 @@ def label_tensor(labels: list) -> torch.Tensor:
 @dataclass
 class TrainingSet:
     """Masks are (N, H, W) for images, (N, L) for text; ``propagated`` (N,) marks examples whose
-    Irrelevant marks came from other tasks' corrections, not their own. ``y`` is (N,) class
-    indices, or (N, K) multi-hot for multi-label Choices."""
+    Irrelevant marks came from other tasks' corrections, not their own; ``source`` (N,) is, for a
+    counterexample, the row of the example it was made from (-1 for the rest, and for a copy that
+    replaced its original). ``y`` is (N,) class indices, or (N, K) multi-hot for multi-label Choices."""
 
     x: torch.Tensor
     y: torch.Tensor
     irrelevant: torch.Tensor
     relevant: torch.Tensor
     propagated: Optional[torch.Tensor] = None
+    source: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         if self.propagated is None:
             self.propagated = torch.zeros(len(self.y), dtype=torch.bool)
+        if self.source is None:
+            self.source = torch.full((len(self.y),), -1, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -54,8 +58,12 @@ class TrainingSet:
             torch.index_select(t, 0, keep, out=out[:n])
             return out
 
+        position = torch.full((len(self) + 1,), -1, dtype=torch.long)  # the last entry maps -1 to -1
+        position[keep] = torch.arange(n)
+        source = torch.full((n + extra,), -1, dtype=torch.long)
+        source[:n] = position[self.source[keep]]
         return TrainingSet(grow(self.x, False), grow(self.y, False), grow(self.irrelevant, True),
-                           grow(self.relevant, True), grow(self.propagated, True))
+                           grow(self.relevant, True), grow(self.propagated, True), source)
 
 
 @dataclass

@@ -105,7 +105,7 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
     n = len(data)
     frozen = model.frozen_features(data.x)  # a frozen backbone runs once per example, not per epoch
     if frozen is not None:  # its head is a logistic regression: fitted whole, then fine-tuned by any terms
-        head = fit_linear_head(model, frozen, data.y, seed=config.seed)
+        head = fit_linear_head(model, frozen, data.y, seed=config.seed, source=data.source)
         report.history.append({"loss": head.loss, "ce": head.label_loss, "head_iterations": head.iterations,
                                "head_c": head.c})
         if not any(s.adds_terms(data) for s in strategies):
