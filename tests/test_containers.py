@@ -23,8 +23,10 @@ ML_BACKEND = Path(sys.executable).parent / "ml-backend"  # the venv's console sc
 
 # --- the compose files ------------------------------------------------------------------
 VOLUME_AT_MODEL_DIR = {"type": "array", "contains": {"type": "string", "pattern": "^models:/data/models(:rw)?$"}}
+# the passwords come from the environment, never from the file
+REDIS_URL = {"type": "string", "pattern": r"^redis://:\$\{REDIS_PASSWORD:\?[^}]*\}@redis:6379/0$"}
 MODEL_DIR_ENV = {"type": "object", "required": ["MODEL_DIR", "REDIS_URL"],
-                 "properties": {"MODEL_DIR": {"const": "/data/models"}, "REDIS_URL": {"const": "redis://redis:6379/0"}}}
+                 "properties": {"MODEL_DIR": {"const": "/data/models"}, "REDIS_URL": REDIS_URL}}
 HEALTHCHECK = {"type": "object", "required": ["test"], "properties": {"test": {"type": "array", "minItems": 2}}}
 HEALTHY = {"type": "object", "required": ["condition"], "properties": {"condition": {"const": "service_healthy"}}}
 REDIS_HEALTHY = {"type": "object", "required": ["redis"], "properties": {"redis": HEALTHY}}
@@ -32,7 +34,6 @@ STORES_HEALTHY = {"type": "object", "required": ["redis", "postgres"],
                   "properties": {"redis": HEALTHY, "postgres": HEALTHY}}
 ENV_NAMES = ["REDIS_URL", "DATABASE_URL", "MODEL_DIR", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "WEBHOOK_SECRET",
              "BASIC_AUTH_USER", "BASIC_AUTH_PASS"]
-# the password comes from the environment, never from the file
 DATABASE_URL = {"type": "string", "pattern": r"^postgresql://ml_backend:\$\{POSTGRES_PASSWORD:\?[^}]*\}@postgres:5432/"}
 
 COMPOSE_SCHEMA = {
@@ -49,7 +50,9 @@ COMPOSE_SCHEMA = {
                     "properties": {
                         "image": {"pattern": "^redis:7"},
                         "command": {"type": "array", "allOf": [{"contains": {"const": "--appendonly"}},
-                                                               {"contains": {"const": "yes"}}]},
+                                                               {"contains": {"const": "yes"}},
+                                                               {"contains": {"const": "--requirepass"}}]},
+                        "environment": {"type": "object", "required": ["REDISCLI_AUTH"]},
                         "healthcheck": {"type": "object", "required": ["test"], "properties": {
                             "test": {"type": "array", "allOf": [{"contains": {"const": "redis-cli"}},
                                                                 {"contains": {"const": "ping"}}]}}},
@@ -156,7 +159,7 @@ def test_compose_file_has_what_matters():
     assert services["backend"]["command"] == ["ml-backend", "serve", "--host", "0.0.0.0", "--port", "9090"]
     assert services["worker"]["image"] == services["backend"]["image"]
     assert services["worker"]["healthcheck"] == {"disable": True}
-    assert services["rq-dashboard"]["environment"]["RQ_DASHBOARD_REDIS_URL"] == "redis://redis:6379/0"
+    jsonschema.validate(services["rq-dashboard"]["environment"]["RQ_DASHBOARD_REDIS_URL"], REDIS_URL)
     replicas = str(services["worker"]["deploy"]["replicas"])
     assert re.fullmatch(r"\d+|\$\{[A-Z_]+:-\d+\}", replicas)
     for name in ("backend", "worker"):
@@ -365,3 +368,62 @@ def test_python_dash_m_and_the_console_script_share_the_cli():
     for argv in ([sys.executable, "-m", "ml_backend", "--help"], [str(Path(sys.executable).parent / "ml-backend"), "--help"]):
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "serve" in out.stdout and "worker" in out.stdout
+
+
+def compose_value(value: str, env: dict[str, str]) -> str:
+    """``value`` with compose's ``${NAME}``, ``${NAME:-default}`` and ``${NAME:?message}`` filled from ``env``."""
+    def fill(match: re.Match) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise KeyError(f"{name}: {rest}")
+        return rest or ""
+
+    return re.sub(r"\$\{([A-Z_]+)(?:(:-|:\?)([^}]*))?\}", fill, value)
+
+
+@pytest.mark.integration
+def test_the_compose_redis_refuses_clients_without_the_password_that_its_urls_carry(tmp_path):
+    """Redis reaches remote workers over the network: the compose file's own command, run by a real
+    redis-server, answers no client without the password; the backend's and rq-dashboard's URLs and
+    the health check's REDISCLI_AUTH get in. Without REDIS_PASSWORD the file does not start."""
+    from redis import Redis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    services = load("docker-compose.yml")["services"]
+    with pytest.raises(KeyError, match="REDIS_PASSWORD"):
+        [compose_value(part, {}) for part in services["redis"]["command"]]
+    env = {"REDIS_PASSWORD": os.urandom(24).hex()}
+    port = free_port()
+    command = [compose_value(part, env) for part in services["redis"]["command"]]
+    assert command[0] == "redis-server" and env["REDIS_PASSWORD"] in command
+    process = subprocess.Popen(command + ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def refused() -> bool:
+            try:
+                Redis(port=port).ping()
+            except (AuthenticationError, ResponseError) as exc:
+                return "auth" in str(exc).lower()
+            except Exception:
+                return False
+            return False
+
+        wait_for(refused, 10, "redis-server to refuse a client without the password")
+        urls = [services[name]["environment"]["REDIS_URL"] for name in ("backend", "worker")]
+        urls.append(services["rq-dashboard"]["environment"]["RQ_DASHBOARD_REDIS_URL"])
+        for url in urls:
+            assert Redis.from_url(compose_value(url, env).replace("@redis:6379", f"@127.0.0.1:{port}")).ping()
+        health = services["redis"]["healthcheck"]["test"][1:]  # after "CMD"
+        health = health[:1] + ["-p", str(port)] + health[1:]
+        auth = {k: compose_value(v, env) for k, v in services["redis"]["environment"].items()}
+        answer = subprocess.run(health, env={**os.environ, **auth}, capture_output=True,
+                                text=True, timeout=10)
+        assert answer.stdout.strip() == "PONG", answer
+        wrong = subprocess.run(health, env={**os.environ, "REDISCLI_AUTH": "wrong"},
+                               capture_output=True, text=True, timeout=10)
+        assert answer.stdout.strip() != wrong.stdout.strip()
+    finally:
+        process.terminate()
+        process.wait(10)
