@@ -47,10 +47,11 @@ class TrainingSet:
     def has_relevant(self) -> torch.Tensor:
         return self.relevant.flatten(1).any(dim=1)
 
-    def grown(self, keep: torch.Tensor, extra: int) -> "TrainingSet":
+    def grown(self, keep: torch.Tensor, extra: int, made_from: Optional[torch.Tensor] = None) -> "TrainingSet":
         """The rows ``keep`` followed by ``extra`` rows for the caller to fill (x and y unset, masks
         empty, not propagated), one allocation per tensor: at a backbone's 224 px a set is a GB,
-        and each copy of it cost seconds (a concatenation took 8-14 s of a 1,000-task job)."""
+        and each copy of it cost seconds (a concatenation took 8-14 s of a 1,000-task job).
+        ``made_from`` (extra,): the rows of this set the extra rows are copies of (their ``source``)."""
         n = len(keep)
 
         def grow(t: torch.Tensor, zeros: bool) -> torch.Tensor:
@@ -62,6 +63,8 @@ class TrainingSet:
         position[keep] = torch.arange(n)
         source = torch.full((n + extra,), -1, dtype=torch.long)
         source[:n] = position[self.source[keep]]
+        if made_from is not None:
+            source[n:] = position[made_from]
         return TrainingSet(grow(self.x, False), grow(self.y, False), grow(self.irrelevant, True),
                            grow(self.relevant, True), grow(self.propagated, True), source)
 

@@ -208,11 +208,8 @@ class Counterexamples(Strategy):
         if data.x.dtype != torch.long:
             background = data.propagated & (data.irrelevant.flatten(1).float().mean(dim=1) > LARGE_REGION)
             keep = torch.nonzero(~background).flatten()
-        out = data.grown(keep, int(copies[idx].sum()))
+        out = data.grown(keep, int(copies[idx].sum()), made_from=idx.repeat_interleave(copies[idx]))
         out.y[len(keep):] = data.y[idx].repeat_interleave(copies[idx], dim=0)  # class indices or multi-hot rows
-        kept_at = torch.full((len(data),), -1, dtype=torch.long)
-        kept_at[keep] = torch.arange(len(keep))
-        out.source[len(keep):] = kept_at[idx].repeat_interleave(copies[idx])
         row = len(keep)
         for i in idx.tolist():
             k = int(copies[i])
