@@ -374,7 +374,8 @@ NOTES = [
     "0.955 trained on backgrounds of random shade). The fill now moves the blended rim with the background "
     "(`training/strategies/counterexamples.py` `background_fill`: a feather of side/56 px, none under 56 px, so "
     "the 28-px kinds are unchanged).",
-    "Left open on the frozen ResNet's background: with entropy ranking it falls from 1% to 5% (0.908 to 0.887). "
+    "Left open on the frozen ResNet's background (before the consistency term; after it 0.951 to 0.938, the "
+    "note below): with entropy ranking it falls from 1% to 5% (0.908 to 0.887). "
     "Traced on seed 0: at 5% entropy's picks lean to the darkest and brightest shades (classes 9, 0, 3). A dark "
     "background's marks include the digit's faint edge (grays under 40 that stay above the shade), so the "
     "background rule's tolerance (the 95% quantile of the marked pixels' distance from the border colour, "
@@ -382,13 +383,13 @@ NOTES = [
     "falls to 0.92 when every correction comes from class 9, and the head to 0.80 (0.90 with the planted marks). "
     "Dropping the corrected originals or making fewer copies did not help; a per-task minimum tolerance mends "
     "mixed picks (0.84 to 0.93) but not one-class picks (0.83). The concepts issue replaces this pixel rule.",
-    "The widened problems on frozen backbones (2026-12-07, the aims table): the pattern recovers 85-92% of its "
+    "The widened problems on frozen backbones (2026-12-07, before the consistency term, the note below): the pattern recovers 85-92% of its "
     "gap (spread up to 7 points), short of the aim; a moving mark of random size and place is not corrected at 1% "
     "(-10% to 21% of an 11-point gap on the ResNet) and only partly at 5%; class tags 7-32% of a 15-point gap on "
     "the ResNet and 29-45% of a 3-point one on the ViT. The generalised marks explain it: on the CNN the pixel "
     "rules found 6% of the moving marks and 49% of the tags; carrying them by what they are, not where, is issue "
     "24's. Text tags open no gap on the frozen BERT (0.985 without feedback).",
-    "After the place rule (feedback/concepts.py `place`: content in the slots where marks recur, and their mirror "
+    "After the place rule (before the consistency term, the note below; feedback/concepts.py `place`: content in the slots where marks recur, and their mirror "
     "images), which finds every class's tag on the CNN (recall 1.00), class tags on the frozen ResNet went to 44% "
     "(entropy) and 57% (random) of the 15-point gap at 1% and 56% at 5%, on the ViT to 58% and 68% of its 3-point "
     "gap: the marks now reach the tags, but a linear head on frozen features, given one copy per task with its "
