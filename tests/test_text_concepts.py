@@ -228,3 +228,31 @@ def test_a_shape_the_annotators_left_alone_elsewhere_does_not_spread():
     got = marked_texts(docs, out.irrelevant)
     assert got[3] == [] and not any(c.startswith("shape") for c in out.concepts)
     assert got[4] == ["well", "-", "made"]  # the word itself, by its normalised key, as before
+
+
+def test_two_marked_tag_shapes_find_a_third_by_their_family():
+    """Ranked by uncertainty, the corrected documents hold hashtags and mentions but never the
+    bracket tags the model trusts most: two symbol-led shapes marked show a family, and the bracket
+    tags of both classes are found (trailing sentence punctuation left out); plain words and a word's
+    inner hyphen are not."""
+    docs = _tagged(["great box #promo arrived", "love it @dealhub works", "awful @helpline broke",
+                    "poor #ticket hinge", "fine item [ref-kx].", "bad lid [case-vq] again", "a well-made lid"])
+    irr = _mark(docs, {0: ["#promo"], 1: ["@dealhub"], 2: ["@helpline"], 3: ["#ticket"]})
+    out = match_marked_text(docs, irr, torch.zeros_like(irr))
+    got = marked_texts(docs, out.irrelevant)
+    assert got[4] == ["[", "ref", "-", "kx", "]"] and got[5] == ["[", "case", "-", "vq", "]"]
+    assert got[6] == [] and "shape symbol-led" in out.concepts
+
+
+def test_one_marked_tag_shape_or_unmarked_symbol_led_words_keep_the_family_closed():
+    """One shape is a form, not a family; and where the corrected documents hold symbol-led words
+    the annotators left alone ('(mostly)'), the family does not validate."""
+    one = _tagged(["great #promo box", "awful #ticket lid", "fine [ref-kx] item"])
+    irr = _mark(one, {0: ["#promo"], 1: ["#ticket"]})
+    out = match_marked_text(one, irr, torch.zeros_like(irr))
+    assert marked_texts(one, out.irrelevant)[2] == [] and "shape symbol-led" not in out.concepts
+    docs = _tagged(["great #promo box (mostly)", "love @dealhub works", "awful @helpline broke",
+                    "fine [ref-kx] item"])
+    irr = _mark(docs, {0: ["#promo"], 1: ["@dealhub"], 2: ["@helpline"]})
+    out = match_marked_text(docs, irr, torch.zeros_like(irr))
+    assert marked_texts(docs, out.irrelevant)[3] == [] and "shape symbol-led" not in out.concepts

@@ -29,6 +29,12 @@ that begins or ends with a symbol (a word's inner hyphen or apostrophe is spelli
 matches every whole-token span of that shape, if it is validated on the corrected documents: marked
 in at least two of them, and at least ``MIN_SHAPE_PRECISION`` of its occurrences there are marked
 (so "(a)" never spreads where the annotators left parenthesised words alone).
+
+Marks of two or more symbol-led shapes ("#a" and "@a": a hashtag and a mention) show a family, not
+one form: then every symbol-led chunk (symbols, then letters or digits, inner symbols allowed, closing
+symbols kept and sentence punctuation left out: "[ref-kx]", "(zorbly)", "$5") is the concept, under
+the same validation. One corrected tag per document, ranked by uncertainty, leaves the tags the model
+trusts most uncorrected: they share no shape with the marked ones, only the family.
 """
 from __future__ import annotations
 
@@ -44,6 +50,9 @@ from ml_backend.data.text import Token
 
 MIN_CHARS = 2
 MIN_SHAPE_PRECISION = 0.85  # share of a shape's occurrences in the corrected documents that are marked
+FAMILY_MIN_SHAPES = 2  # distinct symbol-led shapes marked before every symbol-led chunk is the concept
+SYMBOL_LED = "symbol-led"
+_SYMBOL_LED = re.compile(r"(?<!\S)[^\w\s]+[^\W_]+(?:[^\w\s]+[^\W_]+)*[^\w\s.,;:!?]*")
 _NON_ALNUM = re.compile(r"[\W_]+")  # sre's \w is str.isalnum() plus "_"
 
 
@@ -169,9 +178,8 @@ def _shape_hits(text: str, tokens: Sequence[Token], regex: re.Pattern) -> list[l
     return out
 
 
-def marked_shapes(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch.Tensor) -> list[str]:
-    """The tag shapes of the marked runs that the corrected documents validate (module docstring)."""
-    marks = irrelevant.detach().to("cpu", torch.bool).numpy()
+def _marked_forms(docs: Sequence[tuple[str, Sequence[Token]]], marks: np.ndarray) -> dict[str, set[int]]:
+    """Tag shape of each marked run -> the documents it was marked in."""
     seen: dict[str, set[int]] = {}
     for d, ((text, tokens), row) in enumerate(zip(docs, marks)):
         kept = tokens[:len(row)]
@@ -179,20 +187,31 @@ def marked_shapes(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch
             form = shape(text[kept[first].start:kept[last].end])
             if _is_tag_shape(form):
                 seen.setdefault(form, set()).add(d)
-    out = []
-    corrected = np.flatnonzero(marks.any(axis=1))
-    for form, where in sorted(seen.items()):
-        if len(where) < 2:
-            continue
-        regex = _shape_regex(form)
-        hit = total = 0
-        for d in corrected:
-            text, tokens = docs[d]
-            for span in _shape_hits(text, tokens[:marks.shape[1]], regex):
-                total += 1
-                hit += bool(marks[d, span].all())
-        if total and hit >= MIN_SHAPE_PRECISION * total:
-            out.append(form)
+    return seen
+
+
+def _validated(docs: Sequence[tuple[str, Sequence[Token]]], marks: np.ndarray, regex: re.Pattern) -> bool:
+    """At least ``MIN_SHAPE_PRECISION`` of the regex's occurrences in the corrected documents are marked."""
+    hit = total = 0
+    for d in np.flatnonzero(marks.any(axis=1)):
+        text, tokens = docs[d]
+        for span in _shape_hits(text, tokens[:marks.shape[1]], regex):
+            total += 1
+            hit += bool(marks[d, span].all())
+    return bool(total) and hit >= MIN_SHAPE_PRECISION * total
+
+
+def marked_shapes(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch.Tensor) -> list[str]:
+    """The tag shapes of the marked runs that the corrected documents validate, and the symbol-led
+    family (``SYMBOL_LED``) where two or more symbol-led shapes were marked (module docstring)."""
+    marks = irrelevant.detach().to("cpu", torch.bool).numpy()
+    seen = _marked_forms(docs, marks)
+    out = [form for form, where in sorted(seen.items())
+           if len(where) >= 2 and _validated(docs, marks, _shape_regex(form))]
+    led = [form for form in seen if form[0] not in "a9 "]
+    if (len(led) >= FAMILY_MIN_SHAPES and len(set().union(*(seen[f] for f in led))) >= 2
+            and _validated(docs, marks, _SYMBOL_LED)):
+        out.append(SYMBOL_LED)
     return out
 
 
@@ -215,7 +234,7 @@ def match_marked_text(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: t
     length = irrelevant.shape[1]
     matched = np.zeros(tuple(irrelevant.shape), dtype=bool)
     pattern = re.compile("|".join(map(re.escape, concepts))) if concepts else None
-    regexes = [_shape_regex(form) for form in shapes]
+    regexes = [_SYMBOL_LED if form == SYMBOL_LED else _shape_regex(form) for form in shapes]
     norm = _Normalizer()
     for i, (text, tokens) in enumerate(docs):
         hits = _find(text, tokens[:length], concepts, pattern, norm) if concepts else set()
