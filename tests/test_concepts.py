@@ -226,3 +226,46 @@ def test_one_classs_tags_carry_to_every_classs_tag_by_the_place_they_share(seed)
                                         rules=("position", "background", "template"))
     tasks = rest[classes[rest] != 0]
     assert precision_recall(pixel_rules_only.irrelevant[tasks], truth[tasks])[1] < 0.5
+
+
+def _moving_marks(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A blurry object, and a flat square or disk of side 3..8 and a random shade anywhere."""
+    x = np.zeros((n, 1, SIZE, SIZE), dtype=np.float32)
+    truth = np.zeros((n, SIZE, SIZE), dtype=bool)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for i in range(n):
+        cy, cx = rng.uniform(10, 18, 2)
+        x[i, 0] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2.5, 4) ** 2))
+        side = int(rng.integers(3, 9))
+        r, c = rng.integers(0, SIZE - side, 2)
+        py, px = np.mgrid[:side, :side] - (side - 1) / 2
+        shape = (py ** 2 + px ** 2 <= (side / 2) ** 2) if rng.integers(2) else np.ones((side, side), dtype=bool)
+        x[i, 0, r:r + side, c:c + side][shape] = rng.uniform(0.3, 1.0)
+        truth[i, r:r + side, c:c + side] = shape
+    return torch.from_numpy(x), torch.from_numpy(truth)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_flat_mark_of_any_size_shape_and_place_is_found_by_being_flat(seed):
+    """No template matches a square of another size or a disk, and no place recurs: the marks are
+    flat patches, the object is not, and the flat rule finds the other tasks' marks without it."""
+    x, truth = _moving_marks(np.random.default_rng(seed), 60)
+    irrelevant = marked(truth, list(range(6)))
+    out = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant))
+    assert "flat" in out.rules
+    precision, recall = precision_recall(out.irrelevant[6:], truth[6:])
+    assert precision >= 0.9 and recall >= 0.8, (precision, recall)
+    without = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant),
+                               rules=("position", "place", "background", "template"))
+    assert precision_recall(without.irrelevant[6:], truth[6:])[1] < recall - 0.3
+
+
+def test_the_flat_rule_does_not_mark_smooth_content_the_annotators_left_alone():
+    """Marks on smooth, unflat content (a blurry object's shoulder) name no flat patch: the rule finds
+    nothing it could validate and the marks stay where they are."""
+    x, _ = scene(np.random.default_rng(3), 40)
+    irrelevant = torch.zeros(40, SIZE, SIZE, dtype=torch.bool)
+    for i in range(4):
+        irrelevant[i, 12:16, 12:16] = True  # on the object, not flat
+    out = generalise_marks(x, irrelevant, torch.zeros_like(irrelevant), rules=("flat",))
+    assert "flat" not in out.rules and not out.added.any()

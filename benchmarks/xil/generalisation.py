@@ -10,6 +10,11 @@ tasks that were not corrected: marked pixels that are confounder (precision) and
 that got marked (recall), and the share of object pixels (brighter than half, outside the confounder:
 the digit's strokes) marked (harm).
 
+Text problems run the same way through ``feedback.text_concepts.match_marked_text``, with the
+marked words only, words and tag shapes, and every rule (the default: words, shapes and the
+symbol-led family); scores count tokens, and harm is the share of sentiment words (the label's
+evidence) marked.
+
     python -m benchmarks.xil.generalisation --problems background pattern --seeds 0 1 2
 """
 from __future__ import annotations
@@ -23,13 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.xil.data import PROBLEMS
+from benchmarks.xil.data import NEGATIVE, POSITIVE
 from benchmarks.xil.loop import Backend, prepare_problem, train_base
-from benchmarks.xil.suite import METHODS, one_percent_budget, settings_for
+from benchmarks.xil.suite import METHODS, PROBLEMS, TEXT_PROBLEMS, one_percent_budget, settings_for
 from ml_backend.feedback.concepts import RULES, generalise_marks
+from ml_backend.feedback.text_concepts import TEXT_RULES, match_marked_text
 from ml_backend.training.fit import region_feature_source
 
 VARIANTS = {"pixels": tuple(r for r in RULES if r != "feature"), "feature": ("feature",), "default": RULES}
+TEXT_VARIANTS = {"words": ("words",), "shapes": ("words", "shape"), "default": TEXT_RULES}
+SENTIMENT = frozenset(POSITIVE) | frozenset(NEGATIVE)
 SELECTIONS = ("random", "entropy", "one_class")
 
 
@@ -61,6 +69,8 @@ def run(problem: str, seed: int, selections: list[str], epochs: int, log=print) 
     backend = Backend(prepared, settings, torch.device("cpu"))
     model, seconds = train_base(backend, clean=False, epochs=epochs, seed=seed)
     log(f"[{problem} seed {seed}] base model in {seconds:.0f}s")
+    if data.kind == "text":
+        return _run_text(problem, seed, selections, backend, model, log)
     truth = prepared.train.confounder
     x = prepared.train.x.float()
     size = tuple(truth.shape[1:])
@@ -91,6 +101,35 @@ def run(problem: str, seed: int, selections: list[str], epochs: int, log=print) 
     return out
 
 
+def _run_text(problem: str, seed: int, selections: list[str], backend: Backend, model, log) -> list[dict[str, Any]]:
+    train = backend.data.train
+    truth = train.confounder
+    docs = [(t.text, t.tokens) for t in train.tasks]
+    objects = torch.zeros_like(truth)  # sentiment words: the label's own evidence
+    for i, (text, tokens) in enumerate(docs):
+        for j, token in enumerate(tokens[:truth.shape[1]]):
+            objects[i, j] = text[token.start:token.end].lower() in SENTIMENT
+    objects &= ~truth
+    out = []
+    for selection in selections:
+        picks = _picks(backend, model, one_percent_budget(problem), selection, seed)
+        irrelevant = torch.zeros_like(truth)
+        for i in picks:
+            irrelevant[i] = torch.as_tensor(backend.corrected_example(i, None).feedback.irrelevant).bool()
+        keep = torch.ones(len(truth), dtype=torch.bool)
+        keep[picks] = False
+        for variant, rules in TEXT_VARIANTS.items():
+            started = time.perf_counter()
+            found = match_marked_text(docs, irrelevant, torch.zeros_like(irrelevant), rules=rules)
+            rec = {"problem": problem, "seed": seed, "selection": selection, "variant": variant,
+                   "rules": found.concepts, "rejected": {}, "seconds": time.perf_counter() - started,
+                   **score(found.irrelevant, truth, objects, keep)}
+            log(f"  {selection:9s} {variant:8s} P={rec['precision'] if rec['precision'] is None else round(rec['precision'], 3)} "
+                f"R={rec['recall']:.3f} sentiment={rec['object_marked']:.3f} concepts={rec['rules']}")
+            out.append(rec)
+    return out
+
+
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "xil_generalisation.json"
 
 
@@ -106,14 +145,26 @@ def markdown(path: Path = RESULTS) -> list[str]:
              + __doc__.split("\n\n")[1].replace("\n", " "),
              "", "Cells: precision / recall / share of the object's pixels marked (means over seeds; - where "
              "nothing was generalised); the rules each run used (seeds pooled).", ""]
+    text = set(TEXT_PROBLEMS)
+    lines += _table([r for r in records if r["problem"] not in text], VARIANTS, "object")
+    text_records = [r for r in records if r["problem"] in text]
+    if text_records:
+        lines += ["", "Text: tokens instead of pixels; the last figure is the share of sentiment words (the "
+                  "label's evidence) marked; the concepts each run found (normalised words, `shape` forms, "
+                  "the symbol-led family).", ""]
+        lines += _table(text_records, TEXT_VARIANTS, "sentiment")
+    return lines + [""]
+
+
+def _table(records: list[dict[str, Any]], variants: dict[str, tuple[str, ...]], harm: str) -> list[str]:
     problems = list(dict.fromkeys(r["problem"] for r in records))
-    header = ["problem", "selection", *[f"{v}: P / R / object" for v in VARIANTS], "rules (default)"]
+    header = ["problem", "selection", *[f"{v}: P / R / {harm}" for v in variants], "rules (default)"]
     rows = []
     for problem in problems:
         for selection in SELECTIONS:
             cells = []
             rules: set[str] = set()
-            for variant in VARIANTS:
+            for variant in variants:
                 recs = [r for r in records if r["problem"] == problem and r["selection"] == selection
                         and r["variant"] == variant]
                 if not recs:
@@ -126,14 +177,14 @@ def markdown(path: Path = RESULTS) -> list[str]:
                              f"{np.mean([r['object_marked'] for r in recs]):.3f}" if precision else "-")
             if any(cells):
                 rows.append([problem, selection, *cells, ", ".join(sorted(rules)) or "none"])
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines + [""]
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", nargs="+", default=[p for p in PROBLEMS if p not in ("colors", "decoy_text")])
+    parser.add_argument("--append", action="store_true", help="keep the other problems' records in --out")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--selections", nargs="+", default=list(SELECTIONS), choices=SELECTIONS)
     parser.add_argument("--epochs", type=int, default=20)
@@ -142,6 +193,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     records = []
+    if args.append and args.out.exists():
+        records = [r for r in json.loads(args.out.read_text()) if r["problem"] not in args.problems]
     for problem in args.problems:
         for seed in args.seeds:
             records += run(problem, seed, args.selections, args.epochs)

@@ -1,6 +1,6 @@
 """Image corrections generalise by what was marked, not only where (ProtoPDebug's idea, for any kind).
 
-An Irrelevant mark defines a concept. Five rules carry a concept from the corrected tasks to every
+An Irrelevant mark defines a concept. Six rules carry a concept from the corrected tasks to every
 labelled task:
 
 - ``position``: pixels marked on at least half of the corrected tasks (a tag printed at the same
@@ -11,6 +11,11 @@ labelled task:
   carries to every class's.
 - ``background``: a marked region larger than a quarter of the image is matched as "pixels close
   to the image's own border colour", the husky's snow in every image whatever its shade.
+- ``flat``: flat patches of content (every 3x3 neighbourhood within ``FLAT_TOLERANCE``, grown by
+  a pixel, away from the border colour; the tolerance scales with the image's own spread, so a
+  backbone's normalised input reads as the image does) whose area is within a factor of two of the marked
+  regions': a sticker, a swatch or a redaction box of any shade, shape and place. Strokes, photos and
+  textures are never that flat.
 - ``template``: each marked region, cut out with a one-pixel margin, is matched anywhere in every
   image by normalised cross-correlation. NCC ignores gain and offset, so a swatch, stripe or stamp
   whose shade follows the class still matches in every class, wherever it sits.
@@ -41,12 +46,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-RULES = ("position", "place", "background", "template", "feature")  # simplest first; a rule joins only if it finds more
+RULES = ("position", "place", "background", "template", "flat", "feature")  # simplest first; a rule joins only if it finds more
 MAX_SPILL = 0.15  # share of the unmarked pixels of the corrected tasks a rule may mark (leave one out)
 MIN_GAIN = 0.05  # share of the marked pixels a rule must add to those the rules before it find
 WORK_SIDE = 64  # matching runs on images at most this big: marks are coarse, NCC is quadratic in size
 LARGE_REGION = 0.25  # share of the image above which a region is a background, not an object
 MAX_TEMPLATES = 48
+FLAT_TOLERANCE = 0.1  # flat rule: largest spread of a 3x3 neighbourhood, in units of the image's own deviation
 THRESHOLDS = (0.8, 0.85, 0.9, 0.95)  # NCC; each template takes the loosest that validates
 PROTOTYPES = 12  # feature rule: cluster centres of each corrected task's marked cells, and of its unmarked ones
 MARGINS = (-0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3)  # feature rule: how much nearer a marked centre than an unmarked one
@@ -360,6 +366,32 @@ def _place_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, 
     return lambda: predict(None, torch.arange(work.shape[0])), held
 
 
+def _flat_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+    """Flat patches of content the size of the marked regions (module docstring)."""
+    out = torch.zeros((len(targets), *work.shape[2:]), dtype=torch.bool)
+    area = marks[0].numel()
+    small = [int(i) for i in sources if 0 < marks[i].sum() <= LARGE_REGION * area]
+    sizes = [int(n) for i in small for n in np.bincount(ndimage.label(marks[i].numpy())[0].ravel())[1:]]
+    if len(small) < 2 or not sizes:
+        return out
+    low, high = min(sizes) / 2, 2 * max(sizes)
+    images = work[targets]
+    spread = (F.max_pool2d(images, 3, 1, 1) + F.max_pool2d(-images, 3, 1, 1)).amax(dim=1)  # 3x3 max - min
+    tolerance = FLAT_TOLERANCE * images.flatten(2).std(dim=2).mean(dim=1).clamp_min(1e-6)[:, None, None]
+    content = _border_distance(images) > 2 * tolerance  # any shade: only the background is left out
+    # every pixel of a flat 3x3 window (2x2 windows found the small disks too, and 3-4% of the strokes)
+    flat = (F.max_pool2d((spread <= tolerance).float().unsqueeze(1), 3, 1, 1)[:, 0] > 0) & content
+    for j, patch in enumerate(flat.numpy()):
+        if patch.any():
+            labels, _ = ndimage.label(patch)
+            counts = np.bincount(labels.ravel())
+            keep = (counts >= low) & (counts <= high)
+            keep[0] = False
+            out[j] = torch.from_numpy(keep[labels])
+    return out
+
+
 def _boxes(mask: torch.Tensor) -> torch.Tensor:
     """(H, W) long: 1 inside each connected region's bounding box grown by a pixel, and inside its
     mirror images: a tag in one corner, or a mark down one edge, has the same role in the others."""
@@ -382,7 +414,7 @@ def _left_out(marks_for):
 
 
 _RULES = {"template": _template_rule, "background": _left_out(_background_marks),
-          "position": _left_out(_position_marks), "place": _place_rule}
+          "position": _left_out(_position_marks), "place": _place_rule, "flat": _left_out(_flat_marks)}
 
 
 # ----------------------------------------------------------------------------- helpers

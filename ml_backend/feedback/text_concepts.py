@@ -52,6 +52,7 @@ MIN_CHARS = 2
 MIN_SHAPE_PRECISION = 0.85  # share of a shape's occurrences in the corrected documents that are marked
 FAMILY_MIN_SHAPES = 2  # distinct symbol-led shapes marked before every symbol-led chunk is the concept
 SYMBOL_LED = "symbol-led"
+TEXT_RULES = ("words", "shape", "family")  # normalised words and phrases; tag shapes; the symbol-led family
 _SYMBOL_LED = re.compile(r"(?<!\S)[^\w\s]+[^\W_]+(?:[^\w\s]+[^\W_]+)*[^\w\s.,;:!?]*")
 _NON_ALNUM = re.compile(r"[\W_]+")  # sre's \w is str.isalnum() plus "_"
 
@@ -201,34 +202,37 @@ def _validated(docs: Sequence[tuple[str, Sequence[Token]]], marks: np.ndarray, r
     return bool(total) and hit >= MIN_SHAPE_PRECISION * total
 
 
-def marked_shapes(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch.Tensor) -> list[str]:
+def marked_shapes(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch.Tensor,
+                  rules: Sequence[str] = TEXT_RULES) -> list[str]:
     """The tag shapes of the marked runs that the corrected documents validate, and the symbol-led
     family (``SYMBOL_LED``) where two or more symbol-led shapes were marked (module docstring)."""
     marks = irrelevant.detach().to("cpu", torch.bool).numpy()
     seen = _marked_forms(docs, marks)
     out = [form for form, where in sorted(seen.items())
-           if len(where) >= 2 and _validated(docs, marks, _shape_regex(form))]
+           if "shape" in rules and len(where) >= 2 and _validated(docs, marks, _shape_regex(form))]
     led = [form for form in seen if form[0] not in "a9 "]
-    if (len(led) >= FAMILY_MIN_SHAPES and len(set().union(*(seen[f] for f in led))) >= 2
+    if ("family" in rules and len(led) >= FAMILY_MIN_SHAPES and len(set().union(*(seen[f] for f in led))) >= 2
             and _validated(docs, marks, _SYMBOL_LED)):
         out.append(SYMBOL_LED)
     return out
 
 
 def match_marked_text(docs: Sequence[tuple[str, Sequence[Token]]], irrelevant: torch.Tensor,
-                      relevant: torch.Tensor, min_chars: int = MIN_CHARS) -> TextConcepts:
+                      relevant: torch.Tensor, min_chars: int = MIN_CHARS,
+                      rules: Sequence[str] = TEXT_RULES) -> TextConcepts:
     """Own Irrelevant marks plus every whole-word occurrence of a marked concept in any document,
     except on tokens that document marked Relevant.
 
     ``docs[i]`` is a document's text and its tokens in mask order (character offsets into the
-    text); masks are (N, L) bool, and tokens beyond L are not seen.
+    text); masks are (N, L) bool, and tokens beyond L are not seen. ``rules``: which of
+    ``TEXT_RULES`` carry the marks (all, by default; the benchmarks compare them).
     """
     if irrelevant.dim() != 2 or irrelevant.shape != relevant.shape or len(docs) != irrelevant.shape[0]:
         raise ValueError(f"need {len(docs)} documents and two (N, L) masks, got {tuple(irrelevant.shape)} "
                          f"and {tuple(relevant.shape)}")
     own = irrelevant.any(dim=1)
-    concepts = marked_concepts(docs, irrelevant, min_chars)
-    shapes = marked_shapes(docs, irrelevant)
+    concepts = marked_concepts(docs, irrelevant, min_chars) if "words" in rules else []
+    shapes = marked_shapes(docs, irrelevant, rules)
     if not concepts and not shapes:
         return TextConcepts(irrelevant.clone(), torch.zeros_like(own), concepts)
     length = irrelevant.shape[1]
