@@ -156,6 +156,13 @@ def markdown(path: Path = RESULTS) -> list[str]:
     return lines + [""]
 
 
+def _rule_kind(concept: str) -> str:
+    """A text record's concept as the rule that found it: a word or phrase, a tag shape, the family."""
+    if concept == "shape symbol-led":
+        return "symbol-led family"
+    return "shape " + concept[6:] if concept.startswith("shape ") else "words"
+
+
 def _table(records: list[dict[str, Any]], variants: dict[str, tuple[str, ...]], harm: str) -> list[str]:
     problems = list(dict.fromkeys(r["problem"] for r in records))
     header = ["problem", "selection", *[f"{v}: P / R / {harm}" for v in variants], "rules (default)"]
@@ -171,7 +178,7 @@ def _table(records: list[dict[str, Any]], variants: dict[str, tuple[str, ...]], 
                     cells.append("")
                     continue
                 if variant == "default":
-                    rules |= {rule for r in recs for rule in r["rules"]}
+                    rules |= {_rule_kind(rule) if harm == "sentiment" else rule for r in recs for rule in r["rules"]}
                 precision = [r["precision"] for r in recs if r["precision"] is not None]
                 cells.append(f"{np.mean(precision):.3f} / {np.mean([r['recall'] for r in recs]):.3f} / "
                              f"{np.mean([r['object_marked'] for r in recs]):.3f}" if precision else "-")
