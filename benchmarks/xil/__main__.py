@@ -256,7 +256,9 @@ NOTES = [
     "bases (the runs' own noise: a seed's row moves 2-3 points between runs), gave 0.927 and 0.899. It joins "
     "nowhere else but the random patch, a problem with no gap (harm +0.5 at 1%, +1.3 at 5% over no feedback). "
     "moving_mark's and random_patch's rows without feedback, with the default and clean were re-run after it "
-    "(_xil_flat_*.json, 2026-12-07, AMD EPYC, beside other runs).",
+    "(_xil_flat_*.json, 2026-12-07, AMD EPYC, beside other runs); random_patch's RRR rows and its row with "
+    "corrections not generalised are from before it, on other base models (their N=0 differs), so their gap "
+    "and delta columns compare across bases.",
     "Not yet met (issue 24): class tags stop 1 point short of 95% at 1% with entropy ranking; moving mark "
     "reaches 68% of a 3.4-point gap at 1% (the served evidence on the mark does not fall: 0.95x); a phrase, or "
     "a spurious word, corrected on one class only still does not reach the other class's (generalised marks' "
