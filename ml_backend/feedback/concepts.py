@@ -366,30 +366,51 @@ def _place_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, 
     return lambda: predict(None, torch.arange(work.shape[0])), held
 
 
-def _flat_marks(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-    """Flat patches of content the size of the marked regions (module docstring)."""
-    out = torch.zeros((len(targets), *work.shape[2:]), dtype=torch.bool)
+def _flat_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, min_precision: float
+               ) -> tuple[Everywhere, torch.Tensor]:
+    """Flat patches of content the size of the marked regions (module docstring). Each corrected
+    task's region sizes are read once and a left-out task's dropped from the extremes: one-click
+    corrections mark hundreds of tasks, and re-reading the others per left-out task is quadratic."""
     area = marks[0].numel()
-    small = [int(i) for i in sources if 0 < marks[i].sum() <= LARGE_REGION * area]
-    sizes = [int(n) for i in small for n in np.bincount(ndimage.label(marks[i].numpy())[0].ravel())[1:]]
-    if len(small) < 2 or not sizes:
+    extremes = {}  # corrected task -> (smallest, largest) marked region, in pixels
+    for i in sources.tolist():
+        if 0 < int(marks[i].sum()) <= LARGE_REGION * area:
+            counts = np.bincount(ndimage.label(marks[i].numpy())[0].ravel())[1:]
+            extremes[i] = (int(counts.min()), int(counts.max()))
+    by_low = sorted(extremes, key=lambda i: extremes[i][0])[:2]
+    by_high = sorted(extremes, key=lambda i: -extremes[i][1])[:2]
+
+    def bounds(left_out: Optional[int]) -> Optional[tuple[float, float]]:
+        if len(extremes) - (left_out in extremes) < 2:
+            return None
+        low = extremes[next(i for i in by_low if i != left_out)][0]
+        high = extremes[next(i for i in by_high if i != left_out)][1]
+        return low / 2, 2 * high
+
+    def predict(targets: torch.Tensor, size_bounds: Optional[tuple[float, float]]) -> torch.Tensor:
+        out = torch.zeros((len(targets), *work.shape[2:]), dtype=torch.bool)
+        if size_bounds is None:
+            return out
+        for j, patch in enumerate(_flat_patches(work[targets]).numpy()):
+            if patch.any():
+                labels, _ = ndimage.label(patch)
+                counts = np.bincount(labels.ravel())
+                keep = (counts >= size_bounds[0]) & (counts <= size_bounds[1])
+                keep[0] = False
+                out[j] = torch.from_numpy(keep[labels])
         return out
-    low, high = min(sizes) / 2, 2 * max(sizes)
-    images = work[targets]
+
+    held = torch.cat([predict(sources[k:k + 1], bounds(int(i))) for k, i in enumerate(sources.tolist())])
+    return lambda: torch.cat([predict(chunk, bounds(None)) for chunk in torch.arange(work.shape[0]).split(FEATURE_BATCH)]), held
+
+
+def _flat_patches(images: torch.Tensor) -> torch.Tensor:
+    """(M, H, W) bool: pixels of a flat 3x3 window that are content (not the border colour, any shade).
+    2x2 windows found the smallest disks too, and 3-4% of the strokes."""
     spread = (F.max_pool2d(images, 3, 1, 1) + F.max_pool2d(-images, 3, 1, 1)).amax(dim=1)  # 3x3 max - min
     tolerance = FLAT_TOLERANCE * images.flatten(2).std(dim=2).mean(dim=1).clamp_min(1e-6)[:, None, None]
-    content = _border_distance(images) > 2 * tolerance  # any shade: only the background is left out
-    # every pixel of a flat 3x3 window (2x2 windows found the small disks too, and 3-4% of the strokes)
-    flat = (F.max_pool2d((spread <= tolerance).float().unsqueeze(1), 3, 1, 1)[:, 0] > 0) & content
-    for j, patch in enumerate(flat.numpy()):
-        if patch.any():
-            labels, _ = ndimage.label(patch)
-            counts = np.bincount(labels.ravel())
-            keep = (counts >= low) & (counts <= high)
-            keep[0] = False
-            out[j] = torch.from_numpy(keep[labels])
-    return out
+    content = _border_distance(images) > 2 * tolerance
+    return (F.max_pool2d((spread <= tolerance).float().unsqueeze(1), 3, 1, 1)[:, 0] > 0) & content
 
 
 def _boxes(mask: torch.Tensor) -> torch.Tensor:
@@ -414,7 +435,7 @@ def _left_out(marks_for):
 
 
 _RULES = {"template": _template_rule, "background": _left_out(_background_marks),
-          "position": _left_out(_position_marks), "place": _place_rule, "flat": _left_out(_flat_marks)}
+          "position": _left_out(_position_marks), "place": _place_rule, "flat": _flat_rule}
 
 
 # ----------------------------------------------------------------------------- helpers
