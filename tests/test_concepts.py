@@ -8,15 +8,20 @@ from ml_backend.feedback.concepts import generalise_marks
 SIZE = 28
 
 
+def blob(rng: np.random.Generator) -> np.ndarray:
+    """(S, S) a bright blurry blob near the centre on a dark image: the object."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    cy, cx = rng.uniform(10, 18, 2)
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2.5, 4) ** 2))
+
+
 def scene(rng: np.random.Generator, n: int, swatch: str = "corner") -> tuple[torch.Tensor, torch.Tensor]:
     """Dark images with a bright blurry blob (the object) and a flat square of a random shade
     (the confounder) at a random corner or anywhere; returns images (N, 1, S, S) and truth masks."""
     x = np.zeros((n, 1, SIZE, SIZE), dtype=np.float32)
     truth = np.zeros((n, SIZE, SIZE), dtype=bool)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
     for i in range(n):
-        cy, cx = rng.uniform(10, 18, 2)
-        x[i, 0] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2.5, 4) ** 2))
+        x[i, 0] = blob(rng)
         if swatch == "corner":
             r, c = [(0, 0), (0, SIZE - 4), (SIZE - 4, 0), (SIZE - 4, SIZE - 4)][rng.integers(4)]
         else:
@@ -232,10 +237,8 @@ def _moving_marks(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch
     """A blurry object, and a flat square or disk of side 3..8 and a random shade anywhere."""
     x = np.zeros((n, 1, SIZE, SIZE), dtype=np.float32)
     truth = np.zeros((n, SIZE, SIZE), dtype=bool)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
     for i in range(n):
-        cy, cx = rng.uniform(10, 18, 2)
-        x[i, 0] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2.5, 4) ** 2))
+        x[i, 0] = blob(rng)
         side = int(rng.integers(3, 9))
         r, c = rng.integers(0, SIZE - side, 2)
         py, px = np.mgrid[:side, :side] - (side - 1) / 2
