@@ -401,7 +401,8 @@ def _flat_rule(work: torch.Tensor, marks: torch.Tensor, sources: torch.Tensor, m
         return out
 
     held = torch.cat([predict(sources[k:k + 1], bounds(int(i))) for k, i in enumerate(sources.tolist())])
-    return lambda: torch.cat([predict(chunk, bounds(None)) for chunk in torch.arange(work.shape[0]).split(FEATURE_BATCH)]), held
+    chunks = torch.arange(work.shape[0]).split(FEATURE_BATCH)
+    return lambda: torch.cat([predict(chunk, bounds(None)) for chunk in chunks]), held
 
 
 def _flat_patches(images: torch.Tensor) -> torch.Tensor:
