@@ -124,7 +124,8 @@ def _run_text(problem: str, seed: int, selections: list[str], backend: Backend, 
             rec = {"problem": problem, "seed": seed, "selection": selection, "variant": variant,
                    "rules": found.concepts, "rejected": {}, "seconds": time.perf_counter() - started,
                    **score(found.irrelevant, truth, objects, keep)}
-            log(f"  {selection:9s} {variant:8s} P={rec['precision'] if rec['precision'] is None else round(rec['precision'], 3)} "
+            precision = rec["precision"] if rec["precision"] is None else round(rec["precision"], 3)
+            log(f"  {selection:9s} {variant:8s} P={precision} "
                 f"R={rec['recall']:.3f} sentiment={rec['object_marked']:.3f} concepts={rec['rules']}")
             out.append(rec)
     return out

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-RULES = ("position", "place", "background", "template", "flat", "feature")  # simplest first; a rule joins only if it finds more
+# simplest first; a rule joins only if it finds more
+RULES = ("position", "place", "background", "template", "flat", "feature")
 MAX_SPILL = 0.15  # share of the unmarked pixels of the corrected tasks a rule may mark (leave one out)
 MIN_GAIN = 0.05  # share of the marked pixels a rule must add to those the rules before it find
 WORK_SIDE = 64  # matching runs on images at most this big: marks are coarse, NCC is quadratic in size
