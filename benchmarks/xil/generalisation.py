@@ -145,7 +145,10 @@ def markdown(path: Path = RESULTS) -> list[str]:
              "Written by `python -m benchmarks.xil.generalisation` to `benchmarks/results/xil_generalisation.json`. "
              + __doc__.split("\n\n")[1].replace("\n", " "),
              "", "Cells: precision / recall / share of the object's pixels marked (means over seeds; - where "
-             "nothing was generalised); the rules each run used (seeds pooled).", ""]
+             "nothing was generalised); the rules each run used (seeds pooled). moving_mark, random_patch and the "
+             "text problems ran on 2026-12-07 after the flat rule and the symbol-led family; the other rows before "
+             "them (with the annotator's marks on random and one-class picks, pixel rules only, the flat rule "
+             "joined on none of those problems, so their rows stand).", ""]
     text = set(TEXT_PROBLEMS)
     lines += _table([r for r in records if r["problem"] not in text], VARIANTS, "object")
     text_records = [r for r in records if r["problem"] in text]
