@@ -307,3 +307,59 @@ def test_a_marked_background_is_refilled_with_another_tasks_background_content_n
     flat = image_counterexamples(x, mask, 1, fill="substitute", donors=donor[None],
                                  generator=torch.Generator().manual_seed(0))
     assert flat[0, :, mask].std() < 1e-6
+
+
+def _marked(side: int, top: int, left: int, shade: float, size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dark image with a digit-like bar and a ``shade`` square of ``side`` px at (top, left)."""
+    x = torch.zeros((1, size, size))
+    x[0, 8:20, 12:15] = 1.0
+    mark = torch.zeros((size, size), dtype=torch.bool)
+    mark[top:top + side, left:left + side] = True
+    x[0][mark] = shade
+    return x, mark
+
+
+def test_a_small_mark_becomes_the_donors_mark_of_another_shade_at_its_own_place():
+    """A patch for a patch: a 4-px mark in shade 0.5 gets a donor's 8-px mark's shade (0.8),
+    scaled onto its own box; nothing outside the mark moves."""
+    x, mask = _marked(4, 2, 3, 0.5)
+    donor, donor_mask = _marked(8, 18, 18, 0.8)
+    out = image_counterexamples(x, mask, 2, fill="substitute", donors=donor[None], donor_masks=donor_mask[None],
+                                generator=torch.Generator().manual_seed(0))
+    for copy in out:
+        assert torch.equal(copy[:, ~mask], x[:, ~mask])
+        assert torch.allclose(copy[:, mask], torch.full_like(copy[:, mask], 0.8))
+    # without the donor's marks: the donor's pixels at the same place (its dark background)
+    erased = image_counterexamples(x, mask, 1, fill="substitute", donors=donor[None],
+                                   generator=torch.Generator().manual_seed(0))
+    assert float(erased[0, :, mask].abs().max()) == 0.0
+
+
+def test_a_patch_that_would_leave_the_mark_as_it_was_erases_it():
+    """Marks that differ by shape only (one-gray glyphs): the patch would change nothing under the
+    mark, so the copy erases it with the donor's pixels at the same place instead."""
+    x, mask = _marked(5, 0, 0, 0.8)
+    donor, donor_mask = _marked(5, 23, 23, 0.8)
+    out = image_counterexamples(x, mask, 1, fill="substitute", donors=donor[None], donor_masks=donor_mask[None],
+                                generator=torch.Generator().manual_seed(0))
+    assert float(out[0, :, mask].abs().max()) == 0.0
+    assert torch.equal(out[0, :, ~mask], x[:, ~mask])
+
+
+def test_a_glyph_becomes_the_donors_glyph_in_its_own_corner():
+    """Marks that differ by shape: the donor's glyph is drawn in the task's corner, over the
+    background around the task's own glyph, whose other pixels are erased."""
+    x = torch.zeros((1, 28, 28))
+    x[0, 8:20, 12:15] = 1.0
+    plus = torch.zeros((28, 28), dtype=torch.bool)
+    plus[2, 0:5] = plus[0:5, 2] = True
+    x[0][plus] = 0.8
+    donor = torch.zeros((1, 28, 28))
+    cross = torch.zeros((28, 28), dtype=torch.bool)
+    for i in range(5):
+        cross[23 + i, 23 + i] = cross[23 + i, 27 - i] = True
+    donor[0][cross] = 0.8
+    out = image_counterexamples(x, plus, 1, fill="substitute", donors=donor[None], donor_masks=cross[None],
+                                generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(out[0, :5, :5] > 0, cross[23:, 23:])
+    assert torch.equal(out[:, 5:, :], x[:, 5:, :]) and torch.equal(out[:, :, 5:], x[:, :, 5:])

@@ -27,6 +27,7 @@ DONORS = 16  # an example's donors, of other classes where it can
 # where a donor's background is read from where its object sits, as fractions of the side (y, x)
 BACKGROUND_SHIFTS = ((0, 0), (0.5, 0), (0, 0.5), (0.5, 0.5), (0.25, 0), (0, 0.25), (0.25, 0.25), (0.75, 0),
                      (0, 0.75), (0.75, 0.75), (0.25, 0.75), (0.75, 0.25))
+PATCH_MIN_CHANGE = 0.1  # a patch fill that moves the region by less (units of the image's deviation) erases it
 
 
 def image_counterexamples(
@@ -49,7 +50,8 @@ def image_counterexamples(
     blur: a heavy box blur of x (every copy the same). ``donor_rows``: draw from these rows of
     ``donors`` only (a whole set's images can be passed without copying a donor pool out of it).
     ``donor_masks`` (M, H, W): the donors' own Irrelevant marks; a background then gets the
-    donor's background content (``background_content``: a pattern for a pattern), not its colour.
+    donor's background content (``background_content``: a pattern for a pattern), not its colour,
+    and a small region the donor's marked content (``patch_fill``: a patch for a patch).
     """
     if x.dim() != 3:
         raise ValueError(f"x must be (C, H, W), got shape {tuple(x.shape)}")
@@ -79,6 +81,11 @@ def image_counterexamples(
                 content = torch.stack([background_content(d, m, c[:, 0, 0])
                                        for d, m, c in zip(replacement, marks, colour)])
             return background_fill(copies, mask, colour, content)
+        if donor_masks is not None:
+            marks = donor_masks[picks.to(donor_masks.device)].to(device=x.device, dtype=torch.bool)
+            return torch.stack([patch_fill(copy, mask, donor, mark, erased)
+                                for copy, donor, mark, erased
+                                in zip(copies, replacement, marks, torch.where(mask, replacement, copies))])
     elif fill == "blur":
         replacement = _box_blur(x).unsqueeze(0).expand_as(copies)
     else:
@@ -125,6 +132,47 @@ def background_content(donor: torch.Tensor, marks: torch.Tensor, colour: torch.T
         if bool(have.all()):
             break
     return out
+
+
+def patch_fill(x: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_mark: torch.Tensor,
+               erased: torch.Tensor) -> torch.Tensor:
+    """x (C, H, W) with its small marked region turned into the donor's mark: "a patch for a patch".
+
+    The donor's marked box is scaled onto the box of ``mask``. Where the scaled donor mark falls on
+    the mask, or on background around it inside the box (pixels near the border colour), the pixel
+    takes the donor's; the rest of the mask is erased (``erased``: x with the mask taken from the
+    donor's same place). So a mark in one class's shade becomes one in another's, and a glyph
+    becomes another class's glyph, in place and at its own size.
+
+    A copy whose mark is only erased teaches "no mark: read the object", and the model still reads
+    the class from every mark it meets; another class's mark, label unchanged, teaches that the
+    mark says nothing. ``erased`` is the answer where the donor has no small mark, or where its
+    mark would leave the region as it was."""
+    area = donor_mark.sum()
+    if area == 0 or area > LARGE_REGION * donor_mark.numel():
+        return erased
+    (y0, y1), (x0, x1) = _box(mask)
+    (v0, v1), (u0, u1) = _box(donor_mark)
+    rows = v0 + ((torch.arange(y1 - y0 + 1, device=x.device) + 0.5) * (v1 - v0 + 1) / (y1 - y0 + 1)).long()
+    cols = u0 + ((torch.arange(x1 - x0 + 1, device=x.device) + 0.5) * (u1 - u0 + 1) / (x1 - x0 + 1)).long()
+    rows, cols = rows.clamp(max=v1), cols.clamp(max=u1)
+    box = (slice(None), slice(y0, y1 + 1), slice(x0, x1 + 1))
+    tolerance = PATCH_MIN_CHANGE * float(x.float().std())
+    background = (x.float() - border_colour(x[None].float())[0][:, None, None]).abs().amax(dim=0)[box[1:]] <= tolerance
+    region = mask[box[1:]] | background
+    theirs = donor_mark[rows][:, cols] & region
+    patch = torch.where(theirs, donor[:, rows][:, :, cols], erased[box])
+    if (patch.float() - x[box].float()).abs().amax(dim=0)[region].mean() <= tolerance:
+        return erased
+    out = x.clone()
+    out[box] = patch
+    return out
+
+
+def _box(mask: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a non-empty (H, W) mask, inclusive."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return (int(ys.min()), int(ys.max())), (int(xs.min()), int(xs.max()))
 
 
 def background_fill(copies: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor,
