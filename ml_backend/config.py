@@ -91,6 +91,7 @@ def path_problem(value: str) -> Optional[str]:
 
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
+LR_SCHEDULES = ("constant", "cosine")  # the learning rate over a fit: held, or falling to 0 along a cosine
 
 
 def database_url_problem(url: str) -> Optional[str]:
@@ -274,6 +275,8 @@ class ProjectSettings:
     learning_rate: float = _setting(1e-3, 0, 10, low_open=True)
     # epochs without improvement of the training loss before stopping early (0 stops at the first, like 1)
     patience: int = _setting(8, 0, 1000)
+    # constant | cosine (the learning rate falls to 0 over the fit's epochs: a steadier end point)
+    lr_schedule: str = "constant"
     holdout: float = _setting(0.2, 0, 1, high_open=True)
     min_annotations: int = _setting(1, 1, 1_000_000)
     acquisition: str = "entropy"
@@ -307,6 +310,8 @@ class ProjectSettings:
             raise ConfigError("evidence_regions must be 'merged' or 'components'")
         if self.counterexample_fill not in ("randomize", "substitute", "blur"):
             raise ConfigError("counterexample_fill must be randomize, substitute or blur")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be {' or '.join(LR_SCHEDULES)}")
         return self
 
     def with_overrides(self, params: Mapping[str, Any] | None) -> "ProjectSettings":
@@ -327,6 +332,7 @@ class ProjectSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
 
 
 _PROJECT_ENV = {f.name: "XIL_" + f.name.upper() for f in dataclasses.fields(ProjectSettings)}

@@ -160,3 +160,25 @@ def test_a_corrected_example_always_trains_and_the_holdout_keeps_its_place():
     assert held and {e.task_id for e in train} | held_ids == set(range(300)) and len(train) + len(held) == 300
     assert not any(i % 3 == 0 for i in held_ids)  # every corrected task trains
     assert held_ids == {i for i in range(300) if in_holdout(i, 0.2) and i % 3}  # the rest keeps its side
+
+
+def test_a_cosine_schedule_brings_the_learning_rate_down_to_zero_and_constant_holds_it():
+    x, y, mask = confounded_images(64, size=16, seed=0)
+    for schedule in ("constant", "cosine"):
+        model = CNNKind(ImageCNN(2, image_size=16, width=4, dropout=0.0))
+        data = TrainingSet(x, y, torch.zeros(len(y), 16, 16, dtype=torch.bool), torch.zeros(len(y), 16, 16, dtype=torch.bool))
+        report = fit(model, data, FitConfig(epochs=4, batch_size=16, learning_rate=1e-2, patience=100,
+                                            lr_schedule=schedule), device=torch.device("cpu"))
+        rates = [epoch["lr"] for epoch in report.history]
+        if schedule == "constant":
+            assert rates == [1e-2] * 4
+        else:
+            assert rates[0] < 1e-2 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-6
+
+
+def test_the_learning_rate_schedule_is_a_checked_setting():
+    from ml_backend.config import ConfigError
+
+    assert FitConfig.from_settings(ProjectSettings(lr_schedule="cosine"), 0).lr_schedule == "cosine"
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        ProjectSettings().with_overrides({"lr_schedule": "step"})

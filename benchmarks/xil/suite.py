@@ -111,11 +111,14 @@ def full_plan(seeds: int = 3) -> Plan:
                 one_point_methods=("rrr_ce", "default_local"))
 
 
+SETTING_OVERRIDES: dict[str, str] = {}  # project settings every run starts from (the CLI's --set)
+
+
 def settings_for(problem_image_size: int, method: Method, acquisition: str = "entropy",
                  rrr_lambda: Optional[float] = None) -> ProjectSettings:
     """A method's project settings. ``acquisition`` "NAME+balanced" (classes interleaved),
     "NAME+unbalanced" (the function's order) or "NAME+shareX" also sets ``max_class_share`` (0, 1 or X)."""
-    base = ProjectSettings()
+    base = ProjectSettings().with_overrides(SETTING_OVERRIDES)
     changes: dict[str, Any] = dict(method.overrides)
     name, _, balance = acquisition.partition("+")
     changes.update(model_kind=method.model_kind, strategies=method.strategies, acquisition=name)
@@ -198,7 +201,7 @@ def run_plan(plan: Plan, device: torch.device, save: Callable[[list[dict[str, An
                    "settings": {k: v for k, v in settings.to_dict().items()
                                 if k in ("strategies", "rrr_lambda", "counterexamples", "cali_lambda",
                                          "evidence_sigma", "kl_weight", "acquisition", "attribution", "model_kind",
-                                         "image_size", "batch_size", "learning_rate")}}
+                                         "image_size", "batch_size", "learning_rate", "lr_schedule")}}
             records.append(rec)
             last = points[-1]
             log(f"  {sp['method']:<10} {sp['acquisition']:<8} lam={rec['rrr_lambda']}: "

@@ -30,13 +30,14 @@ class FitConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 8
+    lr_schedule: str = "constant"
     seed: int = 0
     project: ProjectSettings = field(default_factory=ProjectSettings)  # what the kind's own terms read
 
     @classmethod
     def from_settings(cls, settings: ProjectSettings, seed: int) -> "FitConfig":
         return cls(epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                   patience=settings.patience, seed=seed, project=settings)
+                   patience=settings.patience, lr_schedule=settings.lr_schedule, seed=seed, project=settings)
 
 
 @dataclass
@@ -113,6 +114,8 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
                 progress(1.0, f"head fitted in {head.iterations} iterations (C = {head.c:g}), loss {head.loss:.4f}")
             return _finished(network, report, started, n)
         network.train()
+    steps = config.epochs * ((n + config.batch_size - 1) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if config.lr_schedule == "cosine" else None
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         totals: dict[str, float] = {}
@@ -126,9 +129,11 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             for key, value in {"loss": loss.item(), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value * len(idx)
-        epoch_stats = {k: v / n for k, v in totals.items()}
+        epoch_stats = {**{k: v / n for k, v in totals.items()}, "lr": optimizer.param_groups[0]["lr"]}
         report.history.append(epoch_stats)
         report.epochs_run = epoch + 1
         if progress:
