@@ -1,9 +1,9 @@
 """CAIPI counterexamples: copies of an example whose irrelevant part is replaced, label unchanged.
 
 If the model still predicts the label when the marked region holds another task's pixels, noise
-or a blur, it has learned not to rely on that region. Substituted pixels come from tasks of any
-class: a confounder is by definition correlated with the class, so same-class donors would hand
-the copy the very shortcut it is meant to break.
+or a blur, it has learned not to rely on that region. Substituted pixels come from tasks of other
+classes where there are any: a confounder is by definition correlated with the class, so
+same-class donors would hand the copy the very shortcut it is meant to break.
 """
 
 from __future__ import annotations
