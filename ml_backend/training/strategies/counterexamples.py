@@ -83,9 +83,11 @@ def image_counterexamples(
             return background_fill(copies, mask, colour, content)
         if donor_masks is not None:
             marks = donor_masks[picks.to(donor_masks.device)].to(device=x.device, dtype=torch.bool)
-            return torch.stack([patch_fill(copy, mask, donor, mark, erased)
-                                for copy, donor, mark, erased
-                                in zip(copies, replacement, marks, torch.where(mask, replacement, copies))])
+            tolerance = PATCH_MIN_CHANGE * float(x.float().std())
+            background = (x.float() - border_colour(x[None].float())[0][:, None, None]).abs().amax(dim=0) <= tolerance
+            erased = torch.where(mask, replacement, copies)
+            return torch.stack([patch_fill(x, mask, donor, mark, gone, background, tolerance)
+                                for donor, mark, gone in zip(replacement, marks, erased)])
     elif fill == "blur":
         replacement = _box_blur(x).unsqueeze(0).expand_as(copies)
     else:
@@ -135,11 +137,12 @@ def background_content(donor: torch.Tensor, marks: torch.Tensor, colour: torch.T
 
 
 def patch_fill(x: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_mark: torch.Tensor,
-               erased: torch.Tensor) -> torch.Tensor:
+               erased: torch.Tensor, background: torch.Tensor, tolerance: float) -> torch.Tensor:
     """x (C, H, W) with its small marked region turned into the donor's mark: "a patch for a patch".
 
     The donor's marked box is scaled onto the box of ``mask``. Where the scaled donor mark falls on
-    the mask, or on background around it inside the box (pixels near the border colour), the pixel
+    the mask, or on ``background`` around it inside the box (pixels within ``tolerance`` of the
+    border colour), the pixel
     takes the donor's; the rest of the mask is erased (``erased``: x with the mask taken from the
     donor's same place). So a mark in one class's shade becomes one in another's, and a glyph
     becomes another class's glyph, in place and at its own size.
@@ -147,7 +150,7 @@ def patch_fill(x: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_m
     A copy whose mark is only erased teaches "no mark: read the object", and the model still reads
     the class from every mark it meets; another class's mark, label unchanged, teaches that the
     mark says nothing. ``erased`` is the answer where the donor has no small mark, or where its
-    mark would leave the region as it was."""
+    mark would move the region by no more than ``tolerance``."""
     area = donor_mark.sum()
     if area == 0 or area > LARGE_REGION * donor_mark.numel():
         return erased
@@ -157,9 +160,7 @@ def patch_fill(x: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_m
     cols = u0 + ((torch.arange(x1 - x0 + 1, device=x.device) + 0.5) * (u1 - u0 + 1) / (x1 - x0 + 1)).long()
     rows, cols = rows.clamp(max=v1), cols.clamp(max=u1)
     box = (slice(None), slice(y0, y1 + 1), slice(x0, x1 + 1))
-    tolerance = PATCH_MIN_CHANGE * float(x.float().std())
-    background = (x.float() - border_colour(x[None].float())[0][:, None, None]).abs().amax(dim=0)[box[1:]] <= tolerance
-    region = mask[box[1:]] | background
+    region = mask[box[1:]] | background[box[1:]]
     theirs = donor_mark[rows][:, cols] & region
     patch = torch.where(theirs, donor[:, rows][:, :, cols], erased[box])
     if (patch.float() - x[box].float()).abs().amax(dim=0)[region].mean() <= tolerance:
