@@ -334,7 +334,6 @@ class ProjectSettings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-
 _PROJECT_ENV = {f.name: "XIL_" + f.name.upper() for f in dataclasses.fields(ProjectSettings)}
 
 _LOG_LEVELS = Matching("debug|info|warning|error|critical", "DEBUG, INFO, WARNING, ERROR or CRITICAL")

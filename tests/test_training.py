@@ -166,7 +166,8 @@ def test_a_cosine_schedule_brings_the_learning_rate_down_to_zero_and_constant_ho
     x, y, mask = confounded_images(64, size=16, seed=0)
     for schedule in ("constant", "cosine"):
         model = CNNKind(ImageCNN(2, image_size=16, width=4, dropout=0.0))
-        data = TrainingSet(x, y, torch.zeros(len(y), 16, 16, dtype=torch.bool), torch.zeros(len(y), 16, 16, dtype=torch.bool))
+        unmarked = torch.zeros(len(y), 16, 16, dtype=torch.bool)
+        data = TrainingSet(x, y, unmarked, unmarked.clone())
         report = fit(model, data, FitConfig(epochs=4, batch_size=16, learning_rate=1e-2, patience=100,
                                             lr_schedule=schedule), device=torch.device("cpu"))
         rates = [epoch["lr"] for epoch in report.history]
