@@ -285,6 +285,10 @@ class ProjectSettings:
     # cannot fix the other classes' confounders. 1 = the acquisition function's order alone; 0 =
     # the classes interleaved, which cost edge stripe and background at 1% (docs/xil-benchmarks.md)
     max_class_share: float = _setting(0.5, 0, 1)
+    # within a predicted class, among its first n tasks, one group of alike evidence (k-means on the
+    # evidence's region features, ranking/evidence_share.py) holds at most this share: a corrected
+    # shortcut's tasks, uncertain once it is corrected, do not crowd out another shortcut's. 1 = off
+    max_evidence_share: float = _setting(1.0, 0, 1)
     mc_samples: int = _setting(10, 1, 1000)
     alex_batch: int = _setting(10, 1, 10_000)
     set_uncertainty_sampling: bool = True

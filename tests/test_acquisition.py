@@ -16,6 +16,7 @@ from ml_backend.ranking.acquisition import (
     ACQUISITIONS, ALEX, BALD, Entropy, LeastConfidence, Margin, Random, get_acquisition, ls_score,
     ls_scores, rank,
 )
+from ml_backend.ranking.evidence_share import evidence_groups, rank_by_class_and_evidence
 from ml_backend.ranking.score import rank_tasks
 from ml_backend.store import LoadedModel
 from tests.support.live import ls_task
@@ -213,6 +214,73 @@ def test_rank_with_a_cap_follows_its_definition_on_random_queues():
         assert rank(scores, groups, share).tolist() == _capped_reference(scores, groups, share)
 
 
+# ---------------------------------------------------------------------------- the class's queue, each evidence group's share capped
+
+
+def _blobs(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float = 0.05) -> np.ndarray:
+    return np.concatenate([c + noise * rng.standard_normal((n, centres.shape[1])) for c in centres])
+
+
+def test_evidence_groups_are_the_modes_of_each_class_and_distinct_across_classes():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16))
+    content = np.concatenate([_blobs(rng, centres[:3], 60), _blobs(rng, centres[3:], 80)])
+    truth = np.repeat([0, 1, 2, 3], [60, 60, 60, 80])
+    predicted = np.repeat([0, 1], [180, 80])
+    groups = evidence_groups(content, predicted)
+    for mode in range(4):  # each mode one group, its own
+        assert len(set(groups[truth == mode].tolist())) == 1
+    assert len(set(groups.tolist())) == 4
+    one = evidence_groups(_blobs(rng, centres[:1], 100), np.zeros(100, int))
+    assert set(one.tolist()) == {0}
+    with pytest.raises(ValueError, match="one evidence vector per task"):
+        evidence_groups(content[:5], predicted)
+
+
+def test_an_evidence_group_holds_at_most_its_share_of_each_class_queue():
+    # class 0: group 10 holds its four most uncertain tasks, group 11 the next two; class 1: one group
+    s = np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4])
+    classes = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
+    groups = np.array([10, 10, 10, 10, 11, 11, 12, 12, 12])
+    assert list(rank_by_class_and_evidence(s, None, 1.0, groups, 1.0)) == list(rank(s))
+    assert list(rank_by_class_and_evidence(s, classes, 0.5, groups, 1.0)) == list(rank(s, classes, 0.5))
+    one_class = list(rank_by_class_and_evidence(s, None, 1.0, groups, 0.5))
+    assert one_class == [0, 4, 1, 5, 2, 6, 3, 7, 8]
+    both = list(rank_by_class_and_evidence(s, classes, 1.0, groups, 0.5))
+    assert both == [0, 4, 1, 5, 2, 3, 6, 7, 8]  # class 0's k-th place keeps its k-th best score
+    assert list(rank_by_class_and_evidence(s, classes, 0.5, groups, 0.5))[:4] == [0, 6, 4, 7]
+    rng = np.random.default_rng(1)
+    for _ in range(100):  # every prefix of every class's queue within the cap; every task once
+        n = int(rng.integers(2, 60))
+        s, classes = rng.random(n), rng.integers(0, 3, n)
+        groups = classes * 10 + rng.integers(0, 4, n)
+        order = rank_by_class_and_evidence(s, classes, 0.5, groups, 0.5)
+        assert sorted(order.tolist()) == list(range(n))
+        for c in np.unique(classes):
+            queue = groups[[i for i in order if classes[i] == c]].tolist()
+            for m in range(len(queue)):  # over the cap only when no group under it has tasks left
+                cap = max(1, math.ceil(0.5 * (m + 1)))
+                if queue[:m].count(queue[m]) >= cap:
+                    assert all(queue[:m].count(g) >= cap for g in queue[m:])
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_the_ranking_job_spreads_a_class_queue_over_what_its_evidence_lies_on(tmp_path, text_config, share):
+    """Twelve tasks hold word a (the first class, most uncertain), twelve word b (the same class, a
+    little less uncertain): the plain queue serves every a first; with ``max_evidence_share`` 0.5
+    the class's queue alternates a and b, each one's most uncertain first."""
+    ctx = make_context("2", text_config, ProjectSettings(acquisition="entropy", max_class_share=1.0,
+                                                         max_evidence_share=share))
+    model = _WordScoresKind(_WordScores())
+    model.network.eval()
+    texts = [f"a w{i}" for i in range(12)] + [f"b w{i}" for i in range(12)]
+    tasks = [ls_task(i + 1, {"text": text}) for i, text in enumerate(texts)]
+    ids, values, scores = rank_tasks(ctx, LoadedModel("p2-v1", model, ctx.schema.classes), iter(tasks),
+                                     Fetcher(Settings()), tmp_path / "spool.jsonl")
+    queue = [texts[ids[i] - 1][0] for i in np.argsort(scores, kind="stable")]
+    assert queue[:4] == (["a", "b", "a", "b"] if share < 1 else ["a"] * 4), queue
+
+
 # ---------------------------------------------------------------------------- ALEX
 
 
@@ -329,6 +397,12 @@ class _WordScores(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.forward_embedded(self.embedding(ids), ids != 0)
+
+    def token_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each word's own fixed vector: what the evidence groups compare."""
+        generator = torch.Generator().manual_seed(0)
+        table = torch.randn(self.config["n_buckets"], 4, generator=generator)
+        return table[ids]
 
 
 class _WordScoresKind(TextKind):  # no name: not registered

@@ -22,7 +22,8 @@ from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import PreparedTask, prepare_task
 from ml_backend.discovery.evidence import EvidenceDescriber
 from ml_backend.project import ProjectContext
-from ml_backend.ranking.acquisition import ACQUISITIONS, ls_scores, rank
+from ml_backend.ranking.acquisition import ACQUISITIONS, ls_score, rank
+from ml_backend.ranking.evidence_share import evidence_groups, rank_by_class_and_evidence
 from ml_backend.rendering import render_predictions
 from ml_backend.store import LoadedModel
 
@@ -66,19 +67,22 @@ class Scorer:
         self.probs: list[np.ndarray] = []
         self.mc: list[np.ndarray] = []
         self.explanations: list[np.ndarray] = []
+        # the unlabeled tasks' evidence, for the evidence groups' cap (the describer may hold labelled ones too)
+        self.evidence = EvidenceDescriber(seed) if ctx.settings.max_evidence_share < 1.0 else None
 
     def add(self, prepared: list[PreparedTask]) -> list[dict[str, Any]]:
         """Render predictions for a batch and keep what the acquisition function needs."""
         need_expl = self.acquisition.needs_explanations
-        rendered = render_predictions(self.ctx, self.loaded, prepared,
-                                      with_relevance=need_expl or self.describer is not None)
+        describers = [d for d in (self.describer, self.evidence) if d is not None]
+        rendered = render_predictions(self.ctx, self.loaded, prepared, with_relevance=need_expl or bool(describers))
         self.probs.append(rendered.probs.numpy())
-        if self.describer is not None and rendered.relevance is not None:
+        if describers and rendered.relevance is not None:
             model = self.loaded.model
             with torch.no_grad():
                 features = model.region_features(torch.stack([p.tensor for p in prepared]).to(model.device()))
-            self.describer.add(torch.as_tensor(rendered.relevance), None if features is None else features.cpu(),
-                               rendered.probs.argmax(dim=1).numpy())
+            for describer in describers:
+                describer.add(torch.as_tensor(rendered.relevance), None if features is None else features.cpu(),
+                              rendered.probs.argmax(dim=1).numpy())
         if self.acquisition.needs_mc:
             model = self.loaded.model
             x = torch.stack([p.tensor for p in prepared]).to(model.device())
@@ -104,12 +108,23 @@ class Scorer:
         return np.concatenate(self.probs).argmax(axis=1)
 
     def order(self, values: np.ndarray) -> np.ndarray:
-        """Task indices, the first to annotate first (``acquisition.rank`` with the project's share cap)."""
-        return rank(values, self.groups(), self.ctx.settings.max_class_share)
+        """Task indices, the first to annotate first: ``acquisition.rank`` with the project's class
+        share cap, and its evidence share cap (``max_evidence_share``) when that is on."""
+        settings = self.ctx.settings
+        if self.evidence is None or len(self.evidence) != len(values):
+            return rank(values, self.groups(), settings.max_class_share)
+        evidence = self.evidence.result()
+        content = evidence.content if evidence.content.shape[1] else evidence.place
+        groups = evidence_groups(content, evidence.predicted, seed=self.evidence.seed)
+        return rank_by_class_and_evidence(values, self.groups(), settings.max_class_share, groups,
+                                          settings.max_evidence_share)
 
     def ls_scores(self, values: np.ndarray) -> np.ndarray:
         """Label Studio's scores in task order: lower is served first."""
-        return ls_scores(values, self.groups(), self.ctx.settings.max_class_share)
+        order = self.order(values)
+        positions = np.empty(len(order), dtype=np.int64)
+        positions[order] = np.arange(len(order))
+        return np.asarray(ls_score(positions, len(order)), dtype=np.float64)
 
 
 def labeled_explanations(ctx: ProjectContext, loaded: LoadedModel, prepared: list[PreparedTask]

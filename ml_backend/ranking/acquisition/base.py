@@ -113,9 +113,18 @@ def rank(scores: np.ndarray, groups: np.ndarray | None = None, max_share: float 
     order = np.argsort(-s, kind="stable")
     if groups is None or max_share >= 1.0:
         return order
+    return capped_order(order, groups, max_share)
+
+
+def capped_order(order: np.ndarray, groups: np.ndarray, max_share: float) -> np.ndarray:
+    """``order`` (task indices, best first) reordered so that among the first n, for every n, a
+    group holds at most ``ceil(max_share * n)`` (at least one); see ``rank``."""
+    order = np.asarray(order, dtype=np.int64)
     g = np.asarray(groups).ravel()
-    if g.shape != s.shape:
-        raise ValueError(f"groups must have one value per task: {g.shape} != {s.shape}")
+    if g.shape != order.shape:
+        raise ValueError(f"groups must have one value per task: {g.shape} != {order.shape}")
+    if max_share >= 1.0:
+        return order
     members = [order[g[order] == value] for value in np.unique(g)]  # each group's tasks, best first
     place = np.empty(len(order), dtype=np.int64)
     place[order] = np.arange(len(order))
