@@ -177,6 +177,21 @@ def test_a_cosine_schedule_brings_the_learning_rate_down_to_zero_and_constant_ho
             assert rates[0] < 1e-2 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-6
 
 
+def test_auto_gives_each_model_kind_its_own_schedule():
+    """The CNN's fits anneal; the Bayesian CNN's hold the rate (its short fits learned too little under cosine)."""
+    from ml_backend.models.bayesian import BayesianCNN, BayesianCNNKind
+
+    x, y, _ = confounded_images(32, size=16, seed=0)
+    unmarked = torch.zeros(len(y), 16, 16, dtype=torch.bool)
+    data = TrainingSet(x, y, unmarked, unmarked.clone())
+    config = FitConfig.from_settings(ProjectSettings(epochs=3, batch_size=16, patience=100), 0)
+    assert config.lr_schedule == "auto"
+    cnn = fit(CNNKind(ImageCNN(2, image_size=16, width=4, dropout=0.0)), data, config, device=torch.device("cpu"))
+    assert cnn.history[-1]["lr"] < 1e-6
+    bayesian = fit(BayesianCNNKind(BayesianCNN(2, image_size=16, width=4)), data, config, device=torch.device("cpu"))
+    assert [epoch["lr"] for epoch in bayesian.history] == [config.learning_rate] * 3
+
+
 def test_the_learning_rate_schedule_is_a_checked_setting():
     from ml_backend.config import ConfigError
 

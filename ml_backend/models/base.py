@@ -62,6 +62,8 @@ class ModelKind(ABC):
     serves_multi_label: ClassVar[bool] = True
     # what the ``strategies`` entry "default" stands for with this kind (docs/xil-benchmarks.md)
     default_strategies: ClassVar[tuple[str, ...]] = ("counterexamples",)
+    # the learning-rate schedule ``lr_schedule=auto`` gives the kind's fits ("constant" or "cosine")
+    lr_schedule: ClassVar[str] = "constant"
     multi_label: bool = False  # this model's outputs are independent per-class sigmoids (set per project)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

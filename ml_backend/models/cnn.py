@@ -89,6 +89,8 @@ class CNNKind(ImageKind):
     name = "cnn"
     selected_by = ("", "cnn")
     network_class = ImageCNN
+    # a steadier end point than a constant rate: the same round's clean accuracy swung 0.95-0.997
+    lr_schedule = "cosine"
 
     def predict_and_explain(self, x: torch.Tensor, method: str, mc_samples: int = 10
                             ) -> tuple[torch.Tensor, torch.Tensor]:

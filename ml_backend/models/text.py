@@ -56,3 +56,4 @@ class TextCNNKind(TextKind):
     name = "text_cnn"
     selected_by = ("", "text_cnn")
     network_class = TextCNN
+    lr_schedule = "cosine"

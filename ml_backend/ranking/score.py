@@ -116,7 +116,7 @@ class Scorer:
         evidence = self.evidence.result()
         content = evidence.content if evidence.content.shape[1] else evidence.place
         groups = evidence_groups(content, evidence.predicted, seed=self.evidence.seed)
-        return rank_by_class_and_evidence(values, self.groups(), settings.max_class_share, groups,
+        return rank_by_class_and_evidence(values, evidence.predicted, settings.max_class_share, groups,
                                           settings.max_evidence_share)
 
     def ls_scores(self, values: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ class FitConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 8
-    lr_schedule: str = "constant"
+    lr_schedule: str = "auto"  # "auto": the model kind's own (ModelKind.lr_schedule)
     seed: int = 0
     project: ProjectSettings = field(default_factory=ProjectSettings)  # what the kind's own terms read
 
@@ -115,7 +115,8 @@ def fit(model: ModelKind, data: TrainingSet, config: FitConfig, strategies: Sequ
             return _finished(network, report, started, n)
         network.train()
     steps = config.epochs * ((n + config.batch_size - 1) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if config.lr_schedule == "cosine" else None
+    schedule_name = model.lr_schedule if config.lr_schedule == "auto" else config.lr_schedule
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule_name == "cosine" else None
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         totals: dict[str, float] = {}
