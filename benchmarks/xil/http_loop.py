@@ -11,8 +11,9 @@ What one HTTP run does (issue 23: SENN + CALI alone recovered 2% of the gap over
    tasks carry ``/data/local-files/?d=images/<id>.png`` as Label Studio's do (``data/fetch.py``).
 2. Starts ``.venv/bin/ml-backend serve`` (granian, embedded queue: no Redis, no Label Studio URL) with
    its own MODEL_DIR and LOCAL_FILES_DOCUMENT_ROOT; POST /setup with the problem's label config and
-   extra_params ``model_kind=senn``, ``strategies`` and whatever the variant overrides (everything else
-   the shipped defaults: image_size 64, epochs 30, patience 8, holdout 0.2, debounce 2 s).
+   extra_params ``model_kind`` (``--model-kind``: senn unless told), ``strategies``, ``--set``'s and
+   whatever the variant overrides (everything else the shipped defaults: image_size 64, epochs 30,
+   patience 8, holdout 0.2, debounce 2 s).
 3. Labels the training set (label only) with ANNOTATION_CREATED webhooks (contract §2.3):
    ``--label-delivery single`` sends one webhook per annotation back to back, as Label Studio delivers
    a team's submissions (the backend debounces them into a few trainings, warm-started from each
@@ -283,11 +284,12 @@ def run_http(args: argparse.Namespace) -> dict[str, Any]:
     schema = parse_label_config(problem.label_config)
     classes = list(schema.classes)
     annotator = SimulatedAnnotator(schema)
-    extra: dict[str, Any] = {"model_kind": "senn", "strategies": args.strategies}
+    extra: dict[str, Any] = {"model_kind": args.model_kind, "strategies": args.strategies}
     for key in ("image_size", "holdout", "epochs", "patience", "acquisition"):
         value = getattr(args, key)
         if value is not None:
             extra[key] = value
+    extra.update(dict(item.split("=", 1) for item in args.set))
     env_extra = {"TRAIN_DEBOUNCE_SECONDS": str(args.debounce), "JOB_NICE": str(args.job_nice)}
     record: dict[str, Any] = {"mode": "http", "name": args.name, "seed": args.seed, "train": len(problem.train.tasks),
                               "test": len(problem.test.tasks), "n_corrections": args.n, "extra_params": extra,
@@ -471,8 +473,8 @@ def save(record: dict[str, Any], out: Path) -> None:
 
 def table(records: list[dict[str, Any]]) -> str:
     """The runs side by side: how they ran, the served accuracy before and after the corrections."""
-    rows = ["| run | mode | seed | strategies | image size | holdout | epochs | patch rule | corrections held out "
-            "| accuracy before -> after |", "|---|---|---:|---|---:|---:|---:|---|---:|---:|"]
+    rows = ["| run | mode | seed | kind | strategies | image size | holdout | epochs | patch rule | corrections held out "
+            "| accuracy before -> after |", "|---|---|---:|---|---|---:|---:|---:|---|---:|---:|"]
     for r in records:
         params = r.get("extra_params") or {}
         overrides = r.get("overrides") or {}
@@ -481,7 +483,8 @@ def table(records: list[dict[str, Any]]) -> str:
         epochs = params.get("epochs", 30) if r["mode"] == "http" else f"{r.get('base_epochs')}+{r.get('finetune_epochs')}"
         strategies = "+".join(params.get("strategies") or r.get("strategies") or [])
         rule = (r.get("patch_rule") or "").split(" ")[0] + (" (any pixel)" if r.get("concept_mask_any") else "")
-        rows.append(f"| {r.get('name')} | {r['mode']} | {r['seed']} | {strategies} | {size} | {holdout} | {epochs} "
+        kind = params.get("model_kind", "senn")
+        rows.append(f"| {r.get('name')} | {r['mode']} | {r['seed']} | {kind} | {strategies} | {size} | {holdout} | {epochs} "
                     f"| {rule} | {r.get('picked_in_holdout', '')} "
                     f"| {r.get('base_accuracy', 0):.3f} -> {r.get('accuracy', 0):.3f} |")
     return "\n".join(rows)
@@ -495,6 +498,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--train", type=int, default=800, help="training tasks (a subset of the problem's split)")
     parser.add_argument("--n", type=int, default=8, help="corrections (the queue's first N)")
     parser.add_argument("--strategies", nargs="+", default=["cali"])
+    parser.add_argument("--model-kind", default="senn", help="extra_params model_kind (cnn: the backend's default CNN)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SETTING=VALUE",
+                        help="more extra_params, e.g. lr_schedule=constant")
     parser.add_argument("--image-size", type=int, help="extra_params image_size (default: the shipped 64)")
     parser.add_argument("--holdout", type=float, help="extra_params holdout (default: the shipped 0.2)")
     parser.add_argument("--epochs", type=int, help="extra_params epochs (default: the shipped 30)")

@@ -201,7 +201,8 @@ def run_plan(plan: Plan, device: torch.device, save: Callable[[list[dict[str, An
                    "settings": {k: v for k, v in settings.to_dict().items()
                                 if k in ("strategies", "rrr_lambda", "counterexamples", "cali_lambda",
                                          "evidence_sigma", "kl_weight", "acquisition", "attribution", "model_kind",
-                                         "image_size", "batch_size", "learning_rate", "lr_schedule")}}
+                                         "image_size", "batch_size", "learning_rate", "lr_schedule",
+                                         "max_evidence_share")}}
             records.append(rec)
             last = points[-1]
             log(f"  {sp['method']:<10} {sp['acquisition']:<8} lam={rec['rrr_lambda']}: "
