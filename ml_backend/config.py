@@ -91,7 +91,8 @@ def path_problem(value: str) -> Optional[str]:
 
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
-LR_SCHEDULES = ("auto", "constant", "cosine")  # the learning rate over a fit: the kind's own, held, or falling to 0 along a cosine
+# the learning rate over a fit: the model kind's own, held, or falling to 0 along a cosine
+LR_SCHEDULES = ("auto", "constant", "cosine")
 
 
 def database_url_problem(url: str) -> Optional[str]:

@@ -214,7 +214,7 @@ def test_rank_with_a_cap_follows_its_definition_on_random_queues():
         assert rank(scores, groups, share).tolist() == _capped_reference(scores, groups, share)
 
 
-# ---------------------------------------------------------------------------- the class's queue, each evidence group's share capped
+# ---------------------------------------------------------------------------- each evidence group's share capped
 
 
 def _blobs(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float = 0.05) -> np.ndarray:

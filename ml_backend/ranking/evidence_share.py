@@ -4,8 +4,9 @@ After a correction generalises (a tag, a stamp), the tasks it covered are the on
 least sure of: uncertainty ranking then serves more of them, while the tasks whose evidence lies on
 another shortcut, predicted with confidence, are never shown. Here each predicted class's tasks are
 grouped by their evidence content (``discovery.evidence``: the model's region features under its
-relevance) with k-means, as many groups as the evidence's kNN graph has modes (its eigengap), and each group's share of the class's queue is capped, as
-``acquisition.rank`` caps a class's share of the whole queue. Pure NumPy and scikit-learn; no I/O.
+relevance) with k-means, as many groups as the evidence's kNN graph has modes (its eigengap), and
+each group's share of the class's queue is capped, as ``acquisition.rank`` caps a class's share of
+the whole queue. Pure NumPy and scikit-learn; no I/O.
 """
 from __future__ import annotations
 
