@@ -154,7 +154,8 @@ def test_the_ranking_job_reads_only_the_representatives_again_for_their_thumbnai
 
 
 OFF = {"evidence_clusters": False}
-NO_EVIDENCE_CAP = {"max_evidence_share": 1.0}  # the evidence cap reads the evidence too: off where the switch is measured
+# the evidence cap reads the evidence too: off where the clusters switch is measured
+NO_EVIDENCE_CAP = {"max_evidence_share": 1.0}
 
 
 def post_annotations(server, image_config, n, seed=3):
