@@ -22,7 +22,8 @@ from ml_backend.data.fetch import DataError, Fetcher
 from ml_backend.data.prepare import PreparedTask, prepare_task
 from ml_backend.discovery.evidence import EvidenceDescriber
 from ml_backend.project import ProjectContext
-from ml_backend.ranking.acquisition import ACQUISITIONS, ls_score, rank
+from ml_backend.ranking.acquisition import ACQUISITIONS, rank
+from ml_backend.ranking.acquisition.base import ls_scores_of
 from ml_backend.ranking.evidence_share import evidence_groups, rank_by_class_and_evidence
 from ml_backend.rendering import render_predictions
 from ml_backend.store import LoadedModel
@@ -121,10 +122,7 @@ class Scorer:
 
     def ls_scores(self, values: np.ndarray) -> np.ndarray:
         """Label Studio's scores in task order: lower is served first."""
-        order = self.order(values)
-        positions = np.empty(len(order), dtype=np.int64)
-        positions[order] = np.arange(len(order))
-        return np.asarray(ls_score(positions, len(order)), dtype=np.float64)
+        return ls_scores_of(self.order(values))
 
 
 def labeled_explanations(ctx: ProjectContext, loaded: LoadedModel, prepared: list[PreparedTask]

@@ -169,7 +169,12 @@ def ls_score(rank_position: int | np.ndarray, n: int) -> float | np.ndarray:
 
 def ls_scores(scores: np.ndarray, groups: np.ndarray | None = None, max_share: float = 0.0) -> np.ndarray:
     """Label Studio scores for every task, in task order (lower = more informative, all distinct)."""
-    order = rank(scores, groups, max_share)
+    return ls_scores_of(rank(scores, groups, max_share))
+
+
+def ls_scores_of(order: np.ndarray) -> np.ndarray:
+    """Label Studio scores, in task order, for a queue ``order`` (task indices, first served first)."""
+    order = np.asarray(order, dtype=np.int64)
     positions = np.empty(len(order), dtype=np.int64)
     positions[order] = np.arange(len(order))
     return np.asarray(ls_score(positions, len(order)), dtype=np.float64)
