@@ -185,6 +185,34 @@ def test_the_measured_frame_matches_the_processors_geometry():
                                          abs=0.6)
 
 
+@pytest.mark.parametrize("original", [(28, 28), (50, 80), (300, 200)])
+def test_marks_reach_every_input_pixel_the_processor_blends_them_into(original):
+    # A processor's resize blends a mark's edge into the pixels around it; a mark that stopped at
+    # the pixels it covers would leave that rim, still in the mark's colour, for the model to read.
+    import transformers as T
+
+    from ml_backend.models.hf_image import channel_levels
+
+    rng = np.random.default_rng(sum(original))
+    for processor in (T.ConvNextImageProcessorPil(size={"shortest_edge": 64}, crop_pct=0.875),
+                      T.ViTImageProcessorPil(size={"height": 112, "width": 112})):
+        def process(image):
+            return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+        black, white = channel_levels(process)
+        frame = estimate_frame(process, original)
+        H, W = original
+        for _ in range(6):
+            mark = np.zeros(original, dtype=bool)
+            y, x = rng.integers(0, H - 3), rng.integers(0, W - 3)
+            mark[y:y + rng.integers(1, max(2, H // 4)), x:x + rng.integers(1, max(2, W // 4))] = True
+            picture = Image.fromarray(np.where(mark[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2))
+            tinted = ((process(picture).double().numpy() - black) / ((white - black) / 255) > 0.5).any(axis=0)
+            on_input = frame.to_input(mark)
+            assert not (tinted & ~on_input).any(), (type(processor).__name__, original)
+            assert (on_input & ~tinted).sum() <= 0.5 * tinted.sum() + 4 * max(on_input.shape)  # about one ring more
+
+
 def test_marks_and_evidence_map_through_a_frame():
     frame = Frame((4, 4), (8, 16), (2.0, 2.0), (0.0, 4.0))  # a centred 8 x 8 crop of an 8 x 16 image
     mask = np.zeros((8, 16), dtype=bool)

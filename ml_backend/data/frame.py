@@ -7,6 +7,7 @@ coordinates, and an annotator's marks at original coordinates land on the model'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -21,6 +22,9 @@ class Frame:
     original_shape: tuple[int, int]  # (H, W) of the image as the annotator sees it
     scale: tuple[float, float]  # (sy, sx): original pixels per input pixel
     offset: tuple[float, float]  # (oy, ox): original coordinate of the input's top-left corner
+    # (ry, rx): an input pixel takes value from the original pixels whose centres lie within this
+    # distance of its own centre (the resize filter's support; None: only those it covers)
+    reach: Optional[tuple[float, float]] = None
 
     @classmethod
     def stretch(cls, input_shape: tuple[int, int], original_shape: tuple[int, int]) -> "Frame":
@@ -49,7 +53,8 @@ class Frame:
 
     def to_input(self, mask: np.ndarray) -> np.ndarray:
         """A bool mask over the whole original image, at any resolution -> (H', W') on the model's
-        input: an input pixel is marked when any of 3x3 points sampled inside it is."""
+        input: an input pixel is marked when any of 3x3 points sampled inside it is, or when the
+        resize blends a marked pixel into it (``reach``): a mark's blended rim still carries it."""
         mh, mw = mask.shape
         H, W = self.original_shape
         out = np.zeros(self.input_shape, dtype=bool)
@@ -60,4 +65,22 @@ class Frame:
                 rows = np.floor(y * mh / H).astype(np.int64)
                 cols = np.floor(x * mw / W).astype(np.int64)
                 out |= self._sample(mask.astype(bool), rows[:, None], cols[None, :], False)
+        if self.reach is not None and mask.any():
+            out |= self._reached(mask.astype(bool))
         return out
+
+    def _reached(self, mask: np.ndarray) -> np.ndarray:
+        """Input pixels with a marked original pixel's centre within ``reach`` of their centre."""
+        counts = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        spans = []
+        for axis in (0, 1):
+            n_mask, extent = mask.shape[axis], self.original_shape[axis]
+            centre = self.offset[axis] + (np.arange(self.input_shape[axis]) + 0.5) * self.scale[axis]
+            per = n_mask / extent  # mask pixels per original pixel
+            # mask pixel i's centre (i + 0.5) / per lies in [centre - reach, centre + reach]
+            lo = np.ceil((centre - self.reach[axis]) * per - 0.5 - 1e-9).astype(np.int64).clip(0, n_mask)
+            hi = (np.floor((centre + self.reach[axis]) * per - 0.5 + 1e-9).astype(np.int64) + 1).clip(0, n_mask)
+            spans.append((lo, np.maximum(hi, lo)))
+        (r0, r1), (c0, c1) = spans
+        inside = (counts[r1][:, c1] - counts[r0][:, c1] - counts[r1][:, c0] + counts[r0][:, c0])
+        return inside > 0
