@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", nargs="*", help="a subset of the plan's problems")
     parser.add_argument("--methods", nargs="*", help="run only these of each problem's methods (the clean bound "
                         "always; acquisition rows only with the default): to re-run the rows a change touches")
+    parser.add_argument("--acquisitions", nargs="*", help="the default's rows with these acquisition functions "
+                        "beside entropy (the plan's: random); none given: entropy only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on 2 shared cores)")
     parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/xil.json)")
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.methods = {p: [m for m in ms if m in args.methods] for p, ms in plan.methods.items()}
         if plan.acq_method not in args.methods:
             plan.acquisitions = {p: [] for p in plan.acquisitions}
+    if args.acquisitions is not None:
+        plan.acquisitions = {p: list(args.acquisitions) for p in plan.problems}
     plan.image_size = args.image_size
     out = args.out
     if out is None:
