@@ -211,6 +211,9 @@ def test_marks_reach_every_input_pixel_the_processor_blends_them_into(original):
             on_input = frame.to_input(mark)
             assert not (tinted & ~on_input).any(), (type(processor).__name__, original)
             assert (on_input & ~tinted).sum() <= 0.5 * tinted.sum() + 4 * max(on_input.shape)  # about one ring more
+        background = np.zeros(original, dtype=bool)
+        background[: H // 2] = True  # a background's rim is the object's edge: it keeps the cells it covers
+        assert np.array_equal(frame.to_input(background), dataclasses.replace(frame, reach=None).to_input(background))
 
 
 def test_marks_and_evidence_map_through_a_frame():

@@ -46,12 +46,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ml_backend.data.frame import LARGE_REGION
+
 # simplest first; a rule joins only if it finds more
 RULES = ("position", "place", "background", "template", "flat", "feature")
 MAX_SPILL = 0.15  # share of the unmarked pixels of the corrected tasks a rule may mark (leave one out)
 MIN_GAIN = 0.05  # share of the marked pixels a rule must add to those the rules before it find
 WORK_SIDE = 64  # matching runs on images at most this big: marks are coarse, NCC is quadratic in size
-LARGE_REGION = 0.25  # share of the image above which a region is a background, not an object
 MAX_TEMPLATES = 48
 FLAT_TOLERANCE = 0.1  # flat rule: largest spread of a 3x3 neighbourhood, in units of the image's own deviation
 THRESHOLDS = (0.8, 0.85, 0.9, 0.95)  # NCC; each template takes the loosest that validates

@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 import numpy as np
 from PIL import Image
 
+from ml_backend.data.frame import blend_reaches
 from ml_backend.data.text import Token, tokenize
 from ml_backend.labelstudio import rle
 from ml_backend.labelstudio.schema import TaskSchema
@@ -254,20 +255,39 @@ def _decode_region(result: dict, annotation_id: int) -> np.ndarray:
 
 
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a bool mask to size x size as the image is resized (``data.images.image_to_tensor``,
-    Pillow's bilinear filter): a model pixel is marked when the resize takes any of its value from a
-    marked pixel.
+    """Resize one region's bool mask to size x size, as the image is resized.
 
-    The resize blends a mark's edge into its neighbours; a mark cut by area would leave that rim
-    outside, still carrying the mark's colour, and a model would read the shortcut from the rim
-    (decoy corners at 28 px read at the shipped 64: the default recovered 0.36 -> 0.49 of a 0.975
-    bound, 0.99 with the rim marked). Uses the image's own 8-bit arithmetic, so a blend too faint to
-    change the image by one level is not marked.
+    An object's mark (``data.frame.blend_reaches``) covers every pixel the image's resize
+    (``data.images.image_to_tensor``, Pillow's bilinear filter) takes any of its value from: the
+    resize blends the mark's edge into its neighbours, and a mark cut at the cells it covers would
+    leave that rim, still in the mark's colour, for a model to read the shortcut from (decoy corners
+    at 28 px read at the shipped 64: the default reached 0.49 where the bound is 0.975; 0.99 with
+    the rim marked). The image's own 8-bit arithmetic: a blend too faint to move the image by one
+    level is not marked. A background's mark keeps the cells at least half covered: its rim is the
+    object's edge, which the fill shifts in colour rather than erases.
     """
     if mask.shape == (size, size):
         return mask
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR)) > 0
+    if blend_reaches(mask):
+        image = Image.fromarray(mask.astype(np.uint8) * 255)
+        out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR)) > 0
+    else:
+        coverage = _area_weights(mask.shape[0], size) @ mask.astype(np.float32) @ _area_weights(mask.shape[1], size).T
+        out = coverage >= 0.5 - 1e-6
+    if mask.any() and not out.any():
+        # a mark too small to tint any cell would be lost; keep the cells it falls in
+        rows, cols = np.nonzero(mask)
+        out = out.copy()
+        out[rows * size // mask.shape[0], cols * size // mask.shape[1]] = True
+    return out
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) share of each output cell covered by each input pixel (rows sum to 1)."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    pixels = np.arange(n_in)
+    overlap = np.minimum(edges[1:, None], pixels[None, :] + 1) - np.maximum(edges[:-1, None], pixels[None, :])
+    return (np.clip(overlap, 0, None) * (n_out / n_in)).astype(np.float32)
 
 
 def _task_text(task: dict, schema: TaskSchema, annotation_id: int) -> str:
