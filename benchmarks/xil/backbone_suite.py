@@ -429,6 +429,17 @@ NOTES = [
     "and on seed 1's first seven picks (re-run alone) its leave-one-out precision was 0.84, under the 0.85 a "
     "rule needs. "
     "Frozen rows meeting every aim: 37 of 44, from 34.",
+    "Marks reach what the resize blends them into (2026-12-08, 3788804 and 8412072; the section 'At a "
+    "project's input size'): a processor's resize (28 to 112 px here) blends a mark's edge into the pixels "
+    "around it, and an object's mark now covers them (`models/hf_image.py` `measure_reach`, `data/frame.py` "
+    "`Frame.to_input`); a background's mark (over a quarter of the image) keeps the cells it covers, since its "
+    "rim is the digit's edge: marked, the frozen ResNet's background fell from 0.951 to 0.903 at 1% (3 seeds) "
+    "and the CNN's at 64 px from 0.666 to 0.571 (seed 0). The rows of this section ran before the change, "
+    "except two re-run after it (entropy, 3 seeds, merged first): the frozen ResNet's background (0.951 +- "
+    "0.002 -> 0.954 +- 0.010 at 1%, 0.938 -> 0.941 at 5%: a background is read as before) and the frozen ViT's "
+    "moving mark (0.881 +- 0.015 -> 0.879 +- 0.013 at 1%, 0.867 -> 0.868 at 5%). Why the frozen backbones, "
+    "whose rows met the corner and stripe aims before the change, lost less to the rim than the CNN at 64 px "
+    "is not traced; the other rows are not re-run.",
     "What the suite still does differently from a Label Studio project, from the code: it trains on every "
     "labelled task (a project holds out `XIL_HOLDOUT`, 20%, for its metrics); its schedule is 20 base epochs and "
     "8 per round, where a project's job runs `XIL_EPOCHS` (30) with early stopping; its rounds are the budgets "
