@@ -214,38 +214,37 @@ def estimate_frame(process: Any, size: tuple[int, int],
 
 def measure_reach(process: Any, size: tuple[int, int], scale: tuple[float, float], offset: tuple[float, float],
                   levels: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
-    """How far (original pixels, per axis) a processor's resize spreads one pixel: one-pixel red
-    columns and green rows across an image of ``size``, processed; the farthest input pixel centre a
-    line still tints. A mark's edge spreads as far, so its marks reach as far. The first pass (one
-    line) sets the spacing of the second, whose lines sample every phase of the resize."""
-    reach = (0.0, 0.0)
-    for spacing in (None, 2 * max(reach) + 2 * max(abs(scale[0]), abs(scale[1])) + 3):
-        reach = _farthest_tint(process, size, scale, offset, levels, spacing)
-    return reach
+    """How far (original pixels, per axis) a processor's resize spreads one pixel: one-pixel green
+    rows and red columns across an image of ``size``, processed; the farthest input pixel centre a
+    line still tints. A mark's edge spreads as far, so its marks reach as far. A first image (one
+    line each way) sets the spacing of a second, whose lines sample every phase of the resize."""
+    reach = _farthest_tint(process, size, scale, offset, levels, (None, None))
+    spacing = tuple(2 * r + 2 * abs(s) + 3 for r, s in zip(reach, scale))
+    return _farthest_tint(process, size, scale, offset, levels, spacing)
 
 
 def _farthest_tint(process: Any, size: tuple[int, int], scale: tuple[float, float], offset: tuple[float, float],
-                   levels: tuple[np.ndarray, np.ndarray], spacing: Optional[float]) -> tuple[float, float]:
-    H, W = size
-    out = []
+                   levels: tuple[np.ndarray, np.ndarray], spacing: tuple[Optional[float], Optional[float]]
+                   ) -> tuple[float, float]:
+    image = np.zeros((*size, 3), dtype=np.uint8)
+    lines = []
+    for axis, extent in enumerate(size):
+        step = extent if spacing[axis] is None else max(1, int(np.ceil(spacing[axis])))
+        lines.append(np.arange(extent // 2 % step, extent, step))
+    image[lines[0], :, 1] = 255
+    image[:, lines[1], 0] = 255
     black, white = levels
     gain = (white - black) / 255.0
-    for channel, axis, extent in ((1, 0, H), (0, 1, W)):
-        step = extent if spacing is None else max(1, int(np.ceil(spacing)))
-        lines = np.arange(extent // 2 % step, extent, step)
-        image = np.zeros((H, W, 3), dtype=np.uint8)
-        if axis == 0:
-            image[lines, :, channel] = 255
-        else:
-            image[:, lines, channel] = 255
-        value = (process(Image.fromarray(image)).double().numpy() - black) / np.where(np.abs(gain) > 1e-12, gain, 1.0)
+    value = (process(Image.fromarray(image)).double().numpy() - black) / np.where(np.abs(gain) > 1e-12, gain, 1.0)
+    out = []
+    for channel, axis in ((1, 0), (0, 1)):
         profile = value[channel].max(axis=1 - axis)
         centres = offset[axis] + (np.arange(profile.size) + 0.5) * scale[axis]
         lit = centres[profile > 0.5]
         if lit.size == 0:
             out.append(0.5 * abs(scale[axis]))
             continue
-        nearest = np.abs(lit[:, None] - (lines[None, :] + 0.5)).min(axis=1)
+        nearest = np.abs(lit[:, None] - (lines[axis][None, :] + 0.5)).min(axis=1)
         # a quarter of an input pixel more: the fitted affine map is off by a few hundredths
         out.append(float(nearest.max()) + 0.25 * abs(scale[axis]))
     return out[0], out[1]
