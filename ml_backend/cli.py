@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 from typing import Optional
 
@@ -55,6 +57,8 @@ def worker(args: argparse.Namespace) -> int:
         return 2
     from rq.cli import main as rq_main
 
+    # SIGUSR1 prints every thread's stack to stderr: how to see what a stuck worker is doing
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         warm_up(settings)
     except ConfigError as exc:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import jsonschema
 import pytest
@@ -263,14 +264,20 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def stop(process: subprocess.Popen, timeout: float) -> int:
+def stop(process: subprocess.Popen, timeout: float, log: Optional[Path] = None) -> int:
+    """SIGTERM, then the exit code; past ``timeout``, the process's threads' stacks (``ml-backend
+    worker`` prints them on SIGUSR1) and its log's tail go into the failure."""
     process.send_signal(signal.SIGTERM)
     try:
         return process.wait(timeout)
     except subprocess.TimeoutExpired:
+        if log is not None:
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
         process.kill()
         process.wait(5)
-        raise AssertionError(f"{process.args} did not exit within {timeout}s of SIGTERM")
+        tail = log.read_text()[-6000:] if log is not None else ""
+        raise AssertionError(f"{process.args} did not exit within {timeout}s of SIGTERM\n{tail}")
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -354,7 +361,7 @@ def test_worker_command_registers_with_rq_and_shuts_down_warm_on_sigterm(tmp_pat
         [worker] = wait_for(registered, 30, "the worker to register")
         assert worker.queue_names() == ["ml_backend"]
     finally:
-        code = stop(process, timeout=15)
+        code = stop(process, timeout=15, log=tmp_path / "worker.log")
     output = (tmp_path / "worker.log").read_text()
     assert code == 0, output
     assert "warm shut down requested" in output.lower()
