@@ -191,11 +191,9 @@ def estimate_frame(process: Any, size: tuple[int, int],
     ramp = np.zeros((H, W, 3), dtype=np.uint8)
     ramp[..., 0] = np.round(255 * (np.arange(W) + 0.5) / W)[None, :]
     ramp[..., 1] = np.round(255 * (np.arange(H) + 0.5) / H)[:, None]
-    p = process(Image.fromarray(ramp)).double().numpy()
-    black, white = levels if levels is not None else channel_levels(process)
-    gain = (white - black) / 255.0
-    value = (p - black) / np.where(np.abs(gain) > 1e-12, gain, 1.0)  # back to 0..255
-    h, w = p.shape[1:]
+    levels = levels if levels is not None else channel_levels(process)
+    value = _processed_levels(process, ramp, levels)
+    h, w = value.shape[1:]
     fits = []
     for channel, length, axis, extent in ((1, h, 0, H), (0, w, 1, W)):
         coord = value[channel] / 255.0 * extent  # original coordinate of each input pixel's centre
@@ -208,8 +206,15 @@ def estimate_frame(process: Any, size: tuple[int, int],
         slope, intercept = np.polyfit(idx[keep].ravel(), coord[keep].ravel(), 1)
         fits.append((float(slope), float(intercept)))
     (sy, oy), (sx, ox) = fits
-    reach = measure_reach(process, size, (sy, sx), (oy, ox), (black, white))
+    reach = measure_reach(process, size, (sy, sx), (oy, ox), levels)
     return Frame((h, w), (H, W), (sy, sx), (oy, ox), reach)
+
+
+def _processed_levels(process: Any, image: np.ndarray, levels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(3, h, w) ``image`` (H, W, 3 uint8) processed, the normalisation undone: back to 0..255."""
+    black, white = levels
+    gain = (white - black) / 255.0
+    return (process(Image.fromarray(image)).double().numpy() - black) / np.where(np.abs(gain) > 1e-12, gain, 1.0)
 
 
 def measure_reach(process: Any, size: tuple[int, int], scale: tuple[float, float], offset: tuple[float, float],
@@ -233,9 +238,7 @@ def _farthest_tint(process: Any, size: tuple[int, int], scale: tuple[float, floa
         lines.append(np.arange(extent // 2 % step, extent, step))
     image[lines[0], :, 1] = 255
     image[:, lines[1], 0] = 255
-    black, white = levels
-    gain = (white - black) / 255.0
-    value = (process(Image.fromarray(image)).double().numpy() - black) / np.where(np.abs(gain) > 1e-12, gain, 1.0)
+    value = _processed_levels(process, image, levels)
     out = []
     for channel, axis in ((1, 0), (0, 1)):
         profile = value[channel].max(axis=1 - axis)
